@@ -1,0 +1,90 @@
+"""The ``candle`` command line: operators' entry points (prefetch now; status and demo build on it).
+
+Every subcommand prints its result on stdout and, on failure, one line on stderr with exit code 1,
+so it composes in scripts; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from candle.download.client import make_request, node_downloader
+from candle.download.errors import DownloadError
+from candle.raycluster import connect, unwrap_error
+
+PROGRESS_INTERVAL_S = 0.25
+
+
+async def _prefetch(args: argparse.Namespace) -> str:
+    request = make_request(
+        args.repo,
+        revision=args.revision,
+        allow_patterns=args.include or None,
+        ignore_patterns=args.exclude or None,
+        cache_dir=args.cache_dir,
+    )
+    downloader = node_downloader()
+    result = asyncio.ensure_future(downloader.fetch.remote(request))
+    # tqdm draws only on a terminal (disable=None), so scripts see just the result or one error line.
+    with tqdm(
+        desc=args.repo, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=args.quiet or None
+    ) as bar:
+        while not result.done():
+            await asyncio.wait({result}, timeout=PROGRESS_INTERVAL_S)
+            for repo in await downloader.progress.remote(args.repo, request.revision):
+                bar.total = int(repo["bytes_total"]) or None
+                bar.n = int(repo["bytes_done"])
+                bar.refresh()
+    return str(result.result())
+
+
+def _cmd_prefetch(args: argparse.Namespace) -> int:
+    connect()
+    print(asyncio.run(_prefetch(args)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="candle", description="Serve Hugging Face models on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prefetch = commands.add_parser(
+        "prefetch",
+        help="download a repo into this node's Hugging Face cache through the node's downloader",
+        description="Join the running Ray cluster (RAY_ADDRESS or a local one), fetch REPO into this node's "
+        "HF cache with verification, and print the snapshot folder.",
+    )
+    prefetch.add_argument("repo", help="repo id, e.g. sentence-transformers/all-MiniLM-L6-v2")
+    prefetch.add_argument("--revision", help="branch, tag or commit (default: main)")
+    prefetch.add_argument("--include", action="append", metavar="PATTERN", help="only files matching (repeatable)")
+    prefetch.add_argument("--exclude", action="append", metavar="PATTERN", help="skip files matching (repeatable)")
+    prefetch.add_argument("--cache-dir", help="HF hub cache folder (default: the node's HF_HUB_CACHE)")
+    prefetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    prefetch.set_defaults(run=_cmd_prefetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("candle: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the operator; the full error is in the Ray logs
+        error = unwrap_error(e)
+        message = str(error) if isinstance(error, DownloadError) else f"{type(error).__name__}: {error}"
+        print(
+            f"candle {args.command}: error: {message.splitlines()[0] if message else type(error).__name__}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""``await fetch(...)`` from any Ray worker, task or Serve replica, through this node's downloader.
+
+The downloader of a node is a detached, named actor pinned to that node (hard affinity, no CPU),
+created by whoever needs it first (``get_if_exists=True``), so all replicas and tasks of a node
+share one, and it outlives the replica that created it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+from ray.actor import ActorHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .config import FetchRequest
+from .downloader import NodeDownloader
+
+NAMESPACE = "candle"
+
+
+def downloader_name(node_id: str) -> str:
+    return f"candle-downloader-{node_id}"
+
+
+def node_downloader(node_id: str | None = None) -> ActorHandle:
+    """The download actor of ``node_id`` (default: the node this code runs on), created if missing."""
+    node_id = node_id or ray.get_runtime_context().get_node_id()
+    return (
+        ray.remote(NodeDownloader)
+        .options(
+            name=downloader_name(node_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_concurrency=1000,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        )
+        .remote()
+    )
+
+
+def _patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if patterns is None:
+        return None
+    return (patterns,) if isinstance(patterns, str) else tuple(patterns)
+
+
+def make_request(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    allow_patterns: str | Sequence[str] | None = None,
+    ignore_patterns: str | Sequence[str] | None = None,
+    repo_type: str = "model",
+    cache_dir: str | Path | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> FetchRequest:
+    return FetchRequest(
+        repo_id=repo_id,
+        revision=revision,
+        allow_patterns=_patterns(allow_patterns),
+        ignore_patterns=_patterns(ignore_patterns),
+        repo_type=repo_type,
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+        endpoint=endpoint,
+        token=token,
+    )
+
+
+async def fetch(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    allow_patterns: str | Sequence[str] | None = None,
+    ignore_patterns: str | Sequence[str] | None = None,
+    repo_type: str = "model",
+    cache_dir: str | Path | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> Path:
+    """Return the local snapshot folder of ``repo_id`` once every selected file is there, verified.
+
+    Raises the typed errors of ``candle.download.errors`` (repo, revision or file not found, access
+    denied, out of disk, integrity failure, transfer failed), each naming repo, file and cause.
+    """
+    request = make_request(
+        repo_id,
+        revision=revision,
+        allow_patterns=allow_patterns,
+        ignore_patterns=ignore_patterns,
+        repo_type=repo_type,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        token=token,
+    )
+    return Path(await node_downloader().fetch.remote(request))

@@ -1,0 +1,64 @@
+"""What a fetch asks for, and how a node's downloader behaves (read from the environment once)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """One model (or a subset of its files) to bring into a node's Hugging Face cache.
+
+    ``cache_dir`` and ``endpoint`` default to what the node's environment says (``HF_HUB_CACHE``,
+    ``HF_HOME``, ``HF_ENDPOINT``); ``token`` defaults to the node's ``HF_TOKEN`` or token file.
+    """
+
+    repo_id: str
+    revision: str | None = None
+    allow_patterns: tuple[str, ...] | None = None
+    ignore_patterns: tuple[str, ...] | None = None
+    repo_type: str = "model"
+    cache_dir: str | None = None
+    endpoint: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def token_fingerprint(self) -> str:
+        """Separates requests made with different credentials without keeping the token in a key."""
+        return hashlib.sha256(self.token.encode()).hexdigest()[:16] if self.token else ""
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass(frozen=True)
+class DownloaderSettings:
+    """Knobs of a node's download actor. Environment: ``CANDLE_DOWNLOAD_<FIELD>`` in upper case."""
+
+    max_concurrent_files: int = 8
+    stall_timeout: float = 10.0  # seconds without a byte before a transfer is retried
+    max_attempts: int = 5  # per file, for 5xx, dropped transfers and checksum mismatches
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    reserve_bytes: int = 0  # free space to leave on the cache's disk after a download
+    chunk_size: int = 1024 * 1024  # bytes per write: the most a dropped connection loses, and progress granularity
+
+    @classmethod
+    def from_env(cls) -> DownloaderSettings:
+        prefix = "CANDLE_DOWNLOAD_"
+        return cls(
+            max_concurrent_files=int(_env_float(prefix + "MAX_CONCURRENT_FILES", cls.max_concurrent_files)),
+            stall_timeout=_env_float(prefix + "STALL_TIMEOUT", cls.stall_timeout),
+            max_attempts=int(_env_float(prefix + "MAX_ATTEMPTS", cls.max_attempts)),
+            backoff_base=_env_float(prefix + "BACKOFF_BASE", cls.backoff_base),
+            backoff_max=_env_float(prefix + "BACKOFF_MAX", cls.backoff_max),
+            reserve_bytes=int(_env_float(prefix + "RESERVE_BYTES", cls.reserve_bytes)),
+            chunk_size=int(_env_float(prefix + "CHUNK_SIZE", cls.chunk_size)),
+        )
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.backoff_max, self.backoff_base * 2 ** max(0, attempt - 1))

@@ -1,0 +1,170 @@
+"""The node's download service: one transfer per blob, however many replicas ask at once.
+
+``NodeDownloader`` is a plain asyncio class (so it can be tested in-process) that runs as a Ray
+actor, one per node (see ``client.py``). Requests are resolved to a commit and a list of files;
+each missing blob gets exactly one transfer task, keyed by (cache folder, repo, blob etag), which
+every overlapping request awaits through ``asyncio.shield``: a caller that is cancelled (a replica
+that dies) stops waiting, the transfer goes on for the others. Hub I/O and hashing run in a bounded
+thread pool, so the actor's event loop only schedules and answers ``progress``/``ping`` quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from huggingface_hub import constants, hf_hub_url
+from huggingface_hub.utils import build_hf_headers
+
+from .cache_layout import RepoCache, ensure_free_space
+from .config import DownloaderSettings, FetchRequest
+from .errors import NotCached
+from .listing import RemoteFile, RepoListing, list_repo, storage_folder
+from .progress import FileProgress, RepoProgress
+from .transfer import download_verified
+
+logger = logging.getLogger(__name__)
+
+BlobKey = tuple[str, str]  # (repo storage folder, blob etag)
+
+
+class NodeDownloader:
+    """Fetches repos into this node's Hugging Face cache, deduplicating transfers per blob."""
+
+    def __init__(self, settings: DownloaderSettings | None = None) -> None:
+        self.settings = settings or DownloaderSettings.from_env()
+        # huggingface_hub reads these at every request: the read time-out is what detects a stall, and
+        # the chunk size bounds what a dropped connection loses (its default, 10 MB, is lost whole).
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = self.settings.stall_timeout
+        constants.DOWNLOAD_CHUNK_SIZE = self.settings.chunk_size
+        self._pool = ThreadPoolExecutor(self.settings.max_concurrent_files, thread_name_prefix="candle-transfer")
+        self._listings: dict[tuple[object, ...], asyncio.Task[RepoListing]] = {}
+        self._transfers: dict[BlobKey, asyncio.Task[None]] = {}
+        self._files: dict[BlobKey, FileProgress] = {}
+        self._repos: dict[tuple[str, str], RepoProgress] = {}
+
+    async def ping(self) -> float:
+        """Liveness and loop-latency probe: returns the actor's clock."""
+        return time.time()
+
+    async def fetch(self, request: FetchRequest) -> str:
+        """Bring every file of ``request`` into the cache, verified; return the snapshot folder."""
+        repo = self._repos.setdefault(
+            (request.repo_id, request.revision or constants.DEFAULT_REVISION),
+            RepoProgress(request.repo_id, request.revision or constants.DEFAULT_REVISION),
+        )
+        try:
+            listing = await self._list(request)
+            repo.commit = listing.commit
+            cache = RepoCache(storage_folder(request))
+            missing = [f for f in listing.files if not cache.has_blob(f)]
+            if missing and constants.HF_HUB_OFFLINE:
+                raise NotCached(request.repo_id, missing[0].path, "HF_HUB_OFFLINE is set")
+            new = [f for f in missing if self._key(cache, f) not in self._transfers]
+            if new:
+                needed = sum(f.size - cache.bytes_on_disk(f) for f in new)
+                ensure_free_space(request.repo_id, cache.blobs, needed, self.settings.reserve_bytes)
+            if missing:
+                repo.state = "downloading"
+            for f in listing.files:
+                repo.files[f.path] = self._file_progress(cache, f)
+            waits = [asyncio.shield(self._transfer(request, listing, cache, f)) for f in missing]
+            await asyncio.gather(*waits)
+            for f in listing.files:
+                cache.link(listing.commit, f)
+            cache.write_ref(listing.revision, listing.commit)
+        except Exception as e:
+            repo.state, repo.error = "failed", str(e)
+            raise
+        if all(p.state == "done" for p in repo.files.values()):
+            repo.state, repo.error = "done", None
+        return str(cache.snapshot_dir(listing.commit))
+
+    async def progress(self, repo_id: str | None = None, revision: str | None = None) -> list[dict[str, object]]:
+        """Progress of every model this node has been asked for, or of one (at one revision)."""
+        return [
+            p.snapshot()
+            for (rid, rev), p in self._repos.items()
+            if repo_id in (None, rid) and (revision is None or revision == rev or revision == p.commit)
+        ]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(cache: RepoCache, f: RemoteFile) -> BlobKey:
+        return (str(cache.folder), f.etag)
+
+    def _file_progress(self, cache: RepoCache, f: RemoteFile) -> FileProgress:
+        key = self._key(cache, f)
+        if key not in self._files:
+            self._files[key] = FileProgress(f.path, f.size)
+        progress = self._files[key]
+        if cache.has_blob(f):
+            progress.done, progress.state = f.size, "done"
+        return progress
+
+    async def _run_blocking(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    def _list(self, request: FetchRequest) -> asyncio.Task[RepoListing]:
+        """One listing call per distinct request in flight (same repo, revision, patterns, credentials)."""
+        key = (
+            request.repo_id,
+            request.repo_type,
+            request.revision,
+            request.allow_patterns,
+            request.ignore_patterns,
+            request.cache_dir,
+            request.endpoint,
+            request.token_fingerprint,
+        )
+        task = self._listings.get(key)
+        if task is None:
+            task = asyncio.ensure_future(asyncio.to_thread(list_repo, request))
+            self._listings[key] = task
+            task.add_done_callback(lambda _: self._listings.pop(key, None))
+        return task
+
+    def _transfer(
+        self, request: FetchRequest, listing: RepoListing, cache: RepoCache, f: RemoteFile
+    ) -> asyncio.Task[None]:
+        """The one task that brings this blob in; created by the first request that needs it."""
+        key = self._key(cache, f)
+        task = self._transfers.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._download(request, listing, cache, f))
+            self._transfers[key] = task
+            task.add_done_callback(lambda _: self._transfers.pop(key, None))
+        return task
+
+    async def _download(self, request: FetchRequest, listing: RepoListing, cache: RepoCache, f: RemoteFile) -> None:
+        progress = self._file_progress(cache, f)
+        url = hf_hub_url(
+            request.repo_id, f.path, repo_type=request.repo_type, revision=listing.commit, endpoint=request.endpoint
+        )
+        headers = build_hf_headers(token=request.token, library_name="candle")
+        started = time.monotonic()
+        try:
+            await self._run_blocking(
+                download_verified,
+                repo_id=request.repo_id,
+                url=url,
+                headers=headers,
+                f=f,
+                incomplete=cache.incomplete_path(f),
+                blob=cache.blob_path(f),
+                progress=progress,
+                settings=self.settings,
+            )
+        except BaseException:
+            progress.state = "failed"
+            raise
+        progress.state = "done"
+        elapsed = time.monotonic() - started
+        logger.info("%s/%s: %.1f MB verified in %.1fs", request.repo_id, f.path, f.size / 1e6, elapsed)
+
+    def __repr__(self) -> str:  # shown by Ray in logs and the dashboard
+        return f"NodeDownloader(active={len(self._transfers)})"

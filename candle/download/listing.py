@@ -1,0 +1,150 @@
+"""Resolve a request to a commit and the exact files (with their checksums) it needs.
+
+The listing comes from the Hub API through huggingface_hub (``repo_info`` for the commit, the
+recursive tree for sizes, git blob ids and LFS sha256s) and is kept in huggingface_hub's own tree
+cache, so a request pinned to a commit needs no network at all once cached, and offline mode works
+from the cache alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, constants
+from huggingface_hub._tree_cache import TreeCacheEntry, read_tree_cache, write_tree_cache
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import filter_repo_objects
+
+from .config import FetchRequest
+from .errors import AccessDenied, DownloadError, NotCached, RemoteFileNotFound, RepoNotFound, RevisionNotFound
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file at a commit: its size and the checksum the Hub publishes for it."""
+
+    path: str
+    size: int
+    blob_id: str  # git blob sha1
+    sha256: str | None  # LFS files only
+
+    @property
+    def etag(self) -> str:
+        """The name of the file's blob in the HF cache (what huggingface_hub uses too)."""
+        return self.sha256 or self.blob_id
+
+
+@dataclass(frozen=True)
+class RepoListing:
+    repo_id: str
+    repo_type: str
+    revision: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def storage_folder(request: FetchRequest) -> Path:
+    cache_dir = request.cache_dir or constants.HF_HUB_CACHE
+    return Path(cache_dir) / repo_folder_name(repo_id=request.repo_id, repo_type=request.repo_type)
+
+
+@contextmanager
+def hub_errors(repo_id: str, filename: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub's HTTP errors into candle's typed errors, which name repo and file."""
+    try:
+        yield
+    except GatedRepoError as e:
+        raise AccessDenied(repo_id, filename, f"HTTP {e.response.status_code}") from None
+    except RepositoryNotFoundError as e:
+        raise RepoNotFound(repo_id, filename, f"HTTP {e.response.status_code}") from None
+    except RevisionNotFoundError as e:
+        raise RevisionNotFound(repo_id, filename, f"HTTP {e.response.status_code}") from None
+    except RemoteEntryNotFoundError as e:
+        raise RemoteFileNotFound(repo_id, filename, f"HTTP {e.response.status_code}") from None
+    except HfHubHTTPError as e:
+        if e.response is not None and e.response.status_code in (401, 403):
+            raise AccessDenied(repo_id, filename, f"HTTP {e.response.status_code}") from None
+        raise
+
+
+def _remote_tree(api: HfApi, request: FetchRequest, commit: str) -> dict[str, TreeCacheEntry]:
+    return {
+        item.path: TreeCacheEntry(
+            size=item.size,
+            blob_id=item.blob_id,
+            lfs_sha256=item.lfs.sha256 if item.lfs is not None else None,
+            lfs_size=item.lfs.size if item.lfs is not None else None,
+        )
+        for item in api.list_repo_tree(request.repo_id, recursive=True, revision=commit, repo_type=request.repo_type)
+        if isinstance(item, RepoFile)
+    }
+
+
+def _cached_commit(folder: Path, revision: str) -> str | None:
+    if REGEX_COMMIT_HASH.fullmatch(revision):
+        return revision
+    ref = folder / "refs" / revision
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+def list_repo(request: FetchRequest) -> RepoListing:
+    """Resolve ``request`` to a commit and its selected files. Blocking: run it off the event loop."""
+    revision = request.revision or constants.DEFAULT_REVISION
+    folder = storage_folder(request)
+    commit = (
+        _cached_commit(folder, revision) if REGEX_COMMIT_HASH.fullmatch(revision) or constants.HF_HUB_OFFLINE else None
+    )
+    tree = read_tree_cache(str(folder), commit) if commit else None
+    if tree is None:
+        if constants.HF_HUB_OFFLINE:
+            raise NotCached(
+                request.repo_id, None, f"no cached listing for revision {revision!r} (HF_HUB_OFFLINE is set)"
+            )
+        api = HfApi(endpoint=request.endpoint, token=request.token)
+        try:
+            with hub_errors(request.repo_id):
+                if commit is None:
+                    commit = api.repo_info(request.repo_id, revision=revision, repo_type=request.repo_type).sha
+                tree = _remote_tree(api, request, commit)
+        except (httpx2.TransportError, HfHubHTTPError) as e:
+            raise DownloadError(
+                request.repo_id, None, f"hub unreachable at {api.endpoint}: {type(e).__name__}"
+            ) from None
+        write_tree_cache(str(folder), commit, tree)
+    files = [RemoteFile(path, entry.size, entry.blob_id, entry.lfs_sha256) for path, entry in sorted(tree.items())]
+    selected = tuple(
+        filter_repo_objects(
+            files,
+            allow_patterns=list(request.allow_patterns) if request.allow_patterns else None,
+            ignore_patterns=list(request.ignore_patterns) if request.ignore_patterns else None,
+            key=lambda f: f.path,
+        )
+    )
+    _check_literal_patterns(request, commit, selected)
+    return RepoListing(request.repo_id, request.repo_type, revision, commit, selected)
+
+
+def _check_literal_patterns(request: FetchRequest, commit: str, selected: tuple[RemoteFile, ...]) -> None:
+    """A pattern without wildcards names a file: if it matched nothing, say so instead of returning less."""
+    present = {f.path for f in selected}
+    for pattern in request.allow_patterns or ():
+        if not _GLOB_CHARS & set(pattern) and not pattern.endswith("/") and pattern not in present:
+            raise RemoteFileNotFound(request.repo_id, pattern, f"not in commit {commit}")

@@ -1,0 +1,97 @@
+"""Live progress of downloads: per file, aggregated per model, with a recent transfer rate and ETA.
+
+``FileProgress`` is handed to huggingface_hub's ``http_get`` as its progress bar (it only calls
+``update``), so bytes are counted where they are received, from the transfer thread. Readers on the
+event loop take consistent snapshots under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+FileState = Literal["queued", "downloading", "done", "failed"]
+RepoState = Literal["resolving", "downloading", "done", "failed"]
+
+_RATE_WINDOW_S = 5.0
+
+
+class FileProgress:
+    """Bytes received for one blob, shared by every request that waits on it."""
+
+    def __init__(self, path: str, total: int) -> None:
+        self.path = path
+        self.total = total
+        self.done = 0
+        self.state: FileState = "queued"
+        self.attempts = 0
+        self._samples: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def update(self, n: int) -> None:
+        """Called by ``http_get`` per chunk (negative when a server ignored ``Range`` and it restarts)."""
+        now = time.monotonic()
+        with self._lock:
+            self.done = max(0, self.done + n)
+            self._samples.append((now, self.done))
+            while self._samples and now - self._samples[0][0] > _RATE_WINDOW_S:
+                self._samples.popleft()
+
+    def restart(self, done: int) -> None:
+        """A new attempt starts with ``done`` bytes already on disk."""
+        with self._lock:
+            self.done = done
+            self._samples.clear()
+            self.attempts += 1
+
+    def rate(self) -> float:
+        with self._lock:
+            if len(self._samples) < 2 or self.state != "downloading":
+                return 0.0
+            (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+            now = time.monotonic()
+            return (b1 - b0) / max(now - t0, t1 - t0, 1e-3)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "state": self.state,
+            "bytes_done": self.done,
+            "bytes_total": self.total,
+            "rate": self.rate(),
+        }
+
+
+@dataclass
+class RepoProgress:
+    """One model at one commit on this node: the union of what its requests need."""
+
+    repo_id: str
+    revision: str
+    commit: str | None = None
+    state: RepoState = "resolving"
+    error: str | None = None
+    files: dict[str, FileProgress] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def snapshot(self) -> dict[str, object]:
+        files = [f.snapshot() for f in self.files.values()]
+        done = sum(int(f["bytes_done"]) for f in files)
+        total = sum(int(f["bytes_total"]) for f in files)
+        rate = sum(float(f["rate"]) for f in files)
+        remaining = max(0, total - done)
+        return {
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "state": self.state,
+            "error": self.error,
+            "bytes_done": done,
+            "bytes_total": total,
+            "rate": rate,
+            "eta_s": remaining / rate if rate > 0 else None,
+            "files": files,
+        }

@@ -1,0 +1,35 @@
+"""Joining a Ray cluster from candle's command line and jobs, quietly and predictably."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+from ray.exceptions import RayTaskError
+
+
+def connect(namespace: str = "candle") -> None:
+    """Join ``RAY_ADDRESS`` if set, else a cluster running on this machine, else start a local one.
+
+    Ray's own chatter stays out of the terminal (the CLI prints results on stdout and one error
+    line on stderr); authentication follows Ray's defaults (``RAY_AUTH_MODE`` and its token file),
+    so the CLI joins whatever cluster ``ray start`` or ``serve run`` made on this machine.
+    """
+    if ray.is_initialized():
+        return
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "namespace": namespace}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**quiet)
+        return
+    try:
+        ray.init(address="auto", **quiet)
+    except ConnectionError:
+        ray.init(include_dashboard=False, **quiet)
+
+
+def unwrap_error(error: BaseException) -> BaseException:
+    """The exception an actor or task raised, without Ray's wrapper and its remote traceback."""
+    while isinstance(error, RayTaskError) and isinstance(error.cause, BaseException):
+        error = error.cause
+    return error

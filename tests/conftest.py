@@ -1,0 +1,89 @@
+"""Shared fixtures: one test hub and one local Ray cluster per test session.
+
+The hub starts first so the Ray workers inherit ``HF_ENDPOINT`` pointing at it (the download
+actors read the environment of their node). Every test gets a clean hub (no faults, zero counters)
+and its own cache folder, and builds repos with unique names, so tests never share state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from candle.testing.hub import TestHub, write_random_file, write_repo
+
+HUB_TOKEN = "hf_candle_test_secret_token_1234"
+GATED_REPO = "gated/model"
+
+# What every Ray worker of the test session must see; set before the cluster starts.
+TEST_ENV = {
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "CANDLE_DOWNLOAD_STALL_TIMEOUT": "2",
+    "CANDLE_DOWNLOAD_BACKOFF_BASE": "0.2",
+    "CANDLE_DOWNLOAD_MAX_ATTEMPTS": "4",
+}
+
+
+@pytest.fixture(scope="session")
+def hub_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("hub-store")
+
+
+@pytest.fixture(scope="session")
+def hub_server(hub_store: Path) -> Iterator[TestHub]:
+    write_repo(hub_store, GATED_REPO, {"config.json": b'{"gated": true}'})
+    with TestHub(hub_store, gated={GATED_REPO}, tokens={HUB_TOKEN}) as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub(hub_server: TestHub) -> Iterator[TestHub]:
+    hub_server.reset()
+    yield hub_server
+    hub_server.reset()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(hub_server: TestHub) -> Iterator[dict[str, str]]:
+    env = {**TEST_ENV, "HF_ENDPOINT": hub_server.endpoint}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    ray.init(num_cpus=4, include_dashboard=False, namespace="candle-tests")
+    try:
+        yield {**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def repo_name(request: pytest.FixtureRequest) -> str:
+    """A repo id unique to the test, so caches and dedup keys never collide across tests."""
+    return "test/" + re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:80].strip("-.")
+
+
+RepoFactory = Callable[..., dict[str, Path]]
+
+
+@pytest.fixture
+def make_repo(hub_store: Path, repo_name: str) -> RepoFactory:
+    """Create a repo in the hub store: small text files plus LFS weights of given sizes."""
+
+    def make(weights: dict[str, int] | None = None, texts: dict[str, bytes] | None = None, repo_id: str | None = None):
+        repo_id = repo_id or repo_name
+        folder = write_repo(hub_store, repo_id, texts if texts is not None else {"config.json": b'{"hidden_size": 8}'})
+        for seed, (name, size) in enumerate((weights or {}).items()):
+            write_random_file(folder / name, size, seed=seed)
+        return {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+
+    return make

@@ -1,0 +1,73 @@
+"""``candle prefetch`` as an operator runs it: a real process joining the test session's Ray cluster."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+from candle.testing.hub import TestHub
+from tests.conftest import RepoFactory
+
+MB = 1024 * 1024
+
+
+def run_cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "candle.cli", *args],
+        env={**os.environ, **env},
+        capture_output="stderr" not in kwargs,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+def test_prefetch_prints_the_snapshot_folder(ray_cluster, hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+    source = make_repo({"model.safetensors": 2 * MB}, {"config.json": b"{}", "README.md": b"# card"})
+    done = run_cli(["prefetch", repo_name, "--cache-dir", str(tmp_path), "--exclude", "*.md"], ray_cluster)
+    assert done.returncode == 0, done.stderr
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.parent == tmp_path / f"models--{repo_name.replace('/', '--')}" / "snapshots"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert (folder / "model.safetensors").read_bytes() == source["model.safetensors"].read_bytes()
+    assert hub.stats.bodies_for(repo_name) == {"config.json": 1, "model.safetensors": 1}
+
+
+def test_prefetch_of_unknown_repo_fails_with_one_line(ray_cluster, hub: TestHub, tmp_path):
+    done = run_cli(["prefetch", "nobody/no-such-model", "--cache-dir", str(tmp_path)], ray_cluster)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("candle prefetch: error: nobody/no-such-model: repository not found")
+
+
+def test_prefetch_shows_a_progress_bar_on_a_terminal(ray_cluster, hub: TestHub, make_repo, repo_name, tmp_path):
+    make_repo({"model.safetensors": 8 * MB})
+    hub.state.bandwidth = 8 * MB
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real terminal has a width
+    try:
+        done = run_cli(
+            ["prefetch", repo_name, "--cache-dir", str(tmp_path)], ray_cluster, stderr=terminal, stdout=subprocess.PIPE
+        )
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0
+    assert repo_name.encode() in drawn and b"100%" in drawn and b"8.00M/8.00M" in drawn

@@ -1,0 +1,84 @@
+"""The test hub speaks the protocol huggingface_hub expects, and its faults and counters work."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+from candle.testing.hub import Fault, TestHub
+from tests.conftest import GATED_REPO, HUB_TOKEN, RepoFactory
+
+
+def test_listing_and_metadata_match_the_files(hub: TestHub, make_repo: RepoFactory, repo_name):
+    source = make_repo({"weights.safetensors": 3000}, {"config.json": b"{}", "a/b/c.txt": b"deep"})
+    api = HfApi(endpoint=hub.endpoint)
+    info = api.repo_info(repo_name)
+    assert sorted(s.rfilename for s in info.siblings) == sorted(source)
+    tree = {f.path: f for f in api.list_repo_tree(repo_name, recursive=True, revision=info.sha) if hasattr(f, "lfs")}
+    weights = source["weights.safetensors"].read_bytes()
+    assert tree["weights.safetensors"].lfs.sha256 == hashlib.sha256(weights).hexdigest()
+    assert tree["config.json"].lfs is None
+    assert tree["config.json"].blob_id == hashlib.sha1(b"blob 2\0{}").hexdigest()
+
+    meta = get_hf_file_metadata(hf_hub_url(repo_name, "weights.safetensors", endpoint=hub.endpoint))
+    assert (meta.commit_hash, meta.etag, meta.size) == (info.sha, tree["weights.safetensors"].lfs.sha256, 3000)
+
+
+def test_range_requests_and_counters(hub: TestHub, make_repo: RepoFactory, repo_name):
+    source = make_repo({"weights.bin": 1000})
+    url = hf_hub_url(repo_name, "weights.bin", endpoint=hub.endpoint)
+    partial = httpx.get(url, headers={"Range": "bytes=100-199"})
+    assert partial.status_code == 206
+    assert partial.headers["Content-Range"] == "bytes 100-199/1000"
+    assert partial.content == source["weights.bin"].read_bytes()[100:200]
+    assert hub.stats.bodies[(repo_name, "weights.bin")] == 1
+    assert hub.stats.body_bytes[(repo_name, "weights.bin")] == 100
+
+
+def test_plain_huggingface_hub_download_works(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+    source = make_repo({"model.safetensors": 5000})
+    path = hf_hub_download(repo_name, "model.safetensors", cache_dir=tmp_path, endpoint=hub.endpoint)
+    assert Path(path).read_bytes() == source["model.safetensors"].read_bytes()
+
+
+def test_errors_use_the_hub_error_codes(hub: TestHub, make_repo: RepoFactory, repo_name):
+    make_repo()
+    api = HfApi(endpoint=hub.endpoint)
+    with pytest.raises(RepositoryNotFoundError):
+        api.repo_info("nobody/nothing")
+    with pytest.raises(RevisionNotFoundError):
+        api.repo_info(repo_name, revision="v999")
+    with pytest.raises(GatedRepoError):
+        api.repo_info(GATED_REPO)
+    assert HfApi(endpoint=hub.endpoint, token=HUB_TOKEN).repo_info(GATED_REPO).sha
+
+
+@pytest.mark.parametrize("kind", ["drop", "corrupt"])
+def test_body_faults_spoil_exactly_the_configured_responses(hub: TestHub, make_repo: RepoFactory, repo_name, kind):
+    source = make_repo({"w.bin": 4096})
+    hub.state.add_fault(Fault(kind, path="w.bin", times=1))
+    url = hf_hub_url(repo_name, "w.bin", endpoint=hub.endpoint)
+    with httpx.Client() as client:
+        if kind == "drop":
+            with pytest.raises(httpx.RemoteProtocolError):
+                client.get(url)
+        else:
+            assert client.get(url).content != source["w.bin"].read_bytes()
+        assert client.get(url).content == source["w.bin"].read_bytes()
+
+
+def test_rate_limit_answers_retry_after(hub: TestHub, make_repo: RepoFactory, repo_name):
+    make_repo({"w.bin": 10})
+    hub.state.add_fault(Fault("429", path="w.bin", retry_after=7))
+    response = httpx.get(hf_hub_url(repo_name, "w.bin", endpoint=hub.endpoint))
+    assert (response.status_code, response.headers["Retry-After"]) == (429, "7")
+
+
+def test_hub_refuses_non_loopback_addresses(tmp_path):
+    with pytest.raises(ValueError, match="loopback"):
+        TestHub(tmp_path, host="0.0.0.0")
