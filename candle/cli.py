@@ -49,6 +49,12 @@ def _cmd_prefetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from candle import demo
+
+    return demo.run(port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="candle", description="Serve Hugging Face models on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--cache-dir", help="HF hub cache folder (default: the node's HF_HUB_CACHE)")
     prefetch.add_argument("--quiet", action="store_true", help="no progress bar")
     prefetch.set_defaults(run=_cmd_prefetch)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the offline local demo: tiny models behind the OpenAI-compatible API, on CPU",
+        description="Build the tiny model store, serve it on a loopback hub, and `serve run` the demo config.",
+    )
+    demo.add_argument("--port", type=int, default=8000, help="HTTP port of the API (default 8000)")
+    demo.set_defaults(run=_cmd_demo)
     return parser
 
 

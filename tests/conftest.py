@@ -50,8 +50,10 @@ def hub(hub_server: TestHub) -> Iterator[TestHub]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(hub_server: TestHub) -> Iterator[dict[str, str]]:
-    env = {**TEST_ENV, "HF_ENDPOINT": hub_server.endpoint}
+def ray_cluster(hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    # Replicas fetch into the node's default cache: keep it in the session's temp folder.
+    hf_cache = tmp_path_factory.mktemp("hf-cache")
+    env = {**TEST_ENV, "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_CACHE": str(hf_cache)}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     ray.init(num_cpus=4, include_dashboard=False, namespace="candle-tests")

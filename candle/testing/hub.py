@@ -117,6 +117,7 @@ class HubState:
         self.stats = HubStats()
         self.faults: list[Fault] = []
         self.bandwidth: float | None = None  # bytes per second per response, None = unlimited
+        self.throttles: dict[str, float] = {}  # repo glob -> bytes per second, overrides `bandwidth`
         self._lock = threading.Lock()
         self._hash_cache: dict[tuple[Path, int, int], tuple[str, str | None]] = {}
 
@@ -128,7 +129,14 @@ class HubState:
     def clear_faults(self) -> None:
         with self._lock:
             self.faults.clear()
+            self.throttles.clear()
         self.bandwidth = None
+
+    def rate_for(self, repo_id: str) -> float | None:
+        """Bytes per second for bodies of ``repo_id`` (read per chunk, so a change applies mid-transfer)."""
+        with self._lock:
+            rates = [rate for pattern, rate in self.throttles.items() if fnmatch.fnmatch(repo_id, pattern)]
+        return rates[0] if rates else self.bandwidth
 
     def take_fault(self, repo_id: str, path: str) -> Fault | None:
         """Consume one use of the first active fault matching this file."""
@@ -351,16 +359,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _send_body(self, repo_id: str, f: HubFile, start: int, end: int, fault: Fault | None) -> None:
         key = (repo_id, f.path)
-        bandwidth = self.state.bandwidth
         with f.local_path.open("rb") as source:
-            if fault is None and bandwidth is None:
+            if fault is None and self.state.rate_for(repo_id) is None:
                 sent = self.connection.sendfile(source, start, end - start) if end > start else 0
                 self.state.record(self.state.stats.body_bytes, key, sent)
                 return
             fault_at = start + int((end - start) * fault.at) if fault else end
             position = start
             source.seek(start)
-            began = time.monotonic()
             while position < end:
                 chunk = source.read(min(CHUNK_SIZE, end - position))
                 if fault is not None and position <= fault_at < position + len(chunk):
@@ -371,12 +377,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                         self._write(key, chunk[:split])
                         self._interrupt(fault)
                         return
+                sent_at = time.monotonic()
                 self._write(key, chunk)
                 position += len(chunk)
-                if bandwidth:
-                    ahead = (position - start) / bandwidth - (time.monotonic() - began)
-                    if ahead > 0:
-                        time.sleep(ahead)
+                if rate := self.state.rate_for(repo_id):
+                    time.sleep(max(0.0, len(chunk) / rate - (time.monotonic() - sent_at)))
 
     def _write(self, key: tuple[str, str], data: bytes) -> None:
         self.wfile.write(data)

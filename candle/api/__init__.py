@@ -1,0 +1,1 @@
+"""OpenAI-compatible request schemas, response builders and errors."""

@@ -1,0 +1,158 @@
+"""OpenAI request bodies (validated with pydantic) and the response shapes candle returns.
+
+Requests accept the fields OpenAI SDKs send; unknown fields are ignored, as OpenAI-compatible
+servers do, so newer SDKs keep working. Responses are plain dicts in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+
+
+# -- chat and completions --------------------------------------------------------------------
+
+
+class ImageURL(BaseModel):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """The message's text parts joined (images are handled by the vision path)."""
+        if isinstance(self.content, str) or self.content is None:
+            return self.content or ""
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+    def image_urls(self) -> list[str]:
+        if not isinstance(self.content, list):
+            return []
+        return [part.image_url.url for part in self.content if part.type == "image_url" and part.image_url]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(Request, SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(Request, SamplingFields):
+    prompt: str | list[str]
+    echo: bool = False
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_tokens
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+# -- embeddings and images -------------------------------------------------------------------
+
+
+class EmbeddingRequest(Request):
+    input: str | list[str]
+    dimensions: int | None = Field(default=None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    # candle extension: which catalog prompt to prepend (e.g. "query"); documents get none.
+    input_type: str | None = None
+
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("input must not be empty")
+        return value
+
+
+class ImageGenerationRequest(Request):
+    prompt: str = Field(min_length=1)
+    n: int = Field(default=1, ge=1)
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    seed: int | None = None  # candle extension, for reproducible images
+    num_inference_steps: int | None = Field(default=None, ge=1, le=100)  # candle extension
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)  # candle extension
+
+    def dimensions(self, default: tuple[int, int]) -> tuple[int, int]:
+        """``size`` as (width, height); "WxH" with positive integers."""
+        if self.size is None or self.size == "auto":
+            return default
+        width, sep, height = self.size.lower().partition("x")
+        if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
+            raise ValueError(f"size must look like '1024x1024', got {self.size!r}")
+        return int(width), int(height)
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int = 0) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,116 @@
+"""The model catalog as data: what to fetch, which engine runs it, with what resources.
+
+A catalog is YAML (``models: [...]``); users add a model by adding an entry, no code. The same
+entries feed the deployments (what to fetch and load), the gateway (which ``model`` names exist
+and where they live) and placement (the Serve options each deployment gets).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Capability = Literal["text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"]
+CAPABILITIES: tuple[Capability, ...] = ("text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision")
+
+EngineKind = Literal["auto", "vllm", "transformers", "sentence-transformers", "diffusers", "clip"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    """What one replica needs, and where it may land."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_gb: float | None = None
+    # Ray node labels the replica's node must carry, e.g. {"candle.io/node-class": "multi-gpu"}.
+    label_selector: dict[str, str] = Field(default_factory=dict)
+    # vLLM tensor parallelism: one bundle of one GPU per rank, packed on one node.
+    tensor_parallel_size: int = 1
+
+
+class Limits(Strict):
+    """Per-request bounds the gateway enforces before a request reaches the model."""
+
+    max_tokens: int = 4096
+    max_n: int = 4
+    max_input_items: int = 256
+    max_input_chars: int = 100_000
+    max_image_pixels: int = 4096 * 4096
+    max_images_per_request: int = 8
+
+
+class ModelSpec(Strict):
+    """One servable model. ``name`` is the OpenAI ``model`` id clients send."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+    capability: Capability
+    repo_id: str
+    revision: str | None = None
+    allow_patterns: tuple[str, ...] | None = None
+    ignore_patterns: tuple[str, ...] | None = None
+    trust_remote_code: bool = False
+    gated: bool = False
+    # "auto": vLLM for text-to-text and vision when the replica has GPUs, the CPU engine otherwise.
+    engine: EngineKind = "auto"
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    # Instructions by role, e.g. {"query": "Instruct: Given a query, retrieve passages\nQuery: "}.
+    prompts: dict[str, str] = Field(default_factory=dict)
+    # Request defaults, e.g. {"num_inference_steps": 4, "guidance_scale": 0.0, "max_tokens": 256}.
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    resources: Resources = Field(default_factory=Resources)
+    num_replicas: int = 1
+    max_ongoing_requests: int = 16
+    description: str = ""
+
+    def fetch_allow_patterns(self) -> tuple[str, ...] | None:
+        """What to download: with ``trust_remote_code`` the repo's code files are always included."""
+        if self.allow_patterns is None or not self.trust_remote_code or "*.py" in self.allow_patterns:
+            return self.allow_patterns
+        return (*self.allow_patterns, "*.py")
+
+    @field_validator("allow_patterns", "ignore_patterns", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+
+class Catalog(Strict):
+    models: tuple[ModelSpec, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extension_keys(cls, data: object) -> object:
+        """Top-level ``x-...`` keys hold YAML anchors shared by entries (as in compose files)."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not str(k).startswith("x-")}
+        return data
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(duplicates)}")
+        return models
+
+    def get(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def for_capability(self, capability: Capability) -> tuple[ModelSpec, ...]:
+        return tuple(m for m in self.models if m.capability == capability)
+
+    def select(self, names: list[str] | None) -> Catalog:
+        """The named subset (all when ``names`` is None); unknown names are an error, not a silent skip."""
+        if names is None:
+            return self
+        unknown = [n for n in names if self.get(n) is None]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; the catalog has {[m.name for m in self.models]}")
+        return Catalog(models=tuple(m for m in self.models if m.name in names))

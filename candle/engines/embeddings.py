@@ -1,0 +1,77 @@
+"""Text embeddings with sentence-transformers: per-model prompts, normalisation, ``dimensions``.
+
+``dimensions`` uses a Matryoshka head of the model where the repo ships one (Stella's
+``2_Dense_{dim}`` folders replace the final Dense layer), and otherwise truncates the normalised
+vector and normalises it again, which is how MRL-trained models are meant to be shortened.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.models import Dense
+
+from candle.catalog import ModelSpec
+
+from .device import device
+from .errors import InvalidInput
+
+_HEAD = re.compile(r"^2_Dense_(\d+)$")
+
+
+class SentenceEmbeddingEngine:
+    def __init__(self, folder: Path, spec: ModelSpec) -> None:
+        self.model = SentenceTransformer(
+            str(folder),
+            device=device(),
+            trust_remote_code=spec.trust_remote_code,
+            prompts=dict(spec.prompts) or None,
+            **spec.engine_args,
+        )
+        self.dimensions = int(self.model.get_sentence_embedding_dimension() or 0)
+        self._head_folders = {int(m[1]): p for p in folder.iterdir() if (m := _HEAD.match(p.name)) and p.is_dir()}
+        self._heads: dict[int, Dense] = {}
+
+    @property
+    def prompt_names(self) -> list[str]:
+        return sorted(self.model.prompts)
+
+    def embed(self, texts: list[str], prompt_name: str | None = None, dimensions: int | None = None) -> np.ndarray:
+        """One normalised float32 vector per text."""
+        if dimensions is not None and dimensions > self.dimensions and dimensions not in self._head_folders:
+            raise InvalidInput(f"dimensions must be at most {self.dimensions} for this model, got {dimensions}")
+        if dimensions is not None and dimensions != self.dimensions and dimensions in self._head_folders:
+            return self._embed_with_head(texts, prompt_name, dimensions)
+        vectors = self.model.encode(texts, prompt_name=prompt_name, normalize_embeddings=True, convert_to_numpy=True)
+        if dimensions is not None and dimensions < vectors.shape[1]:
+            vectors = vectors[:, :dimensions]
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return vectors.astype(np.float32)
+
+    def _embed_with_head(self, texts: list[str], prompt_name: str | None, dimensions: int) -> np.ndarray:
+        if dimensions not in self._heads:
+            self._heads[dimensions] = Dense.load(str(self._head_folders[dimensions])).to(self.model.device)
+        body = [m for m in self.model if not isinstance(m, Dense)]  # the pipeline without its default head
+        prompt = self.model.prompts.get(prompt_name, "") if prompt_name else ""
+        features = self.model.tokenize([prompt + t for t in texts])
+        features = {k: v.to(self.model.device) for k, v in features.items()}
+        with torch.inference_mode():
+            for module in body:
+                features = module(features)
+            vectors = self._heads[dimensions](features)["sentence_embedding"]
+        return torch.nn.functional.normalize(vectors, dim=-1).float().cpu().numpy()
+
+    def embed_items(
+        self, items: list[str | bytes], prompt_name: str | None = None, dimensions: int | None = None
+    ) -> tuple[np.ndarray, list[int]]:
+        """Vectors and per-item token counts, the interface the embedding replicas batch over."""
+        if any(not isinstance(item, str) for item in items):
+            raise InvalidInput("this model embeds text only; send images to an image-embedding model")
+        if prompt_name is not None and prompt_name not in self.model.prompts:
+            raise InvalidInput(f"unknown input_type {prompt_name!r}; this model knows {self.prompt_names}")
+        tokens = self.model.tokenize(items)["attention_mask"].sum(dim=1).tolist()
+        return self.embed(items, prompt_name, dimensions), [int(t) for t in tokens]

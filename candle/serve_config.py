@@ -1,0 +1,65 @@
+"""Serve configs generated from a catalog, so the config and the catalog cannot drift apart.
+
+Layout: the gateway app at ``/`` and one app per model with no HTTP route of its own (the gateway
+reaches each through a deployment handle). ``python -m candle.serve_config production`` prints
+the production config; the committed ``serve_config.yaml`` is checked against it by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from candle.catalog import load_catalog
+
+HEADER = """\
+# candle's production Ray Serve config: `serve run serve_config.yaml` or `serve deploy serve_config.yaml`.
+# Generated from candle/catalog/production.yaml by `python -m candle.serve_config production`;
+# edit the catalog (models, resources, engine arguments) and regenerate; a test keeps the two in step.
+# Secrets (HF_TOKEN for gated repos, CANDLE_API_KEYS) come from the nodes' environment, never from this file.
+"""
+
+
+def build(
+    catalog: str, *, port: int = 8000, host: str = "0.0.0.0", proxy_location: str = "EveryNode"
+) -> dict[str, Any]:
+    models = [m.name for m in load_catalog(catalog).models]
+    gateway = {
+        "name": "gateway",
+        "route_prefix": "/",
+        "import_path": "deployments.app:build_gateway_app",
+        "args": {"catalog": catalog},
+    }
+    apps = [
+        {
+            "name": name,
+            "route_prefix": None,
+            "import_path": "deployments.app:build_model_app",
+            "args": {"catalog": catalog, "model": name},
+        }
+        for name in models
+    ]
+    return {
+        "proxy_location": proxy_location,
+        "http_options": {"host": host, "port": port},
+        "applications": [gateway, *apps],
+    }
+
+
+def render(config: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump(config, sort_keys=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Print a Serve config for a catalog.")
+    parser.add_argument("catalog", help="built-in catalog name (production, demo) or a YAML path")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="0.0.0.0")
+    args = parser.parse_args()
+    print(render(build(args.catalog, port=args.port, host=args.host)), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Application builders that ``serve_config.yaml`` imports: one app per model, plus the gateway.
+
+One Serve application per model lets each be redeployed, scaled or rolled back on its own
+(``serve deploy`` only touches the apps whose config changed), and the gateway app finds each
+model's deployment by name. Builders take Serve's ``args`` mapping, validated here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from ray.serve import Application
+
+from candle.catalog import Capability, load_catalog
+from candle.placement import deployment_options
+
+from .embeddings import ImageEmbedding, TextEmbedding
+from .gateway import Gateway, GatewaySettings
+from .images import ImageGeneration
+from .text import TextGeneration, VisionChat
+
+DEPLOYMENTS = {
+    "text-to-text": TextGeneration,
+    "vision": VisionChat,
+    "text-embedding": TextEmbedding,
+    "image-embedding": ImageEmbedding,
+    "text-to-image": ImageGeneration,
+}
+GATEWAY_CPUS = 0.5
+
+
+class Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    catalog: str | dict[str, Any] = "production"
+
+
+class ModelAppArgs(Args):
+    model: str
+
+
+class GatewayAppArgs(Args):
+    models: list[str] | None = None  # default: every model of the catalog
+    gateway: GatewaySettings = GatewaySettings()
+    num_replicas: int = 1
+
+
+def build_model_app(args: dict[str, Any]) -> Application:
+    """``args: {model: NAME, catalog: production | demo | PATH}``: the app serving one model."""
+    parsed = ModelAppArgs.model_validate(args)
+    spec = load_catalog(parsed.catalog).select([parsed.model]).models[0]
+    deployment = DEPLOYMENTS[spec.capability]
+    return deployment.options(**deployment_options(spec)).bind(spec.model_dump())
+
+
+def build_gateway_app(args: dict[str, Any]) -> Application:
+    """``args: {catalog, models: [NAME...], gateway: {...}}``: the OpenAI-compatible HTTP front."""
+    parsed = GatewayAppArgs.model_validate(args)
+    catalog = load_catalog(parsed.catalog).select(parsed.models)
+    return Gateway.options(num_replicas=parsed.num_replicas, ray_actor_options={"num_cpus": GATEWAY_CPUS}).bind(
+        [m.model_dump() for m in catalog.models], parsed.gateway.model_dump()
+    )
+
+
+def capabilities() -> tuple[Capability, ...]:
+    return tuple(DEPLOYMENTS)

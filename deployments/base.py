@@ -1,0 +1,54 @@
+"""What every model replica does first: fetch its weights through the node's downloader, then load.
+
+``async def __init__`` awaits the download actor (the replica's event loop stays free, so Ray
+Serve's health checks and logs keep flowing) and loads the engine in a worker thread. While this
+runs, the gateway reports the model as downloading (with progress) or loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from starlette.concurrency import iterate_in_threadpool
+
+from candle.catalog import ModelSpec
+from candle.download import fetch
+from candle.engines import load_engine
+
+logger = logging.getLogger("ray.serve")
+
+
+class ModelReplica:
+    async def __init__(self, spec: dict[str, Any] | ModelSpec) -> None:
+        self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
+        started = time.monotonic()
+        folder = await fetch(
+            self.spec.repo_id,
+            revision=self.spec.revision,
+            allow_patterns=self.spec.fetch_allow_patterns(),
+            ignore_patterns=self.spec.ignore_patterns,
+            token=os.environ.get("HF_TOKEN") or None,
+        )
+        fetched = time.monotonic()
+        self.engine = await asyncio.to_thread(load_engine, self.spec, folder)
+        logger.info(
+            "%s: weights ready in %.1fs, engine loaded in %.1fs",
+            self.spec.name,
+            fetched - started,
+            time.monotonic() - fetched,
+        )
+
+
+async def iterate(chunks: Iterator[Any] | AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Async iteration over an engine's stream: async engines as they are, blocking ones in a thread."""
+    if hasattr(chunks, "__aiter__"):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk

@@ -1,0 +1,431 @@
+"""The OpenAI-compatible gateway: one base URL, routed by ``model`` to each model's deployment.
+
+It validates and bounds every request before a model sees it (OpenAI error shapes throughout),
+refuses requests to models that are not ready with 503 + progress + ``Retry-After`` instead of
+letting them queue behind a download, streams chat and completions as SSE, and guards every
+route but ``/health`` with API keys when keys are configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from candle.api import responses
+from candle.api.errors import APIError, bad_request, model_not_found, too_large, unauthorized, wrong_capability
+from candle.api.images import is_image_reference, load_image_bytes
+from candle.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ImageGenerationRequest,
+    SamplingFields,
+    new_id,
+)
+from candle.catalog import Capability, ModelSpec
+from candle.engines.errors import InvalidInput
+from candle.engines.generation import GenerationParams, TextChunk
+from candle.raycluster import unwrap_error
+
+from .model_status import ModelStatus, collect
+
+logger = logging.getLogger("ray.serve")
+
+DEPLOYMENT_NAMES: dict[Capability, str] = {
+    "text-to-text": "TextGeneration",
+    "vision": "VisionChat",
+    "text-embedding": "TextEmbedding",
+    "image-embedding": "ImageEmbedding",
+    "text-to-image": "ImageGeneration",
+}
+STATUS_REFRESH_S = 1.0
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_IMAGE_SIZE = 1024
+
+
+class GatewaySettings(BaseModel):
+    """The gateway's own options (``args.gateway`` in the Serve config)."""
+
+    api_keys_env: str = "CANDLE_API_KEYS"  # env var of comma-separated keys (preferred: keeps keys out of configs)
+    api_keys: list[str] = Field(default_factory=list, repr=False)  # more keys, from the Serve config
+    allow_remote_images: bool = False
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    retry_after_s: int = 5
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over the limit, declared or streamed, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, too_large(f"Request body is larger than {self.max_bytes} bytes."))
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise APIError(413, f"Request body is larger than {self.max_bytes} bytes.", code="request_too_large")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_error(send: Send, error: APIError) -> None:
+    response = JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+app = FastAPI(title="candle", description="OpenAI-compatible API for models served by candle on Ray Serve.")
+
+
+@app.exception_handler(APIError)
+async def _api_error(request: Request, error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    message = f"Invalid request: {first.get('msg', 'malformed body')}" + (f" (at '{where}')" if where else "")
+    return await _api_error(request, bad_request(message, param=where or None))
+
+
+@serve.deployment
+@serve.ingress(app)
+class Gateway:
+    async def __init__(self, models: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> None:
+        self.specs = {m.name: m for m in (ModelSpec.model_validate(raw) for raw in models)}
+        self.settings = GatewaySettings.model_validate(settings or {})
+        add_body_limit(self.settings.max_body_bytes)
+        keys = os.environ.get(self.settings.api_keys_env, "").split(",") + self.settings.api_keys
+        self.api_keys = [k.strip() for k in keys if k.strip()]  # none configured: the API is open
+        self.handles: dict[str, DeploymentHandle] = {
+            name: serve.get_deployment_handle(DEPLOYMENT_NAMES[spec.capability], app_name=name)
+            for name, spec in self.specs.items()
+        }
+        self.status: dict[str, ModelStatus] = {}
+        self._refresher = asyncio.create_task(self._refresh_status())
+
+    async def _refresh_status(self) -> None:
+        names = {name: DEPLOYMENT_NAMES[spec.capability] for name, spec in self.specs.items()}
+        while True:
+            try:
+                self.status = await collect(self.specs, names)
+            except Exception:
+                logger.exception("refreshing model status failed")
+            await asyncio.sleep(STATUS_REFRESH_S)
+
+    # -- guards --------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if not self.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not any(hmac.compare_digest(token.encode(), key.encode()) for key in self.api_keys):
+            raise unauthorized()
+
+    def _model(self, request: Request, name: str, endpoint: str, *capabilities: Capability) -> ModelSpec:
+        """The ready model named ``name`` that can serve ``endpoint``, or the right error."""
+        self._authorize(request)
+        spec = self.specs.get(name)
+        if spec is None:
+            raise model_not_found(name)
+        if spec.capability not in capabilities:
+            raise wrong_capability(name, spec.capability, endpoint)
+        status = self.status.get(name, ModelStatus("loading", "starting up"))
+        if status.state != "ready":
+            eta = (status.progress or {}).get("eta_s")
+            retry = min(max(float(eta), 1.0), 60.0) if eta else float(self.settings.retry_after_s)
+            code = "model_failed" if status.state == "failed" else "model_not_ready"
+            raise APIError(
+                503,
+                f"The model `{name}` is {status.state.replace('_', ' ')}"
+                + (f": {status.reason}" if status.reason else "; retry later."),
+                type="service_unavailable",
+                code=code,
+                retry_after=retry,
+                extra={"model_status": status.as_dict()},
+            )
+        return spec
+
+    @staticmethod
+    def _params(body: SamplingFields, budget: int | None, spec: ModelSpec) -> GenerationParams:
+        limits = spec.limits
+        max_tokens = budget or int(spec.defaults.get("max_tokens", DEFAULT_MAX_TOKENS))
+        if max_tokens > limits.max_tokens:
+            raise bad_request(f"max_tokens must be at most {limits.max_tokens}, got {max_tokens}", "max_tokens")
+        if body.n > limits.max_n:
+            raise bad_request(f"n must be at most {limits.max_n}, got {body.n}", "n")
+        return GenerationParams(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(body.stop_list()),
+            seed=body.seed,
+        )
+
+    # -- routes --------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return {"object": "list", "data": [self._model_card(name) for name in self.specs]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(self, name: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        if name not in self.specs:
+            raise model_not_found(name)
+        return self._model_card(name)
+
+    def _model_card(self, name: str) -> dict[str, Any]:
+        spec = self.specs[name]
+        status = self.status.get(name, ModelStatus("loading", "starting up"))
+        return {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": spec.repo_id.split("/")[0],
+            "capability": spec.capability,
+            "repo_id": spec.repo_id,
+            "status": status.as_dict(),
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
+        spec = self._model(request, body.model, "/v1/chat/completions", "text-to-text", "vision")
+        params = self._params(body, body.token_budget, spec)
+        messages, images = self._conversation(body, spec)
+        handle = self.handles[spec.name].options(stream=True)
+
+        def run() -> Any:
+            return handle.chat.remote(messages, params, body.tools, images or None)
+
+        completion_id = new_id("chatcmpl")
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return self._sse(self._chat_events(run, body.n, completion_id, spec.name, include_usage))
+        choices, prompt_tokens, completion_tokens = await self._collect(run, body.n)
+        return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, request: Request) -> Any:
+        spec = self._model(request, body.model, "/v1/completions", "text-to-text")
+        params = self._params(body, body.token_budget, spec)
+        prompts = body.prompts()
+        if len(prompts) > spec.limits.max_input_items:
+            raise bad_request(f"prompt must have at most {spec.limits.max_input_items} items", "prompt")
+        handle = self.handles[spec.name].options(stream=True)
+        runs = [(lambda p=p: handle.complete.remote(p, params)) for p in prompts for _ in range(body.n)]
+        completion_id = new_id("cmpl")
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return self._sse(self._completion_events(runs, completion_id, spec.name, include_usage))
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for run in runs:
+            (choice,), p, c = await self._collect(run, 1)
+            choices.append(choice)
+            prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
+        return responses.text_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Any:
+        spec = self._model(request, body.model, "/v1/embeddings", "text-embedding", "image-embedding")
+        inputs = body.inputs()
+        limits = spec.limits
+        if len(inputs) > limits.max_input_items:
+            raise bad_request(f"input must have at most {limits.max_input_items} items, got {len(inputs)}", "input")
+        if sum(len(i) for i in inputs if not is_image_reference(i)) > limits.max_input_chars:
+            raise too_large(f"input is longer than {limits.max_input_chars} characters in total", "input")
+        items: list[str | bytes] = list(inputs)
+        if spec.capability == "image-embedding":
+            images = [i for i in inputs if is_image_reference(i)]
+            if len(images) > limits.max_images_per_request:
+                raise bad_request(f"at most {limits.max_images_per_request} images per request", "input")
+            items = [self._image(i, f"input[{n}]", spec) if is_image_reference(i) else i for n, i in enumerate(inputs)]
+        vectors, tokens = await self._call(
+            self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions)
+        )
+        return responses.embeddings(spec.name, vectors, tokens, body.encoding_format)
+
+    @app.post("/v1/images/generations")
+    async def images_generations(self, body: ImageGenerationRequest, request: Request) -> Any:
+        spec = self._model(request, body.model, "/v1/images/generations", "text-to-image")
+        if body.response_format != "b64_json":
+            raise bad_request("Only response_format 'b64_json' is supported.", "response_format")
+        if body.n > spec.limits.max_n:
+            raise bad_request(f"n must be at most {spec.limits.max_n}, got {body.n}", "n")
+        default = int(spec.defaults.get("size", DEFAULT_IMAGE_SIZE))
+        try:
+            width, height = body.dimensions((default, default))
+        except ValueError as e:
+            raise bad_request(str(e), "size") from None
+        if width * height > spec.limits.max_image_pixels:
+            raise bad_request(f"size {width}x{height} exceeds {spec.limits.max_image_pixels} pixels", "size")
+        pngs = await self._call(
+            self.handles[spec.name].generate.remote(
+                body.prompt, body.n, width, height, body.seed, body.num_inference_steps, body.guidance_scale
+            )
+        )
+        return responses.images(pngs)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _image(self, url: str, param: str, spec: ModelSpec) -> bytes:
+        return load_image_bytes(
+            url,
+            param=param,
+            max_pixels=spec.limits.max_image_pixels,
+            max_bytes=self.settings.max_body_bytes,
+            allow_remote=self.settings.allow_remote_images,
+        )
+
+    def _conversation(self, body: ChatCompletionRequest, spec: ModelSpec) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """Messages for the chat template, images as ``{"type": "image"}`` parts, and the images' bytes."""
+        messages: list[dict[str, Any]] = []
+        images: list[bytes] = []
+        for m, message in enumerate(body.messages):
+            urls = message.image_urls()
+            if urls and spec.capability != "vision":
+                raise bad_request(f"The model `{spec.name}` does not accept images.", f"messages[{m}].content")
+            entry: dict[str, Any] = {"role": message.role}
+            if urls:
+                parts: list[dict[str, Any]] = []
+                for p, part in enumerate(message.content or []):
+                    if part.type == "image_url" and part.image_url:
+                        images.append(self._image(part.image_url.url, f"messages[{m}].content[{p}]", spec))
+                        parts.append({"type": "image"})
+                    elif part.text:
+                        parts.append({"type": "text", "text": part.text})
+                entry["content"] = parts
+            else:
+                entry["content"] = message.text()
+            for key in ("name", "tool_calls", "tool_call_id"):
+                if (value := getattr(message, key)) is not None:
+                    entry[key] = value
+            messages.append(entry)
+        if len(images) > spec.limits.max_images_per_request:
+            raise bad_request(f"at most {spec.limits.max_images_per_request} images per request", "messages")
+        if sum(len(str(m.get("content", ""))) for m in messages) > spec.limits.max_input_chars:
+            raise too_large(f"messages are longer than {spec.limits.max_input_chars} characters", "messages")
+        return messages, images
+
+    async def _call(self, response: Any) -> Any:
+        try:
+            return await response
+        except Exception as e:
+            raise _client_error(e) from None
+
+    async def _stream(self, run: Any) -> AsyncIterator[TextChunk]:
+        try:
+            async for chunk in run():
+                yield chunk
+        except Exception as e:
+            raise _client_error(e) from None
+
+    async def _collect(self, run: Any, n: int) -> tuple[list[tuple[str, str]], int, int]:
+        choices: list[tuple[str, str]] = []
+        prompt_tokens = completion_tokens = 0
+        for _ in range(n):
+            text, finish = [], "stop"
+            async for chunk in self._stream(run):
+                text.append(chunk.text)
+                if chunk.finish_reason:
+                    finish = chunk.finish_reason
+                    prompt_tokens = chunk.prompt_tokens
+                    completion_tokens += chunk.completion_tokens
+            choices.append(("".join(text), finish))
+        return choices, prompt_tokens, completion_tokens
+
+    async def _chat_events(
+        self, run: Any, n: int, completion_id: str, model: str, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        prompt_tokens = completion_tokens = 0
+        for index in range(n):
+            yield responses.chat_chunk(completion_id, model, index, {"role": "assistant", "content": ""})
+            async for chunk in self._stream(run):
+                if chunk.text:
+                    yield responses.chat_chunk(completion_id, model, index, {"content": chunk.text})
+                if chunk.finish_reason:
+                    prompt_tokens, completion_tokens = chunk.prompt_tokens, completion_tokens + chunk.completion_tokens
+                    yield responses.chat_chunk(completion_id, model, index, {}, chunk.finish_reason)
+        if include_usage:
+            yield responses.usage_chunk(completion_id, model, "chat.completion.chunk", prompt_tokens, completion_tokens)
+
+    async def _completion_events(
+        self, runs: list[Any], completion_id: str, model: str, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        prompt_tokens = completion_tokens = 0
+        for index, run in enumerate(runs):
+            async for chunk in self._stream(run):
+                if chunk.text or chunk.finish_reason:
+                    yield responses.completion_chunk(completion_id, model, index, chunk.text, chunk.finish_reason)
+                if chunk.finish_reason:
+                    prompt_tokens += chunk.prompt_tokens
+                    completion_tokens += chunk.completion_tokens
+        if include_usage:
+            yield responses.usage_chunk(completion_id, model, "text_completion", prompt_tokens, completion_tokens)
+
+    @staticmethod
+    def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+        async def frames() -> AsyncIterator[str]:
+            try:
+                async for event in events:
+                    yield responses.sse(event)
+            except APIError as e:  # headers are gone: report in-band, as OpenAI does
+                yield responses.sse(e.body())
+            yield responses.sse("[DONE]")
+
+        return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _client_error(error: BaseException) -> APIError:
+    """What a client sees of a replica's failure: its own mistakes as 400, overload as 503, the rest as 500."""
+    cause = unwrap_error(error)
+    if isinstance(cause, APIError):
+        return cause
+    if isinstance(cause, InvalidInput):
+        return bad_request(str(cause))
+    if isinstance(cause, BackPressureError):
+        return APIError(
+            503, "The model is overloaded; retry later.", type="service_unavailable", code="overloaded", retry_after=1
+        )
+    logger.error("model call failed: %s", cause)
+    return APIError(500, "The model failed to process the request.", type="server_error", code="internal_error")
+
+
+def add_body_limit(max_bytes: int) -> None:
+    """Install the body-size guard (once; the app object is module-level, as ``serve.ingress`` needs)."""
+    if not any(m.cls is BodyLimit for m in app.user_middleware):
+        app.add_middleware(BodyLimit, max_bytes=max_bytes)

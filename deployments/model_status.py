@@ -1,0 +1,66 @@
+"""Where each model stands, for ``/v1/models`` and for refusing requests to models not ready yet.
+
+Combines Ray Serve's view (are replicas running, did the constructor fail and why) with the
+download actors' progress (bytes, rate, ETA per node): a model whose replicas are still starting
+is "downloading" while its weights are in flight and "loading" once they are on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ray import serve
+
+from candle.catalog import ModelSpec
+from candle.download.status import cluster_progress, summarize
+
+State = Literal["downloading", "loading", "ready", "failed", "not_deployed"]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    state: State
+    reason: str | None = None
+    progress: dict[str, Any] | None = field(default=None)
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"state": self.state}
+        if self.reason:
+            body["reason"] = self.reason
+        if self.progress:
+            body["progress"] = self.progress
+        return body
+
+
+def _last_line(message: str) -> str:
+    """Serve reports constructor failures with a traceback; the last line names the error."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else message
+
+
+async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str]) -> dict[str, ModelStatus]:
+    """Status of every model: ``deployment_names`` maps model name -> its deployment in its app."""
+    serve_status, progress = await asyncio.gather(asyncio.to_thread(serve.status), cluster_progress())
+    statuses: dict[str, ModelStatus] = {}
+    for name, spec in specs.items():
+        app = serve_status.applications.get(name)
+        deployment = app.deployments.get(deployment_names[name]) if app else None
+        if deployment is None:
+            statuses[name] = ModelStatus("not_deployed", f"no Serve application named {name!r} is running")
+            continue
+        if deployment.replica_states.get("RUNNING", 0) > 0:
+            statuses[name] = ModelStatus("ready")
+            continue
+        if str(deployment.status) in ("DEPLOY_FAILED", "UNHEALTHY", "DeploymentStatus.DEPLOY_FAILED"):
+            statuses[name] = ModelStatus("failed", _last_line(deployment.message or app.message or "deploy failed"))
+            continue
+        model_progress = summarize(
+            {node: [e for e in entries if e["repo_id"] == spec.repo_id] for node, entries in progress.items()}
+        )
+        downloading = model_progress and any(
+            n["state"] in ("resolving", "downloading") for n in model_progress["nodes"]
+        )
+        statuses[name] = ModelStatus("downloading" if downloading else "loading", None, model_progress)
+    return statuses
