@@ -46,6 +46,7 @@ class DownloaderSettings:
     backoff_max: float = 30.0
     reserve_bytes: int = 0  # free space to leave on the cache's disk after a download
     chunk_size: int = 1024 * 1024  # bytes per write: the most a dropped connection loses, and progress granularity
+    niceness: int = 10  # CPU priority of the actor's process, below replicas sharing the node
 
     @classmethod
     def from_env(cls) -> DownloaderSettings:
@@ -58,6 +59,7 @@ class DownloaderSettings:
             backoff_max=_env_float(prefix + "BACKOFF_MAX", cls.backoff_max),
             reserve_bytes=int(_env_float(prefix + "RESERVE_BYTES", cls.reserve_bytes)),
             chunk_size=int(_env_float(prefix + "CHUNK_SIZE", cls.chunk_size)),
+            niceness=int(_env_float(prefix + "NICENESS", cls.niceness)),
         )
 
     def backoff(self, attempt: int) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -36,6 +37,8 @@ class NodeDownloader:
 
     def __init__(self, settings: DownloaderSettings | None = None) -> None:
         self.settings = settings or DownloaderSettings.from_env()
+        # Hashing and writing gigabytes is background work: let replicas on the node go first.
+        os.nice(self.settings.niceness)
         # huggingface_hub reads these at every request: the read time-out is what detects a stall, and
         # the chunk size bounds what a dropped connection loses (its default, 10 MB, is lost whole).
         constants.HF_HUB_DOWNLOAD_TIMEOUT = self.settings.stall_timeout
