@@ -4,9 +4,10 @@ It validates and bounds every request before a model sees it (OpenAI error shape
 refuses requests to models that are not ready with 503 + progress + ``Retry-After`` instead of
 letting them queue behind a download, streams chat and completions as SSE, and guards every
 route but ``/health`` with API keys when keys are configured.
-"""
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: FastAPI must see real types, e.g. ``Request``,
+on the routes that ``serve.ingress`` rewraps.)
+"""
 
 import asyncio
 import hmac
@@ -116,6 +117,29 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     return await _api_error(request, bad_request(message, param=where or None))
 
 
+def _client_error(error: BaseException) -> APIError:
+    """What a client sees of a replica's failure: its own mistakes as 400, overload as 503, the rest as 500."""
+    cause = unwrap_error(error)
+    if isinstance(cause, APIError):
+        return cause
+    if isinstance(cause, InvalidInput):
+        return bad_request(str(cause))
+    if isinstance(cause, BackPressureError):
+        return APIError(
+            503, "The model is overloaded; retry later.", type="service_unavailable", code="overloaded", retry_after=1
+        )
+    logger.error("model call failed: %s", cause)
+    return APIError(500, "The model failed to process the request.", type="server_error", code="internal_error")
+
+
+def add_body_limit(max_bytes: int) -> None:
+    """Install the body-size guard (once; the app object is module-level, as ``serve.ingress`` needs)."""
+    if not any(m.cls is BodyLimit for m in app.user_middleware):
+        app.add_middleware(BodyLimit, max_bytes=max_bytes)
+
+
+# Module-level helpers stay above the class: Serve ships the class by value, with the globals
+# that exist when it is decorated.
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
@@ -408,24 +432,3 @@ class Gateway:
             yield responses.sse("[DONE]")
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _client_error(error: BaseException) -> APIError:
-    """What a client sees of a replica's failure: its own mistakes as 400, overload as 503, the rest as 500."""
-    cause = unwrap_error(error)
-    if isinstance(cause, APIError):
-        return cause
-    if isinstance(cause, InvalidInput):
-        return bad_request(str(cause))
-    if isinstance(cause, BackPressureError):
-        return APIError(
-            503, "The model is overloaded; retry later.", type="service_unavailable", code="overloaded", retry_after=1
-        )
-    logger.error("model call failed: %s", cause)
-    return APIError(500, "The model failed to process the request.", type="server_error", code="internal_error")
-
-
-def add_body_limit(max_bytes: int) -> None:
-    """Install the body-size guard (once; the app object is module-level, as ``serve.ingress`` needs)."""
-    if not any(m.cls is BodyLimit for m in app.user_middleware):
-        app.add_middleware(BodyLimit, max_bytes=max_bytes)

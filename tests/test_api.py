@@ -1,0 +1,385 @@
+"""The OpenAI-compatible API end to end: real Ray Serve apps of the demo catalog, called with the OpenAI SDK.
+
+Every model replica fetches its weights from the test hub through the download service, as in
+production; the gateway runs on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+from ray import serve
+from ray.serve.api import RunTarget
+
+from candle.catalog import load_catalog
+from candle.testing.hub import TestHub
+from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
+from deployments.app import build_gateway_app, build_model_app
+
+DEMO = load_catalog("demo")
+API_KEY = "sk-candle-test-key-0123456789"
+SLOW_REPO = "slow/all-minilm-l6-v2"
+READY_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_url(image: Image.Image, fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def wait_ready(base: str, names: list[str], timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            listing = httpx.get(f"{base}/v1/models", timeout=5).json()["data"]
+            states = {m["id"]: m["status"]["state"] for m in listing}
+            if all(states.get(n) == "ready" for n in names):
+                return
+            if failed := {n: s for n, s in states.items() if s == "failed"}:
+                raise AssertionError(f"models failed to start: {failed} {listing}")
+        except (httpx.HTTPError, KeyError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"models not ready after {timeout}s: {states}")
+
+
+@pytest.fixture(scope="session")
+def api(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
+    """The demo catalog deployed as in serve_config: one app per model, the gateway at '/'."""
+    build_tiny_store(hub_store)
+    minilm = hub_store / TINY_MODELS["minilm"]
+    slow = hub_store / SLOW_REPO
+    slow.parent.mkdir(parents=True, exist_ok=True)
+    if not slow.exists():
+        import shutil
+
+        shutil.copytree(minilm, slow)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    apps = [
+        RunTarget(build_model_app({"catalog": "demo", "model": m.name}), name=m.name, route_prefix=None)
+        for m in DEMO.models
+    ]
+    apps.append(
+        RunTarget(build_gateway_app({"catalog": "demo", "gateway": {"max_body_bytes": 4_000_000}}), name="gateway")
+    )
+    secure = {"catalog": "demo", "models": ["all-minilm-l6-v2"], "gateway": {"api_keys": [API_KEY]}}
+    apps.append(RunTarget(build_gateway_app(secure), name="gateway-secure", route_prefix="/secure"))
+    serve.run_many(apps, wait_for_applications_running=False)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, [m.name for m in DEMO.models])
+        yield base
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(api: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"]), body
+    return body["error"]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def test_models_list_every_capability_ready(client: openai.OpenAI, api: str):
+    listing = httpx.get(f"{api}/v1/models").json()["data"]
+    assert {m["id"]: m["capability"] for m in listing} == {m.name: m.capability for m in DEMO.models}
+    assert all(m["status"]["state"] == "ready" and m["object"] == "model" for m in listing)
+    assert [m.id for m in client.models.list()] == [m.name for m in DEMO.models]
+
+
+# -- text ------------------------------------------------------------------------------------
+
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Write a function."}]
+
+
+def test_chat_completion_and_its_stream_agree(client: openai.OpenAI):
+    whole = client.chat.completions.create(model="qwen3-coder-tiny", messages=CHAT, max_tokens=12, temperature=0)
+    assert whole.object == "chat.completion"
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.prompt_tokens > 0 and 0 < whole.usage.completion_tokens <= 12
+
+    stream = client.chat.completions.create(
+        model="qwen3-coder-tiny",
+        messages=CHAT,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2  # really streamed
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_chat_n_and_seed_sampling(client: openai.OpenAI):
+    kwargs = {"model": "qwen3-coder-tiny", "messages": CHAT, "max_tokens": 8, "temperature": 1.0, "seed": 7}
+    first = client.chat.completions.create(n=2, **kwargs)
+    assert len(first.choices) == 2 and [c.index for c in first.choices] == [0, 1]
+    again = client.chat.completions.create(n=1, **kwargs)
+    assert again.choices[0].message.content == first.choices[0].message.content
+
+
+def test_stop_strings_cut_the_output(client: openai.OpenAI):
+    greedy = client.completions.create(model="qwen3-coder-tiny", prompt="def add(a, b):", max_tokens=16, temperature=0)
+    text = greedy.choices[0].text
+    assert len(text) > 4
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = client.completions.create(
+        model="qwen3-coder-tiny", prompt="def add(a, b):", max_tokens=16, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_completions_stream(client: openai.OpenAI):
+    whole = client.completions.create(model="qwen3-coder-tiny", prompt=["x = ", "y = "], max_tokens=6, temperature=0)
+    assert [c.index for c in whole.choices] == [0, 1]
+    streamed = list(
+        client.completions.create(model="qwen3-coder-tiny", prompt="x = ", max_tokens=6, temperature=0, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+
+def cos(a: list[float], b: list[float]) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_minilm_embeddings_are_semantic(client: openai.OpenAI):
+    texts = ["a cat sits on the mat", "a kitten rests on a rug", "quarterly tax report spreadsheet"]
+    result = client.embeddings.create(model="all-minilm-l6-v2", input=texts)
+    cat, kitten, tax = (d.embedding for d in result.data)
+    assert len(cat) == 384
+    assert cos(cat, kitten) > cos(cat, tax) + 0.2
+    assert result.usage.prompt_tokens > len(texts)
+
+
+def test_embedding_dimensions_and_base64(client: openai.OpenAI, api: str):
+    short = client.embeddings.create(model="all-minilm-l6-v2", input="hello world", dimensions=64)
+    assert len(short.data[0].embedding) == 64
+    assert abs(np.linalg.norm(short.data[0].embedding) - 1) < 1e-4
+    raw = httpx.post(
+        f"{api}/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "hello world", "encoding_format": "base64"}
+    ).json()
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    full = client.embeddings.create(model="all-minilm-l6-v2", input="hello world").data[0].embedding
+    np.testing.assert_allclose(decoded, full, atol=1e-6)
+
+
+def test_query_prompt_changes_the_embedding(client: openai.OpenAI):
+    plain = client.embeddings.create(model="all-minilm-l6-v2", input="cats").data[0].embedding
+    query = client.embeddings.create(model="all-minilm-l6-v2", input="cats", extra_body={"input_type": "query"})
+    assert cos(plain, query.data[0].embedding) < 0.9999
+
+
+def test_clip_embeds_each_image_and_text(client: openai.OpenAI):
+    red, blue = Image.new("RGB", (40, 30), "red"), Image.new("RGB", (64, 64), "blue")
+    result = client.embeddings.create(
+        model="clip-vit-tiny", input=[data_url(red), data_url(blue), "a red square", data_url(red, "JPEG")]
+    )
+    vectors = [d.embedding for d in result.data]
+    assert len(vectors) == 4 and len({len(v) for v in vectors}) == 1
+    assert vectors[0] != vectors[1]
+    assert cos(vectors[0], vectors[3]) > 0.99  # same picture, other encoding
+
+
+# -- images and vision -----------------------------------------------------------------------
+
+
+def test_image_generation_returns_pngs_of_the_requested_size(client: openai.OpenAI):
+    result = client.images.generate(
+        model="sd3.5-turbo-tiny", prompt="a lighthouse", n=2, size="64x32", extra_body={"seed": 3}
+    )
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in result.data]
+    assert [(i.format, i.size) for i in images] == [("PNG", (64, 32))] * 2
+    again = client.images.generate(
+        model="sd3.5-turbo-tiny", prompt="a lighthouse", n=1, size="64x32", extra_body={"seed": 3}
+    )
+    assert again.data[0].b64_json == result.data[0].b64_json
+
+
+def test_vision_answers_about_a_data_url_image(client: openai.OpenAI):
+    image = data_url(Image.new("RGB", (48, 48), "green"))
+    answer = client.chat.completions.create(
+        model="llava-tiny",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image}},
+                    {"type": "text", "text": "What is in the picture?"},
+                ],
+            }
+        ],
+        max_tokens=6,
+        temperature=0,
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens > 10  # the image tokens were in the prompt
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404(client: openai.OpenAI, api: str):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=CHAT)
+    response = httpx.post(f"{api}/v1/embeddings", json={"model": "gpt-9", "input": "x"})
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "model_not_found" and "gpt-9" in error_of(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"),
+    [
+        ("/v1/chat/completions", b"{not json", 400, "JSON"),
+        ("/v1/chat/completions", {"model": "qwen3-coder-tiny"}, 400, "messages"),
+        (
+            "/v1/chat/completions",
+            {"model": "qwen3-coder-tiny", "messages": CHAT, "max_tokens": 100000},
+            400,
+            "max_tokens",
+        ),
+        ("/v1/chat/completions", {"model": "qwen3-coder-tiny", "messages": CHAT, "n": 50}, 400, "n must be"),
+        ("/v1/completions", {"model": "all-minilm-l6-v2", "prompt": "x"}, 400, "text-embedding"),
+        ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": []}, 400, "empty"),
+        ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": ["x"] * 600}, 400, "at most 512"),
+        ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": "x", "dimensions": 4096}, 400, "at most 384"),
+        ("/v1/embeddings", {"model": "clip-vit-tiny", "input": "data:image/png;base64,%%%"}, 400, "base64"),
+        (
+            "/v1/embeddings",
+            {"model": "clip-vit-tiny", "input": "https://example.com/cat.png"},
+            400,
+            "Remote image URLs are disabled",
+        ),
+        ("/v1/images/generations", {"model": "sd3.5-turbo-tiny", "prompt": "x", "n": 9}, 400, "n must be"),
+        ("/v1/images/generations", {"model": "sd3.5-turbo-tiny", "prompt": "x", "size": "big"}, 400, "size"),
+        ("/v1/images/generations", {"model": "sd3.5-turbo-tiny", "prompt": "x", "size": "2048x2048"}, 400, "pixels"),
+        ("/v1/images/generations", {"model": "sd3.5-turbo-tiny", "prompt": "x", "size": "63x64"}, 400, "multiples"),
+        (
+            "/v1/images/generations",
+            {"model": "sd3.5-turbo-tiny", "prompt": "x", "response_format": "url"},
+            400,
+            "b64_json",
+        ),
+    ],
+)
+def test_bad_requests_get_openai_errors(api: str, path: str, body, status: int, needle: str):
+    if isinstance(body, bytes):
+        response = httpx.post(f"{api}{path}", content=body, headers={"Content-Type": "application/json"})
+    else:
+        response = httpx.post(f"{api}{path}", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    assert needle in error_of(response)["message"]
+
+
+def test_image_parts_to_a_text_model_are_refused(api: str):
+    image = data_url(Image.new("RGB", (8, 8)))
+    body = {
+        "model": "qwen3-coder-tiny",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "hi"}],
+            }
+        ],
+    }
+    response = httpx.post(f"{api}/v1/chat/completions", json=body)
+    assert response.status_code == 400 and "does not accept images" in error_of(response)["message"]
+
+
+def test_oversized_image_and_body_are_413(api: str):
+    huge = data_url(Image.new("RGB", (1100, 1000)))  # 1.1 MP > the demo CLIP limit of 1 MP
+    response = httpx.post(f"{api}/v1/embeddings", json={"model": "clip-vit-tiny", "input": huge})
+    assert response.status_code == 413 and "pixels" in error_of(response)["message"]
+    response = httpx.post(f"{api}/v1/embeddings", json={"model": "all-minilm-l6-v2", "input": "x" * 5_000_000})
+    assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
+
+
+def test_api_keys_guard_every_route_but_health(api: str):
+    secure = f"{api}/secure"
+    assert httpx.get(f"{secure}/health").status_code == 200
+    assert httpx.get(f"{secure}/v1/models").status_code == 401
+    wrong = httpx.get(f"{secure}/v1/models", headers={"Authorization": "Bearer sk-wrong"})
+    assert wrong.status_code == 401 and error_of(wrong)["type"] == "authentication_error"
+    keyed = openai.OpenAI(base_url=f"{secure}/v1", api_key=API_KEY, max_retries=0)
+    assert len(keyed.embeddings.create(model="all-minilm-l6-v2", input="ok").data[0].embedding) == 384
+    assert API_KEY not in httpx.get(f"{secure}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).text
+
+
+def test_a_downloading_model_reports_progress_and_503(api: str, hub_server: TestHub):
+    """A model whose weights crawl in: listed as downloading, requests get 503 + Retry-After, health is fast."""
+    hub_server.state.throttles[SLOW_REPO] = 1024 * 1024  # 1 MB/s: the 90 MB of MiniLM take a while
+    spec = DEMO.get("all-minilm-l6-v2").model_copy(update={"name": "slow-minilm", "repo_id": SLOW_REPO})
+    catalog = {"models": [spec.model_dump()]}
+    slow_model = build_model_app({"catalog": catalog, "model": "slow-minilm"})
+    slow_gateway = build_gateway_app({"catalog": catalog})
+    serve.run_many(
+        [
+            RunTarget(slow_model, name="slow-minilm", route_prefix=None),
+            RunTarget(slow_gateway, name="gateway-slow", route_prefix="/slow"),
+        ],
+        wait_for_applications_running=False,
+    )
+    slow = f"{api}/slow"
+    try:
+        deadline = time.monotonic() + 120
+        card: dict = {}
+        while time.monotonic() < deadline:
+            response = httpx.get(f"{slow}/v1/models/slow-minilm", timeout=5)
+            if response.status_code == 200:
+                card = response.json()
+                if card["status"]["state"] == "downloading" and card["status"]["progress"]["bytes_done"] > 0:
+                    break
+            time.sleep(0.5)
+        assert card["status"]["state"] == "downloading", card
+        progress = card["status"]["progress"]
+        assert 0 < progress["bytes_done"] < progress["bytes_total"]
+
+        refused = httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"})
+        assert refused.status_code == 503
+        assert int(refused.headers["Retry-After"]) >= 1
+        error = error_of(refused)
+        assert error["code"] == "model_not_ready" and error["model_status"]["state"] == "downloading"
+
+        started = time.perf_counter()
+        assert httpx.get(f"{slow}/health").status_code == 200
+        assert time.perf_counter() - started < 0.5
+    finally:
+        hub_server.state.throttles.clear()
+    wait_ready(slow, ["slow-minilm"], timeout=180)
+    assert httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"}).status_code == 200
+    serve.delete("gateway-slow")
+    serve.delete("slow-minilm")
