@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from candle.download.client import make_request, node_downloader
+from candle.download.client import fetch_request, make_request
 from candle.download.errors import DownloadError
 from candle.raycluster import connect, unwrap_error
 
@@ -28,19 +28,20 @@ async def _prefetch(args: argparse.Namespace) -> str:
         ignore_patterns=args.exclude or None,
         cache_dir=args.cache_dir,
     )
-    downloader = node_downloader()
-    result = asyncio.ensure_future(downloader.fetch.remote(request))
     # tqdm draws only on a terminal (disable=None), so scripts see just the result or one error line.
-    with tqdm(
+    bar = tqdm(
         desc=args.repo, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=args.quiet or None
-    ) as bar:
-        while not result.done():
-            await asyncio.wait({result}, timeout=PROGRESS_INTERVAL_S)
-            for repo in await downloader.progress.remote(args.repo, request.revision):
-                bar.total = int(repo["bytes_total"]) or None
-                bar.n = int(repo["bytes_done"])
-                bar.refresh()
-    return str(result.result())
+    )
+
+    def show(progress: dict[str, object]) -> None:
+        bar.total = int(progress["bytes_total"]) or None
+        bar.n = int(progress["bytes_done"])
+        bar.refresh()
+
+    with bar:
+        folder = await fetch_request(request, show, PROGRESS_INTERVAL_S)
+        bar.n = bar.total or bar.n
+    return str(folder)
 
 
 def _cmd_prefetch(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ from candle.engines import load_engine
 
 logger = logging.getLogger("ray.serve")
 
+PROGRESS_LOG_INTERVAL_S = 10.0
+
 
 class ModelReplica:
     async def __init__(self, spec: dict[str, Any] | ModelSpec) -> None:
@@ -33,6 +35,8 @@ class ModelReplica:
             allow_patterns=self.spec.fetch_allow_patterns(),
             ignore_patterns=self.spec.ignore_patterns,
             token=os.environ.get("HF_TOKEN") or None,
+            on_progress=self._log_progress,  # say what the replica waits for, instead of looking hung
+            progress_interval_s=PROGRESS_LOG_INTERVAL_S,
         )
         fetched = time.monotonic()
         self.engine = await asyncio.to_thread(load_engine, self.spec, folder)
@@ -41,6 +45,18 @@ class ModelReplica:
             self.spec.name,
             fetched - started,
             time.monotonic() - fetched,
+        )
+
+    def _log_progress(self, repo: dict[str, Any]) -> None:
+        eta = f", ETA {repo['eta_s']:.0f}s" if repo["eta_s"] else ""
+        logger.info(
+            "%s: %s %.2f/%.2f GB (%.1f MB/s%s)",
+            self.spec.name,
+            repo["state"],
+            int(repo["bytes_done"]) / 1e9,
+            int(repo["bytes_total"]) / 1e9,
+            float(repo["rate"]) / 1e6,
+            eta,
         )
 
 

@@ -261,3 +261,16 @@ async def test_out_of_disk_is_refused_before_transfer(hub: TestHub, make_repo: R
     assert "free" in str(excinfo.value)
     assert hub.stats.bodies_for(repo_name) == {}
     assert os.listdir(tmp_path / f"models--{repo_name.replace('/', '--')}" / "blobs") == []
+
+
+async def test_progress_is_reported_while_a_fetch_runs(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+    make_repo({"model.safetensors": 6 * MB})
+    hub.state.bandwidth = 3 * MB
+    seen: list[dict] = []
+    await fetch(repo_name, cache_dir=tmp_path, on_progress=seen.append, progress_interval_s=0.2)
+    downloading = [p for p in seen if p["state"] == "downloading"]
+    assert len(downloading) >= 3
+    done = [p["bytes_done"] for p in downloading]
+    assert done == sorted(done) and done[-1] > done[0]
+    assert {p["bytes_total"] for p in downloading} == {6 * MB + len(b'{"hidden_size": 8}')}
+    assert any(p["rate"] > 0 and p["eta_s"] for p in downloading)

@@ -7,8 +7,10 @@ share one, and it outlives the replica that created it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.actor import ActorHandle
@@ -71,6 +73,23 @@ def make_request(
     )
 
 
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+async def fetch_request(
+    request: FetchRequest, on_progress: ProgressCallback | None = None, progress_interval_s: float = 1.0
+) -> Path:
+    """Run ``request`` on this node's downloader; ``on_progress`` gets its progress while it runs."""
+    downloader = node_downloader()
+    result = asyncio.ensure_future(downloader.fetch.remote(request))
+    while on_progress is not None and not result.done():
+        await asyncio.wait({result}, timeout=progress_interval_s)
+        if not result.done():
+            for entry in await downloader.progress.remote(request.repo_id, request.revision):
+                on_progress(entry)
+    return Path(await result)
+
+
 async def fetch(
     repo_id: str,
     *,
@@ -81,11 +100,15 @@ async def fetch(
     cache_dir: str | Path | None = None,
     endpoint: str | None = None,
     token: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    progress_interval_s: float = 1.0,
 ) -> Path:
     """Return the local snapshot folder of ``repo_id`` once every selected file is there, verified.
 
     Raises the typed errors of ``candle.download.errors`` (repo, revision or file not found, access
     denied, out of disk, integrity failure, transfer failed), each naming repo, file and cause.
+    ``on_progress`` is called every ``progress_interval_s`` with the model's progress on this node
+    (state, bytes done and total, rate, ETA, per-file detail) until the fetch ends.
     """
     request = make_request(
         repo_id,
@@ -97,4 +120,4 @@ async def fetch(
         endpoint=endpoint,
         token=token,
     )
-    return Path(await node_downloader().fetch.remote(request))
+    return await fetch_request(request, on_progress, progress_interval_s)

@@ -32,7 +32,7 @@ class SentenceEmbeddingEngine:
             prompts=dict(spec.prompts) or None,
             **spec.engine_args,
         )
-        self.dimensions = int(self.model.get_sentence_embedding_dimension() or 0)
+        self.dimensions = int(self.model.get_embedding_dimension() or 0)
         self._head_folders = {int(m[1]): p for p in folder.iterdir() if (m := _HEAD.match(p.name)) and p.is_dir()}
         self._heads: dict[int, Dense] = {}
 
