@@ -28,6 +28,9 @@ DEPLOYMENTS = {
     "text-to-image": ImageGeneration,
 }
 GATEWAY_CPUS = 0.5
+# The gateway only awaits model replicas: let it hold many requests, so they queue (and batch) at
+# the models, which bound their own concurrency and answer 503 when full.
+GATEWAY_MAX_ONGOING_REQUESTS = 1024
 
 
 class Args(BaseModel):
@@ -58,9 +61,11 @@ def build_gateway_app(args: dict[str, Any]) -> Application:
     """``args: {catalog, models: [NAME...], gateway: {...}}``: the OpenAI-compatible HTTP front."""
     parsed = GatewayAppArgs.model_validate(args)
     catalog = load_catalog(parsed.catalog).select(parsed.models)
-    return Gateway.options(num_replicas=parsed.num_replicas, ray_actor_options={"num_cpus": GATEWAY_CPUS}).bind(
-        [m.model_dump() for m in catalog.models], parsed.gateway.model_dump()
-    )
+    return Gateway.options(
+        num_replicas=parsed.num_replicas,
+        max_ongoing_requests=GATEWAY_MAX_ONGOING_REQUESTS,
+        ray_actor_options={"num_cpus": GATEWAY_CPUS},
+    ).bind([m.model_dump() for m in catalog.models], parsed.gateway.model_dump())
 
 
 def capabilities() -> tuple[Capability, ...]:

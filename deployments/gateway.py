@@ -301,7 +301,8 @@ class Gateway:
         vectors, tokens = await self._call(
             self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions)
         )
-        return responses.embeddings(spec.name, vectors, tokens, body.encoding_format)
+        # JSONResponse skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
+        return JSONResponse(responses.embeddings(spec.name, vectors, tokens, body.encoding_format))
 
     @app.post("/v1/images/generations")
     async def images_generations(self, body: ImageGenerationRequest, request: Request) -> Any:
@@ -322,7 +323,7 @@ class Gateway:
                 body.prompt, body.n, width, height, body.seed, body.num_inference_steps, body.guidance_scale
             )
         )
-        return responses.images(pngs)
+        return JSONResponse(responses.images(pngs))
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -7,13 +7,14 @@ vector and normalises it again, which is how MRL-trained models are meant to be 
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.models import Dense
+from sentence_transformers.models import Dense, Normalize
 
 from candle.catalog import ModelSpec
 
@@ -55,10 +56,12 @@ class SentenceEmbeddingEngine:
     def _embed_with_head(self, texts: list[str], prompt_name: str | None, dimensions: int) -> np.ndarray:
         if dimensions not in self._heads:
             self._heads[dimensions] = Dense.load(str(self._head_folders[dimensions])).to(self.model.device)
-        body = [m for m in self.model if not isinstance(m, Dense)]  # the pipeline without its default head
+        # The head replaces everything after pooling (the default Dense head, Normalize): it maps the
+        # pooled embedding, as in Stella's [Transformer, Pooling, Dense] pipelines.
+        body = list(itertools.takewhile(lambda m: not isinstance(m, (Dense, Normalize)), self.model))
         prompt = self.model.prompts.get(prompt_name, "") if prompt_name else ""
         features = self.model.tokenize([prompt + t for t in texts])
-        features = {k: v.to(self.model.device) for k, v in features.items()}
+        features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
         with torch.inference_mode():
             for module in body:
                 features = module(features)

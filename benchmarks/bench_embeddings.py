@@ -1,0 +1,140 @@
+"""``/v1/embeddings`` over HTTP against in-process ``SentenceTransformer.encode``, same texts, same run.
+
+MiniLM (the real all-MiniLM-L6-v2 weights) is served like in the demo: test hub on loopback, the
+model's Serve app fetching through the download service, the OpenAI gateway in front. Clients send
+``--batch`` texts per request (default: both 1 and 16) at ``--concurrency`` (default 32). Printed:
+texts per second both ways, their ratio (goal: at least 0.8) and the HTTP latency p50/p99.
+
+    python benchmarks/bench_embeddings.py [--texts 2048] [--concurrency 32] [--batch 1 --batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+WORDS = [
+    *("cat", "kitten", "mat", "rug", "tax", "report", "spreadsheet", "cluster", "node", "replica", "weights"),
+    *("download", "verified", "model", "serve", "quarterly", "river", "mountain", "coffee", "morning", "train"),
+    *("station", "library", "window", "garden", "music", "violin", "engine"),
+]
+MODEL = "all-minilm-l6-v2"
+
+
+def make_texts(n: int) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24))) for _ in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def in_process(folder: Path, texts: list[str]) -> float:
+    """Texts per second of plain ``encode`` on this machine (after one warm-up pass)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    model.encode(texts[:64], normalize_embeddings=True)
+    started = time.perf_counter()
+    model.encode(texts, batch_size=32, normalize_embeddings=True)
+    return len(texts) / (time.perf_counter() - started)
+
+
+async def over_http(base: str, texts: list[str], concurrency: int, batch: int) -> tuple[float, list[float]]:
+    """Texts per second and per-request latencies with ``concurrency`` clients, ``batch`` texts a request."""
+    queue: asyncio.Queue[list[str]] = asyncio.Queue()
+    for start in range(0, len(texts), batch):
+        queue.put_nowait(texts[start : start + batch])
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            inputs = queue.get_nowait()
+            started = time.perf_counter()
+            response = await http.post(f"{base}/v1/embeddings", json={"model": MODEL, "input": inputs})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        for text in texts[:64]:  # warm-up: connections, batching, first forward passes
+            (await http.post(f"{base}/v1/embeddings", json={"model": MODEL, "input": text})).raise_for_status()
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return len(texts) / elapsed, latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=2048)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--batch", type=int, action="append", help="texts per request (repeatable; default 1 and 16)")
+    args = parser.parse_args()
+    batches = args.batch or [1, 16]
+
+    from candle.catalog import Resources, load_catalog
+    from candle.testing.hub import TestHub
+    from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
+
+    workdir = Path(tempfile.mkdtemp(prefix="candle-bench-emb-"))
+    store = workdir / "store"
+    build_tiny_store(store, ["minilm"])
+    texts = make_texts(args.texts)
+    baseline = in_process(store / TINY_MODELS["minilm"], texts)
+
+    with TestHub(store) as hub:
+        os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_XET="1")
+        import ray
+        from ray import serve
+        from ray.serve.api import RunTarget
+
+        from deployments.app import build_gateway_app, build_model_app
+
+        # The replica gets the machine's cores, as the in-process baseline does (Ray sizes the
+        # replica's torch threads by its num_cpus), and enough concurrency for batches to form.
+        spec = load_catalog("demo").get(MODEL)
+        spec = spec.model_copy(
+            update={"resources": Resources(num_cpus=os.cpu_count() or 1), "max_ongoing_requests": 64}
+        )
+        catalog = {"models": [spec.model_dump()]}
+        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run_many(
+            [
+                RunTarget(build_model_app({"catalog": catalog, "model": MODEL}), name=MODEL, route_prefix=None),
+                RunTarget(build_gateway_app({"catalog": catalog}), name="gateway"),
+            ]
+        )
+        base = f"http://127.0.0.1:{port}"
+        while httpx.get(f"{base}/v1/models").json()["data"][0]["status"]["state"] != "ready":
+            time.sleep(0.5)
+        results = {batch: asyncio.run(over_http(base, texts, args.concurrency, batch)) for batch in batches}
+        serve.shutdown()
+        ray.shutdown()
+
+    print(f"texts: {len(texts)}; HTTP concurrency {args.concurrency}; in-process encode {baseline:.1f} texts/s")
+    print(f"{'texts/request':>14}{'HTTP texts/s':>14}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    for batch, (throughput, latencies) in results.items():
+        ordered = sorted(latencies)
+        p50 = statistics.median(ordered) * 1000
+        p99 = ordered[int(len(ordered) * 0.99)] * 1000
+        print(f"{batch:>14}{throughput:>14.1f}{throughput / baseline:>8.2f}{p50:>9.1f}{p99:>9.1f}")
+    print("goal: ratio >= 0.80")
+
+
+if __name__ == "__main__":
+    main()
