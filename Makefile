@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench-fetch clean
+.PHONY: demo test lint bench-fetch bench-embeddings clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+demo: $(STAMP)  ## the README's first command: the offline local demo on http://127.0.0.1:8000/v1
+	$(BIN)/candle demo --port 8000
 
 test: $(STAMP)  ## the README's test command
 	$(BIN)/ruff check .
@@ -26,6 +29,9 @@ lint: $(STAMP)
 
 bench-fetch: $(STAMP)  ## benchmarks/bench_fetch.py: candle fetch vs snapshot_download over loopback
 	$(BIN)/python benchmarks/bench_fetch.py
+
+bench-embeddings: $(STAMP)  ## benchmarks/bench_embeddings.py: /v1/embeddings vs in-process encode
+	$(BIN)/python benchmarks/bench_embeddings.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
