@@ -110,7 +110,7 @@ def main() -> None:
             update={"resources": Resources(num_cpus=os.cpu_count() or 1), "max_ongoing_requests": 64}
         )
         catalog = {"models": [spec.model_dump()]}
-        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run_many(

@@ -111,7 +111,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         # The node's actor starts once per node; a replica pays that once, so it is warmed up here.
         asyncio.run(timed("candle", "bench/single-1gb", workdir / "warmup"))

@@ -25,7 +25,7 @@ def connect(namespace: str = "candle") -> None:
     try:
         ray.init(address="auto", **quiet)
     except ConnectionError:
-        ray.init(include_dashboard=False, **quiet)
+        ray.init(address="local", include_dashboard=False, **quiet)
 
 
 def unwrap_error(error: BaseException) -> BaseException:

@@ -56,7 +56,8 @@ def ray_cluster(hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -
     env = {**TEST_ENV, "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_CACHE": str(hf_cache)}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
-    ray.init(num_cpus=4, include_dashboard=False, namespace="candle-tests")
+    # "local": always a fresh cluster of our own, even when other Ray instances run on the machine.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="candle-tests")
     try:
         yield {**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     finally:

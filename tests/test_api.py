@@ -383,3 +383,31 @@ def test_a_downloading_model_reports_progress_and_503(api: str, hub_server: Test
     assert httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"}).status_code == 200
     serve.delete("gateway-slow")
     serve.delete("slow-minilm")
+
+
+def replica_ids(app: str) -> set[str]:
+    """Names of the live replica actors of one Serve app (they carry the app name)."""
+    import ray
+
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return {a["name"] for a in actors if a["name"].startswith(f"SERVE_REPLICA::{app}#")}
+
+
+def test_one_capability_scales_without_touching_the_others(client: openai.OpenAI, api: str):
+    """Each model is its own Serve app: scaling MiniLM to 2 replicas leaves the other replicas as they were."""
+    others = {m.name: replica_ids(m.name) for m in DEMO.models if m.name != "all-minilm-l6-v2"}
+    assert all(len(ids) == 1 for ids in others.values()), others
+    spec = DEMO.get("all-minilm-l6-v2").model_copy(update={"num_replicas": 2})
+    serve.run(
+        build_model_app({"catalog": {"models": [spec.model_dump()]}, "model": spec.name}),
+        name=spec.name,
+        route_prefix=None,
+    )
+    try:
+        assert len(replica_ids(spec.name)) == 2
+        assert {name: replica_ids(name) for name in others} == others
+        assert len(client.embeddings.create(model=spec.name, input=["a", "b"]).data) == 2
+        assert client.chat.completions.create(model="qwen3-coder-tiny", messages=CHAT, max_tokens=2).choices
+    finally:
+        serve.run(build_model_app({"catalog": "demo", "model": spec.name}), name=spec.name, route_prefix=None)
+    assert len(replica_ids(spec.name)) == 1
