@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from candle.download.client import fetch_request, make_request
 from candle.download.errors import DownloadError
+from candle.download.status import cluster_progress
 from candle.raycluster import connect, unwrap_error
 
 PROGRESS_INTERVAL_S = 0.25
@@ -50,6 +51,29 @@ def _cmd_prefetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    connect()
+    per_node = asyncio.run(cluster_progress(args.repo))
+    rows = [(node, entry) for node, entries in sorted(per_node.items()) for entry in entries]
+    if not rows:
+        print("no downloads yet" + (f" of {args.repo}" if args.repo else ""))
+        return 0
+    print(f"{'node':<14}{'model':<48}{'state':<13}{'done':>10}{'total':>10}{'rate':>12}{'eta':>8}")
+    for node, entry in rows:
+        eta = f"{entry['eta_s']:.0f}s" if entry["eta_s"] else "-"
+        print(
+            f"{node[:12]:<14}{entry['repo_id'][:46]:<48}{entry['state']:<13}{_size(entry['bytes_done']):>10}"
+            f"{_size(entry['bytes_total']):>10}{_size(entry['rate']) + '/s':>12}{eta:>8}"
+        )
+        if entry["error"]:
+            print(f"{'':<14}error: {entry['error']}")
+    return 0
+
+
+def _size(n: float) -> str:
+    return tqdm.format_sizeof(n, "B", 1000)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from candle import demo
 
@@ -73,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--cache-dir", help="HF hub cache folder (default: the node's HF_HUB_CACHE)")
     prefetch.add_argument("--quiet", action="store_true", help="no progress bar")
     prefetch.set_defaults(run=_cmd_prefetch)
+
+    status = commands.add_parser(
+        "status",
+        help="download progress of every model on every node",
+        description="Ask each node's download actor for its progress (state, bytes, rate, ETA) and print a table.",
+    )
+    status.add_argument("repo", nargs="?", help="only this repo id")
+    status.set_defaults(run=_cmd_status)
 
     demo = commands.add_parser(
         "demo",

@@ -71,3 +71,17 @@ def test_prefetch_shows_a_progress_bar_on_a_terminal(ray_cluster, hub: TestHub, 
         os.close(controller)
     assert done.returncode == 0
     assert repo_name.encode() in drawn and b"100%" in drawn and b"8.00M/8.00M" in drawn
+
+
+def test_status_lists_downloads_per_node(ray_cluster, hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+    make_repo({"model.safetensors": 3 * MB})
+    assert run_cli(["prefetch", repo_name, "--cache-dir", str(tmp_path)], ray_cluster).returncode == 0
+    done = run_cli(["status", repo_name], ray_cluster)
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.strip().splitlines()
+    assert header.split()[:3] == ["node", "model", "state"]
+    assert repo_name[:46] in row and " done " in row and "3.15MB" in row
+    assert (
+        run_cli(["status", "nobody/never-fetched"], ray_cluster).stdout.strip()
+        == "no downloads yet of nobody/never-fetched"
+    )
