@@ -27,6 +27,7 @@ TEST_ENV = {
     "CANDLE_DOWNLOAD_STALL_TIMEOUT": "2",
     "CANDLE_DOWNLOAD_BACKOFF_BASE": "0.2",
     "CANDLE_DOWNLOAD_MAX_ATTEMPTS": "4",
+    "CANDLE_DOWNLOAD_PEER_HOST": "127.0.0.1",  # peers talk over loopback in tests
 }
 
 

@@ -35,6 +35,11 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return value.strip().lower() in ("1", "true", "yes", "on") if value else default
+
+
 @dataclass(frozen=True)
 class DownloaderSettings:
     """Knobs of a node's download actor. Environment: ``CANDLE_DOWNLOAD_<FIELD>`` in upper case."""
@@ -47,6 +52,12 @@ class DownloaderSettings:
     reserve_bytes: int = 0  # free space to leave on the cache's disk after a download
     chunk_size: int = 1024 * 1024  # bytes per write: the most a dropped connection loses, and progress granularity
     niceness: int = 10  # CPU priority of the actor's process, below replicas sharing the node
+    # Cluster mode: one hub transfer per blob per cluster, other nodes copy from a peer.
+    coordinate: bool = True
+    shared_cache: bool = False  # HF_HOME on a network filesystem: one node downloads, the others wait
+    takeover_after_s: float = 60.0  # a hub download that reports nothing this long is given to another node
+    peer_bandwidth: float = 0.0  # bytes/s cap on serving peers (0: none); for tests of slow or dying peers
+    peer_host: str = ""  # address the peer server binds and advertises (default: the node's Ray IP)
 
     @classmethod
     def from_env(cls) -> DownloaderSettings:
@@ -60,6 +71,11 @@ class DownloaderSettings:
             reserve_bytes=int(_env_float(prefix + "RESERVE_BYTES", cls.reserve_bytes)),
             chunk_size=int(_env_float(prefix + "CHUNK_SIZE", cls.chunk_size)),
             niceness=int(_env_float(prefix + "NICENESS", cls.niceness)),
+            coordinate=_env_bool(prefix + "COORDINATE", cls.coordinate),
+            shared_cache=_env_bool(prefix + "SHARED_CACHE", cls.shared_cache),
+            takeover_after_s=_env_float(prefix + "TAKEOVER_AFTER", cls.takeover_after_s),
+            peer_bandwidth=_env_float(prefix + "PEER_BANDWIDTH", cls.peer_bandwidth),
+            peer_host=os.environ.get(prefix + "PEER_HOST", cls.peer_host),
         )
 
     def backoff(self, attempt: int) -> float:

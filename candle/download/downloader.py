@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import ray
 from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
@@ -25,6 +26,7 @@ from .config import DownloaderSettings, FetchRequest
 from .errors import NotCached
 from .listing import RemoteFile, RepoListing, list_repo, storage_folder
 from .progress import FileProgress, RepoProgress
+from .sourcing import ClusterSources
 from .transfer import download_verified
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,17 @@ class NodeDownloader:
         self._transfers: dict[BlobKey, asyncio.Task[None]] = {}
         self._files: dict[BlobKey, FileProgress] = {}
         self._repos: dict[tuple[str, str], RepoProgress] = {}
+        self._sources = self._cluster_sources()
+
+    def _cluster_sources(self) -> ClusterSources | None:
+        """Peer copies and the coordinator, when this runs as a Ray actor with coordination on."""
+        if not (self.settings.coordinate and ray.is_initialized()):
+            return None
+        context = ray.get_runtime_context()
+        if context.get_actor_id() is None:
+            return None
+        host = self.settings.peer_host or ray.util.get_node_ip_address()
+        return ClusterSources(self.settings, context.get_node_id(), host)
 
     async def ping(self) -> float:
         """Liveness and loop-latency probe: returns the actor's clock."""
@@ -63,6 +76,8 @@ class NodeDownloader:
             listing = await self._list(request)
             repo.commit = listing.commit
             cache = RepoCache(storage_folder(request))
+            if self._sources is not None:
+                self._sources.expose(cache.folder.parent)
             missing = [f for f in listing.files if not cache.has_blob(f)]
             if missing and constants.HF_HUB_OFFLINE:
                 raise NotCached(request.repo_id, missing[0].path, "HF_HUB_OFFLINE is set")
@@ -145,12 +160,12 @@ class NodeDownloader:
 
     async def _download(self, request: FetchRequest, listing: RepoListing, cache: RepoCache, f: RemoteFile) -> None:
         progress = self._file_progress(cache, f)
-        url = hf_hub_url(
+        hub_url = hf_hub_url(
             request.repo_id, f.path, repo_type=request.repo_type, revision=listing.commit, endpoint=request.endpoint
         )
-        headers = build_hf_headers(token=request.token, library_name="candle")
-        started = time.monotonic()
-        try:
+        hub = (hub_url, build_hf_headers(token=request.token, library_name="candle"))
+
+        async def transfer(url: str, headers: dict[str, str], settings: DownloaderSettings) -> None:
             await self._run_blocking(
                 download_verified,
                 repo_id=request.repo_id,
@@ -160,12 +175,19 @@ class NodeDownloader:
                 incomplete=cache.incomplete_path(f),
                 blob=cache.blob_path(f),
                 progress=progress,
-                settings=self.settings,
+                settings=settings,
             )
+
+        started = time.monotonic()
+        try:
+            if self._sources is None:
+                await transfer(*hub, self.settings)
+            else:
+                await self._sources.obtain((request.repo_type, request.repo_id, f.etag), cache, f, hub, transfer)
         except BaseException:
             progress.state = "failed"
             raise
-        progress.state = "done"
+        progress.state, progress.done = "done", f.size
         elapsed = time.monotonic() - started
         logger.info("%s/%s: %.1f MB verified in %.1fs", request.repo_id, f.path, f.size / 1e6, elapsed)
 

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from candle.download.peer import parse_range, send_file_range
+
 # The extensions the Hub's default .gitattributes stores in LFS; bigger files go to LFS as well.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".model")
 LFS_MIN_SIZE = 10 * 1024 * 1024
@@ -328,20 +330,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             status = int(fault.kind)
             self._error(status, "TooManyRequests" if status == 429 else "InternalError", f"injected {status}", extra)
             return
-        start, end = self._range(hub_file.size)
+        start, end = parse_range(self.headers.get("Range"), hub_file.size)
         self._send_file_headers(206 if self.headers.get("Range") else 200, repo, hub_file, start, end)
         self.state.record(self.state.stats.bodies, (repo_id, path))
         self._send_body(repo_id, hub_file, start, end, fault)
-
-    def _range(self, size: int) -> tuple[int, int]:
-        """Parse a ``bytes=a-`` or ``bytes=a-b`` Range header into a half-open interval."""
-        header = self.headers.get("Range")
-        match = re.fullmatch(r"bytes=(\d+)-(\d*)", header.strip()) if header else None
-        if not match:
-            return 0, size
-        start = min(int(match[1]), size)
-        end = min(int(match[2]) + 1, size) if match[2] else size
-        return start, max(start, end)
 
     def _send_file_headers(self, status: int, repo: HubRepo, f: HubFile, start: int, end: int) -> None:
         self.send_response(status)
@@ -359,11 +351,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def _send_body(self, repo_id: str, f: HubFile, start: int, end: int, fault: Fault | None) -> None:
         key = (repo_id, f.path)
+        if fault is None and self.state.rate_for(repo_id) is None:
+            self.state.record(self.state.stats.body_bytes, key, send_file_range(self, f.local_path, start, end))
+            return
         with f.local_path.open("rb") as source:
-            if fault is None and self.state.rate_for(repo_id) is None:
-                sent = self.connection.sendfile(source, start, end - start) if end > start else 0
-                self.state.record(self.state.stats.body_bytes, key, sent)
-                return
             fault_at = start + int((end - start) * fault.at) if fault else end
             position = start
             source.seek(start)

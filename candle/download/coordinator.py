@@ -1,0 +1,131 @@
+"""One hub download per cluster: the coordinator tells each node where to get a blob from.
+
+For a blob (repo, etag) a node's downloader asks ``claim``. The answer is one of:
+
+- ``hub``: nobody has it or is fetching it: this node downloads it from the hub (and is recorded
+  as the one doing so);
+- ``peer``: these nodes hold a verified copy: copy it from one of them (then, if they all fail,
+  claim again with them excluded);
+- ``wait``: another node is downloading it: wait for that (``wait``), then claim again;
+- ``shared``: the cache is shared (``HF_HOME`` on a network filesystem): the blob is already in it.
+
+With a shared cache the first claimant downloads and everybody else waits, then links. The
+coordinator holds only soft state: every answer carries its ``epoch``, and a downloader that sees
+a new one (the coordinator was restarted) registers its verified blobs again, so the new coordinator
+rebuilds its view and no download is lost with the old one. Peers authenticate with a secret kept
+in the cluster's GCS key-value store, not in the coordinator, so it survives restarts too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import ray
+
+BlobKey = tuple[str, str, str]  # (repo type, repo id, etag)
+NAME = "candle-download-coordinator"
+
+
+@dataclass
+class _Blob:
+    holders: dict[str, str] = field(default_factory=dict)  # node id -> URL of its verified copy
+    downloader: str | None = None  # node fetching it from the hub
+    since: float = 0.0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class DownloadCoordinator:
+    """Cluster-wide view of who holds or is fetching each blob (an async Ray actor)."""
+
+    def __init__(self, shared_cache: bool = False, takeover_after_s: float = 60.0) -> None:
+        self.epoch = secrets.token_hex(8)
+        self.shared_cache = shared_cache
+        self.takeover_after_s = takeover_after_s  # a hub download silent this long is handed to another node
+        self._blobs: dict[BlobKey, _Blob] = {}
+
+    async def register(self, node_id: str, holdings: list[tuple[BlobKey, str]]) -> str:
+        """A downloader (re)connects with the blobs it holds (key, URL); returns the epoch it joined."""
+        for key, url in holdings:
+            self._blob(key).holders[node_id] = url
+        return self.epoch
+
+    async def claim(self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = ()) -> dict[str, object]:
+        return {**self._decide(self._blob(key), node_id, exclude), "epoch": self.epoch}
+
+    def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...]) -> dict[str, object]:
+        if self.shared_cache and blob.holders:
+            return {"action": "shared"}
+        peers = {n: url for n, url in blob.holders.items() if n != node_id and n not in exclude}
+        if peers and not self.shared_cache:
+            return {"action": "peer", "peers": peers}
+        stale = blob.downloader is not None and time.monotonic() - blob.since > self.takeover_after_s
+        if blob.downloader not in (None, node_id) and not stale and blob.downloader not in exclude:
+            return {"action": "wait", "node": blob.downloader}
+        blob.downloader, blob.since = node_id, time.monotonic()
+        return {"action": "hub"}
+
+    async def progress(self, key: BlobKey, node_id: str) -> None:
+        """The hub downloader is alive and moving: keep others from taking over."""
+        blob = self._blob(key)
+        if blob.downloader == node_id:
+            blob.since = time.monotonic()
+
+    async def wait(self, key: BlobKey, timeout_s: float) -> None:
+        """Return when the blob's state changes (done or failed), or after ``timeout_s``."""
+        blob = self._blob(key)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(blob.changed.wait(), timeout_s)
+
+    async def done(self, key: BlobKey, node_id: str, url: str) -> None:
+        self._settle(key, node_id).holders[node_id] = url
+
+    async def failed(self, key: BlobKey, node_id: str) -> None:
+        self._settle(key, node_id)
+
+    async def forget(self, key: BlobKey, node_id: str) -> None:
+        """A peer could not serve the blob (gone or broken): stop sending others to it."""
+        self._blob(key).holders.pop(node_id, None)
+
+    async def holders(self, key: BlobKey) -> list[str]:
+        return sorted(self._blob(key).holders)
+
+    def _blob(self, key: BlobKey) -> _Blob:
+        return self._blobs.setdefault(tuple(key), _Blob())  # type: ignore[arg-type]
+
+    def _settle(self, key: BlobKey, node_id: str) -> _Blob:
+        blob = self._blob(key)
+        if blob.downloader == node_id:
+            blob.downloader = None
+        blob.changed.set()
+        blob.changed = asyncio.Event()
+        return blob
+
+
+def coordinator(shared_cache: bool, takeover_after_s: float) -> ray.actor.ActorHandle:
+    """The cluster's coordinator, created by the first downloader that needs it (detached, no CPU)."""
+    return (
+        ray.remote(DownloadCoordinator)
+        .options(
+            name=NAME,
+            namespace="candle",
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_concurrency=1000,
+            max_restarts=-1,
+        )
+        .remote(shared_cache, takeover_after_s)
+    )
+
+
+def peer_secret() -> str:
+    """The cluster's secret for peer copies: made once, kept in the GCS key-value store."""
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+
+    key = b"candle/peer-secret"
+    _internal_kv_put(key, secrets.token_urlsafe(32).encode(), overwrite=False, namespace="candle")
+    return _internal_kv_get(key, namespace="candle").decode()

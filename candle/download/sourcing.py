@@ -1,0 +1,127 @@
+"""Where a node gets a blob from: a peer that holds it, the hub (once per cluster), or a shared cache.
+
+``ClusterSources`` is the downloader's side of the coordinator (see ``coordinator.py``): it asks
+where to fetch each blob, copies from peers with the same verified, resumable transfer used for
+the hub (falling back to another peer, then the hub, when a peer dies or stalls), keeps its claim
+on a hub download alive, serves its own blobs to peers, and re-registers them with a coordinator
+that was restarted. If the coordinator cannot be reached at all, the node carries on alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+from ray.exceptions import RayActorError
+
+from .cache_layout import RepoCache
+from .config import DownloaderSettings
+from .coordinator import BlobKey, coordinator, peer_secret
+from .errors import DownloadError
+from .listing import RemoteFile
+from .peer import PeerServer
+
+logger = logging.getLogger(__name__)
+
+# transfer(url, headers, settings): bring the blob in from that URL, verified (see transfer.py).
+Transfer = Callable[[str, dict[str, str], DownloaderSettings], Awaitable[None]]
+_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+
+
+class ClusterSources:
+    def __init__(self, settings: DownloaderSettings, node_id: str, host: str) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.secret = peer_secret()
+        self.server = PeerServer(host, self.secret, settings.peer_bandwidth or None)
+        self._coordinator = None
+        self._epoch: str | None = None
+
+    def expose(self, cache_dir: Path) -> None:
+        """Let peers copy verified blobs of this cache folder."""
+        self.server.add_root(str(cache_dir))
+
+    def blob_url(self, cache: RepoCache, f: RemoteFile) -> str:
+        return self.server.blob_url(str(cache.folder.parent), cache.folder.name, f.etag)
+
+    async def obtain(
+        self, key: BlobKey, cache: RepoCache, f: RemoteFile, hub: tuple[str, dict[str, str]], transfer: Transfer
+    ) -> None:
+        """Bring blob ``f`` into ``cache`` from wherever the coordinator says, ``hub`` as the last resort."""
+        tried: list[str] = []
+        while True:
+            decision = await self._claim(key, tried)
+            action = decision["action"] if decision else "hub"
+            if action == "shared" and cache.has_blob(f):
+                return
+            if action == "wait":
+                await self._call("wait", key, self.settings.stall_timeout * 3)
+                continue
+            if action == "peer":
+                node, url = next(iter(decision["peers"].items()))
+                try:
+                    await transfer(
+                        url, {"Authorization": f"Bearer {self.secret}"}, replace(self.settings, max_attempts=1)
+                    )
+                except DownloadError as e:
+                    logger.warning("%s: peer %s could not serve it (%s); trying elsewhere", f.path, node[:12], e.detail)
+                    tried.append(node)
+                    await self._call("forget", key, node)
+                    continue
+            else:
+                await self._from_hub(key, hub, transfer)
+            await self._call("done", key, self.node_id, self.blob_url(cache, f))
+            return
+
+    async def _from_hub(self, key: BlobKey, hub: tuple[str, dict[str, str]], transfer: Transfer) -> None:
+        keepalive = asyncio.create_task(self._keep_claim(key))
+        try:
+            await transfer(hub[0], hub[1], self.settings)
+        except BaseException:
+            await self._call("failed", key, self.node_id)
+            raise
+        finally:
+            keepalive.cancel()
+
+    async def _keep_claim(self, key: BlobKey) -> None:
+        while True:
+            await asyncio.sleep(self.settings.takeover_after_s / 3)
+            await self._call("progress", key, self.node_id)
+
+    async def _claim(self, key: BlobKey, tried: list[str]) -> dict | None:
+        decision = await self._call("claim", key, self.node_id, tuple(tried))
+        if decision is not None and decision["epoch"] != self._epoch:
+            # A coordinator we have not told about our blobs (new, or restarted): tell it now.
+            self._epoch = await self._call("register", self.node_id, self.holdings())
+        return decision
+
+    async def _call(self, method: str, *args: object) -> object | None:
+        """A coordinator call, or None when it cannot be reached (the node then carries on alone)."""
+        try:
+            if self._coordinator is None:
+                self._coordinator = coordinator(self.settings.shared_cache, self.settings.takeover_after_s)
+            return await getattr(self._coordinator, method).remote(*args)
+        except (RayActorError, ValueError) as e:
+            logger.warning("download coordinator unreachable (%s); continuing without it", type(e).__name__)
+            self._coordinator = None
+            return None
+
+    def holdings(self) -> list[tuple[BlobKey, str]]:
+        """Every verified blob under the exposed cache folders, with the URL peers read it from."""
+        found = []
+        for rid, root in self.server.roots.items():
+            for repo_dir in root.glob("*--*"):
+                kind, _, name = repo_dir.name.partition("--")
+                if kind not in _REPO_TYPES or not (repo_dir / "blobs").is_dir():
+                    continue
+                for blob in (repo_dir / "blobs").iterdir():
+                    if not blob.name.endswith(".incomplete"):
+                        key = (_REPO_TYPES[kind], name.replace("--", "/"), blob.name)
+                        found.append((key, f"{self.server.url}/blobs/{rid}/{repo_dir.name}/{blob.name}"))
+        return found
+
+    def close(self) -> None:
+        self.server.close()
