@@ -93,7 +93,8 @@ class PeerServer:
         return f"{self.url}/blobs/{root_id(cache_dir)}/{repo_folder}/{etag}"
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
-        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        header = request.headers.get("Authorization", "")
+        supplied = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
         if not hmac.compare_digest(supplied.encode(), self.secret.encode()):
             self._refuse(request, 401)
             return
