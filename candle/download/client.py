@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from typing_extensions import Unpack
 
 from .config import FetchRequest
 from .downloader import NodeDownloader
@@ -50,26 +51,29 @@ def _patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
 
-def make_request(
-    repo_id: str,
-    *,
-    revision: str | None = None,
-    allow_patterns: str | Sequence[str] | None = None,
-    ignore_patterns: str | Sequence[str] | None = None,
-    repo_type: str = "model",
-    cache_dir: str | Path | None = None,
-    endpoint: str | None = None,
-    token: str | None = None,
-) -> FetchRequest:
+class RequestOptions(TypedDict, total=False):
+    """What a fetch can ask for besides the repo (see ``FetchRequest``)."""
+
+    revision: str | None
+    allow_patterns: str | Sequence[str] | None
+    ignore_patterns: str | Sequence[str] | None
+    repo_type: str
+    cache_dir: str | Path | None
+    endpoint: str | None
+    token: str | None
+
+
+def make_request(repo_id: str, **options: Unpack[RequestOptions]) -> FetchRequest:
+    cache_dir = options.get("cache_dir")
     return FetchRequest(
         repo_id=repo_id,
-        revision=revision,
-        allow_patterns=_patterns(allow_patterns),
-        ignore_patterns=_patterns(ignore_patterns),
-        repo_type=repo_type,
+        revision=options.get("revision"),
+        allow_patterns=_patterns(options.get("allow_patterns")),
+        ignore_patterns=_patterns(options.get("ignore_patterns")),
+        repo_type=options.get("repo_type") or "model",
         cache_dir=str(cache_dir) if cache_dir is not None else None,
-        endpoint=endpoint,
-        token=token,
+        endpoint=options.get("endpoint"),
+        token=options.get("token"),
     )
 
 
@@ -93,31 +97,16 @@ async def fetch_request(
 async def fetch(
     repo_id: str,
     *,
-    revision: str | None = None,
-    allow_patterns: str | Sequence[str] | None = None,
-    ignore_patterns: str | Sequence[str] | None = None,
-    repo_type: str = "model",
-    cache_dir: str | Path | None = None,
-    endpoint: str | None = None,
-    token: str | None = None,
     on_progress: ProgressCallback | None = None,
     progress_interval_s: float = 1.0,
+    **options: Unpack[RequestOptions],
 ) -> Path:
     """Return the local snapshot folder of ``repo_id`` once every selected file is there, verified.
 
-    Raises the typed errors of ``candle.download.errors`` (repo, revision or file not found, access
-    denied, out of disk, integrity failure, transfer failed), each naming repo, file and cause.
-    ``on_progress`` is called every ``progress_interval_s`` with the model's progress on this node
-    (state, bytes done and total, rate, ETA, per-file detail) until the fetch ends.
+    ``options`` are those of ``make_request`` (revision, allow/ignore patterns, repo type, cache
+    folder, endpoint, token). Raises the typed errors of ``candle.download.errors`` (repo, revision
+    or file not found, access denied, out of disk, integrity failure, transfer failed), each naming
+    repo, file and cause. ``on_progress`` is called every ``progress_interval_s`` with the model's
+    progress on this node (state, bytes done and total, rate, ETA, per-file detail) until it ends.
     """
-    request = make_request(
-        repo_id,
-        revision=revision,
-        allow_patterns=allow_patterns,
-        ignore_patterns=ignore_patterns,
-        repo_type=repo_type,
-        cache_dir=cache_dir,
-        endpoint=endpoint,
-        token=token,
-    )
-    return await fetch_request(request, on_progress, progress_interval_s)
+    return await fetch_request(make_request(repo_id, **options), on_progress, progress_interval_s)

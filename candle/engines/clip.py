@@ -12,15 +12,14 @@ from transformers import CLIPModel, CLIPProcessor
 from candle.api.images import decode_image
 from candle.catalog import ModelSpec
 
-from .device import device, dtype
+from .device import load_model
 from .errors import InvalidInput
 
 
 class ClipEngine:
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
         self.processor = CLIPProcessor.from_pretrained(folder)
-        self.model = CLIPModel.from_pretrained(folder, dtype=dtype(), **spec.engine_args).to(device())
-        self.model.eval()
+        self.model = load_model(CLIPModel, folder, spec)
         self.dimensions = int(self.model.config.projection_dim)
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:

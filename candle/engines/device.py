@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
+
+from candle.catalog import ModelSpec
 
 
 def gpu_count() -> int:
@@ -17,3 +22,9 @@ def device() -> str:
 def dtype() -> torch.dtype:
     """bf16 on GPUs; fp32 on CPU, where half precision is slow or unsupported for many kernels."""
     return torch.bfloat16 if gpu_count() else torch.float32
+
+
+def load_model(model_class: Any, folder: Path, spec: ModelSpec, **kwargs: Any) -> Any:
+    """``model_class.from_pretrained`` on this replica's device and dtype, in eval mode."""
+    model = model_class.from_pretrained(folder, dtype=dtype(), **kwargs, **spec.engine_args).to(device())
+    return model.eval()

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from candle.catalog import ModelSpec
 
-from .device import device, dtype
+from .device import load_model
 from .errors import InvalidInput
 from .generation import GenerationParams, TextChunk, stream_generate
 
@@ -22,10 +22,7 @@ class TransformersTextEngine:
 
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            folder, trust_remote_code=spec.trust_remote_code, dtype=dtype(), **spec.engine_args
-        ).to(device())
-        self.model.eval()
+        self.model = load_model(AutoModelForCausalLM, folder, spec, trust_remote_code=spec.trust_remote_code)
         self._lock = threading.Lock()
 
     def chat(

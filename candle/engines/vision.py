@@ -12,17 +12,14 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from candle.catalog import ModelSpec
 
-from .device import device, dtype
+from .device import load_model
 from .generation import GenerationParams, TextChunk, stream_generate
 
 
 class LlavaEngine:
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
         self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
-        self.model = LlavaForConditionalGeneration.from_pretrained(
-            folder, trust_remote_code=spec.trust_remote_code, dtype=dtype(), **spec.engine_args
-        ).to(device())
-        self.model.eval()
+        self.model = load_model(LlavaForConditionalGeneration, folder, spec, trust_remote_code=spec.trust_remote_code)
         self._lock = threading.Lock()
 
     def chat(
