@@ -331,8 +331,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self._error(status, "TooManyRequests" if status == 429 else "InternalError", f"injected {status}", extra)
             return
         start, end = parse_range(self.headers.get("Range"), hub_file.size)
-        self._send_file_headers(206 if self.headers.get("Range") else 200, repo, hub_file, start, end)
         self.state.record(self.state.stats.bodies, (repo_id, path))
+        self._send_file_headers(206 if self.headers.get("Range") else 200, repo, hub_file, start, end)
         self._send_body(repo_id, hub_file, start, end, fault)
 
     def _send_file_headers(self, status: int, repo: HubRepo, f: HubFile, start: int, end: int) -> None:
@@ -352,7 +352,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _send_body(self, repo_id: str, f: HubFile, start: int, end: int, fault: Fault | None) -> None:
         key = (repo_id, f.path)
         if fault is None and self.state.rate_for(repo_id) is None:
-            self.state.record(self.state.stats.body_bytes, key, send_file_range(self, f.local_path, start, end))
+            # Counted before sending: a client may read the whole body before this thread gets to count.
+            self.state.record(self.state.stats.body_bytes, key, end - start)
+            send_file_range(self, f.local_path, start, end)
             return
         with f.local_path.open("rb") as source:
             fault_at = start + int((end - start) * fault.at) if fault else end
@@ -375,8 +377,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     time.sleep(max(0.0, len(chunk) / rate - (time.monotonic() - sent_at)))
 
     def _write(self, key: tuple[str, str], data: bytes) -> None:
-        self.wfile.write(data)
         self.state.record(self.state.stats.body_bytes, key, len(data))
+        self.wfile.write(data)
 
     def _interrupt(self, fault: Fault) -> None:
         """End a body early: at once for a drop, after ``stall_seconds`` of silence for a stall."""
