@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from candle.download.client import fetch_request, make_request
-from candle.download.errors import DownloadError
 from candle.download.status import cluster_progress
-from candle.raycluster import connect, unwrap_error
+from candle.raycluster import connect, error_line
 
 PROGRESS_INTERVAL_S = 0.25
 
@@ -124,12 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("candle: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # one line for the operator; the full error is in the Ray logs
-        error = unwrap_error(e)
-        message = str(error) if isinstance(error, DownloadError) else f"{type(error).__name__}: {error}"
-        print(
-            f"candle {args.command}: error: {message.splitlines()[0] if message else type(error).__name__}",
-            file=sys.stderr,
-        )
+        print(f"candle {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 1
 
 

@@ -1,13 +1,24 @@
-"""Catalog resources -> Ray Serve deployment options (GPUs, node labels, tensor-parallel bundles)."""
+"""Catalog resources -> Ray Serve deployment options, and which nodes of a cluster can host a model.
+
+Both answers come from the same options, so what the prefetch job warms, what the cluster configs
+are checked against, and where Serve really schedules a replica cannot disagree.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from candle.catalog import ModelSpec
 
 # Requests a replica queues before the gateway answers 503 + Retry-After instead of waiting.
 MAX_QUEUED_REQUESTS = 64
+
+# A node as ``ray.nodes()`` describes it: "NodeID", "Alive", "Labels", "Resources" (totals).
+NodeInfo = Mapping[str, Any]
+
+_IN = re.compile(r"^in\((?P<values>.*)\)$")
 
 
 def deployment_options(spec: ModelSpec) -> dict[str, Any]:
@@ -16,7 +27,8 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     Tensor-parallel engines get one placement-group bundle per GPU rank, ``STRICT_PACK``ed onto one
     node (the replica's own bundle first, holding its CPUs); everything else asks for its GPUs on
     the replica actor. Node labels become a ``label_selector``, so multi-GPU pipelines land only on
-    nodes labelled for them.
+    nodes labelled for them; with a placement group the bundles carry the selector too, because the
+    group is reserved before the replica and an actor selector alone cannot move it.
     """
     resources = spec.resources
     actor: dict[str, Any] = {"num_cpus": resources.num_cpus}
@@ -34,6 +46,41 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
         ranks = [{"GPU": 1.0, "CPU": 1.0}] * resources.tensor_parallel_size
         options["placement_group_bundles"] = [{"CPU": resources.num_cpus}, *ranks]
         options["placement_group_strategy"] = "STRICT_PACK"
+        if resources.label_selector:
+            options["placement_group_bundle_label_selector"] = [dict(resources.label_selector)]
     else:
         actor["num_gpus"] = resources.num_gpus
     return options
+
+
+def replica_resources(spec: ModelSpec) -> dict[str, float]:
+    """CPUs and GPUs one replica takes on its node (a STRICT_PACK group takes the sum of its bundles)."""
+    options = deployment_options(spec)
+    actor = options["ray_actor_options"]
+    bundles = options.get("placement_group_bundles") or [{"CPU": actor["num_cpus"], "GPU": actor["num_gpus"]}]
+    return {key: float(sum(b.get(key, 0) for b in bundles)) for key in ("CPU", "GPU")}
+
+
+def label_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """Ray's label selector semantics: ``value``, ``!value``, ``in(a, b)`` and ``!in(a, b)`` per key."""
+    for key, condition in selector.items():
+        negated = condition.startswith("!")
+        condition = condition.removeprefix("!")
+        listed = _IN.match(condition)
+        allowed = {v.strip() for v in listed["values"].split(",")} if listed else {condition}
+        if (labels.get(key) in allowed) == negated:
+            return False
+    return True
+
+
+def can_host(spec: ModelSpec, node: NodeInfo) -> bool:
+    """Whether a replica of ``spec`` could ever run on ``node``: its labels match, it has enough CPUs and GPUs."""
+    if not node.get("Alive", True) or not label_matches(spec.resources.label_selector, node.get("Labels") or {}):
+        return False
+    capacity = node.get("Resources") or {}
+    return all(float(capacity.get(key, 0)) >= need for key, need in replica_resources(spec).items() if need)
+
+
+def hosting_nodes(spec: ModelSpec, nodes: Iterable[NodeInfo]) -> list[str]:
+    """Ids of the alive nodes where ``spec``'s deployment can land."""
+    return [node["NodeID"] for node in nodes if can_host(spec, node)]

@@ -33,3 +33,12 @@ def unwrap_error(error: BaseException) -> BaseException:
     while isinstance(error, RayTaskError) and isinstance(error.cause, BaseException):
         error = error.cause
     return error
+
+
+def error_line(error: BaseException) -> str:
+    """An operator's one-line view of a failure: a download error's own words, else type and message."""
+    from candle.download.errors import DownloadError
+
+    cause = unwrap_error(error)
+    text = str(cause) if isinstance(cause, DownloadError) else f"{type(cause).__name__}: {cause}"
+    return text.strip().splitlines()[0] if text.strip() else type(cause).__name__

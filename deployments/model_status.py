@@ -2,12 +2,16 @@
 
 Combines Ray Serve's view (are replicas running, did the constructor fail and why) with the
 download actors' progress (bytes, rate, ETA per node): a model whose replicas are still starting
-is "downloading" while its weights are in flight and "loading" once they are on disk.
+is "downloading" while its weights are in flight and "loading" once they are on disk, and
+"pending" when no node can take a replica (not enough GPUs, no node with its labels), which Serve
+says in the deployment's message once a replica has waited ``RAY_SERVE_SLOW_STARTUP_WARNING_S``
+(30 s by default) to be scheduled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,7 +20,17 @@ from ray import serve
 from candle.catalog import ModelSpec
 from candle.download.status import cluster_progress, summarize
 
-State = Literal["downloading", "loading", "ready", "failed", "not_deployed"]
+State = Literal["pending", "downloading", "loading", "ready", "failed", "not_deployed"]
+
+# Serve 2.60's message for replicas still waiting for a node (``DeploymentState``'s startup check);
+# "required" is a dict, or a list of bundles for placement-group deployments; "available" is what
+# is free across the cluster now.
+_UNSCHEDULED = re.compile(
+    r"has (?P<count>\d+) replicas that have taken more than (?P<seconds>\d+)s to be scheduled\..*?"
+    r"Resources required for each replica: (?P<required>\[.*?\]|\{.*?\}|\w+), "
+    r"total resources available: (?P<available>\{.*?\}|\w+)",
+    re.DOTALL,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,25 @@ def _last_line(message: str) -> str:
     return lines[-1] if lines else message
 
 
+def pending_reason(message: str, spec: ModelSpec) -> str | None:
+    """Why replicas wait for a node, from Serve's message; None when they are not waiting for one.
+
+    Serve's resource dict leaves out the label selector, so the spec's labels are added: "needs a
+    GPU" on a cluster with idle GPUs is otherwise a puzzle.
+    """
+    if "to be scheduled" not in message:
+        return None
+    match = _UNSCHEDULED.search(message)
+    if match is None:  # wording changed: Serve's own words beat none
+        return _last_line(message)
+    labels = spec.resources.label_selector
+    where = f" labelled {', '.join(f'{k}={v}' for k, v in labels.items())}" if labels else ""
+    return (
+        f"{match['count']} replica(s) waiting over {match['seconds']}s for a node{where} with "
+        f"{match['required']} (free across the cluster: {match['available']})"
+    )
+
+
 async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str]) -> dict[str, ModelStatus]:
     """Status of every model: ``deployment_names`` maps model name -> its deployment in its app."""
     serve_status, progress = await asyncio.gather(asyncio.to_thread(serve.status), cluster_progress())
@@ -55,6 +88,9 @@ async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str])
             continue
         if str(deployment.status) in ("DEPLOY_FAILED", "UNHEALTHY", "DeploymentStatus.DEPLOY_FAILED"):
             statuses[name] = ModelStatus("failed", _last_line(deployment.message or app.message or "deploy failed"))
+            continue
+        if reason := pending_reason(deployment.message or "", spec):
+            statuses[name] = ModelStatus("pending", reason)
             continue
         model_progress = summarize(
             {node: [e for e in entries if e["repo_id"] == spec.repo_id] for node, entries in progress.items()}

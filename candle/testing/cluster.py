@@ -1,0 +1,98 @@
+"""A multi-node Ray cluster on one machine, for placement tests and local development.
+
+Each simulated node is a real raylet with its own fake GPUs (Ray sets ``CUDA_VISIBLE_DEVICES``
+for actors that ask for them), its own Ray node labels, and its own environment, so a node can
+have its own Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``) and hub endpoint exactly like a
+separate machine would. The first node is the head; it can run the dashboard, which the job API
+(``ray job submit``) needs.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.cluster_utils import Cluster
+
+NODE_CLASS = "candle.io/node-class"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One simulated node: ``name`` is how tests refer to it; ``env`` adds to the cluster's base env."""
+
+    name: str
+    num_cpus: int = 1
+    num_gpus: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def node_cache(cache_root: Path, name: str) -> Path:
+    """The ``HF_HOME`` that :func:`simulated_cluster` gives node ``name`` under ``cache_root``."""
+    return Path(cache_root) / name
+
+
+def node_hub_cache(cache_root: Path, name: str) -> Path:
+    """The node's ``HF_HUB_CACHE``, where its downloader writes ``models--org--name`` folders."""
+    return node_cache(cache_root, name) / "hub"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_args(node: NodeSpec, base_env: Mapping[str, str], cache_root: Path | None) -> dict[str, Any]:
+    env = dict(base_env)
+    if cache_root is not None:
+        env |= {
+            "HF_HOME": str(node_cache(cache_root, node.name)),
+            "HF_HUB_CACHE": str(node_hub_cache(cache_root, node.name)),
+        }
+    env |= node.env
+    return {"num_cpus": node.num_cpus, "num_gpus": node.num_gpus, "labels": dict(node.labels), "env_vars": env}
+
+
+@contextmanager
+def simulated_cluster(
+    nodes: Sequence[NodeSpec],
+    base_env: Mapping[str, str] | None = None,
+    *,
+    cache_root: Path | None = None,
+    dashboard: bool = False,
+    namespace: str = "candle-tests",
+) -> Iterator[tuple[Cluster, dict[str, str]]]:
+    """Start ``nodes`` (the first is the head), connect this process, yield ``(cluster, {name: node id})``.
+
+    Every node's processes see ``base_env``, then its own cache folders (with ``cache_root``), then
+    ``NodeSpec.env``. With ``dashboard`` the head serves the dashboard and job API on a free
+    loopback port (``cluster.webui_url``). Everything is shut down on exit.
+    """
+    if not nodes:
+        raise ValueError("a cluster needs at least a head node")
+    if ray.is_initialized():
+        raise RuntimeError("this process is already connected to Ray; a simulated cluster needs a process of its own")
+    base_env = base_env or {}
+    head, *workers = nodes
+    head_args = _node_args(head, base_env, cache_root)
+    head_args["include_dashboard"] = dashboard
+    if dashboard:
+        head_args |= {"dashboard_host": "127.0.0.1", "dashboard_port": free_port()}
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    try:
+        ids = {head.name: cluster.head_node.node_id}
+        for node in workers:
+            ids[node.name] = cluster.add_node(**_node_args(node, base_env, cache_root)).node_id
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace=namespace)
+        yield cluster, ids
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -1,0 +1,116 @@
+"""One hub download per cluster, on simulated multi-node clusters with a cache folder per node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from candle.download import fetch
+from candle.download.coordinator import NAME as COORDINATOR
+from candle.testing.cluster import NodeSpec, node_hub_cache, simulated_cluster
+from candle.testing.hub import TestHub, write_random_file
+
+pytestmark = pytest.mark.cluster
+
+MB = 1024 * 1024
+NODES = [NodeSpec("head", num_cpus=2), NodeSpec("a", num_cpus=2), NodeSpec("b", num_cpus=2)]
+ENV = {
+    "HF_HUB_DISABLE_XET": "1",
+    "CANDLE_DOWNLOAD_STALL_TIMEOUT": "2",
+    "CANDLE_DOWNLOAD_BACKOFF_BASE": "0.2",
+    "CANDLE_DOWNLOAD_TAKEOVER_AFTER": "6",
+    "CANDLE_DOWNLOAD_PEER_HOST": "127.0.0.1",  # the simulated nodes share this machine's loopback
+    "CANDLE_DOWNLOAD_PEER_BANDWIDTH": str(16 * MB),  # slow enough to kill a peer mid-copy
+}
+
+
+@ray.remote(num_cpus=0)
+def fetch_on_node(repo_id: str, concurrent: int) -> list[str]:
+    async def run() -> list[str]:
+        return [str(p) for p in await asyncio.gather(*(fetch(repo_id) for _ in range(concurrent)))]
+
+    return asyncio.run(run())
+
+
+def on(node_id: str) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+
+def make_repo(store: Path, repo_id: str, sizes: dict[str, int]) -> dict[str, Path]:
+    folder = store / repo_id
+    for seed, (name, size) in enumerate(sizes.items()):
+        write_random_file(folder / name, size, seed=seed)
+    return {name: folder / name for name in sizes}
+
+
+def assert_copy(snapshot: str, source: dict[str, Path]) -> None:
+    for name, path in source.items():
+        assert (Path(snapshot) / name).read_bytes() == path.read_bytes(), name
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHub]:
+    with TestHub(tmp_path_factory.mktemp("store")) as hub:
+        yield hub
+
+
+@pytest.fixture(scope="module")
+def cluster(hub: TestHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict[str, str], Path]]:
+    caches = tmp_path_factory.mktemp("caches")
+    with simulated_cluster(NODES, {**ENV, "HF_ENDPOINT": hub.endpoint}, cache_root=caches) as (sim, ids):
+        yield sim, ids, caches
+
+
+def test_three_nodes_four_fetchers_each_one_hub_transfer_per_file(hub: TestHub, cluster):
+    _, ids, caches = cluster
+    source = make_repo(hub.state.root, "multi/model", {f"shard-{i}.safetensors": 4 * MB for i in range(3)})
+    results = ray.get(
+        [fetch_on_node.options(scheduling_strategy=on(node)).remote("multi/model", 4) for node in ids.values()]
+    )
+
+    assert hub.stats.bodies_for("multi/model") == dict.fromkeys(source, 1)
+    for name, paths in zip(ids, results, strict=True):
+        assert len(set(paths)) == 1
+        assert Path(paths[0]).is_relative_to(node_hub_cache(caches, name)), (name, paths[0])
+        assert_copy(paths[0], source)
+
+
+def test_a_peer_dying_mid_copy_does_not_stop_the_others(hub: TestHub, cluster):
+    sim, ids, caches = cluster
+    source = make_repo(hub.state.root, "multi/dying-peer", {"model.safetensors": 48 * MB})
+    ray.get(fetch_on_node.options(scheduling_strategy=on(ids["a"])).remote("multi/dying-peer", 1))
+    assert hub.stats.bodies_for("multi/dying-peer") == {"model.safetensors": 1}
+
+    copying = fetch_on_node.options(scheduling_strategy=on(ids["b"])).remote("multi/dying-peer", 1)
+    time.sleep(1.0)  # b copies from a at 16 MB/s: about 3 s in all
+    node_a = next(n for n in sim.worker_nodes if n.node_id == ids["a"])
+    sim.remove_node(node_a)
+    (snapshot,) = ray.get(copying, timeout=120)
+
+    assert_copy(snapshot, source)
+    assert Path(snapshot).is_relative_to(node_hub_cache(caches, "b"))
+    served = hub.stats.body_bytes[("multi/dying-peer", "model.safetensors")]
+    assert served < 2 * 48 * MB, "b resumed from the hub where the peer stopped, it did not start over"
+
+
+def test_losing_the_coordinator_loses_no_download(hub: TestHub, cluster):
+    _, ids, _ = cluster
+    source = make_repo(hub.state.root, "multi/orphan", {"model.safetensors": 8 * MB})
+    hub.state.throttles["multi/orphan"] = 4 * MB
+    running = fetch_on_node.options(scheduling_strategy=on(ids["head"])).remote("multi/orphan", 2)
+    time.sleep(0.5)
+    ray.kill(ray.get_actor(COORDINATOR, namespace="candle"), no_restart=False)
+    (snapshot, _) = ray.get(running, timeout=120)
+    assert_copy(snapshot, source)
+    hub.state.throttles.clear()
+
+    # The restarted coordinator learns who holds what again: b copies from head, not from the hub.
+    (copied,) = ray.get(fetch_on_node.options(scheduling_strategy=on(ids["b"])).remote("multi/orphan", 1))
+    assert_copy(copied, source)
+    assert hub.stats.bodies_for("multi/orphan") == {"model.safetensors": 1}
