@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,10 +58,22 @@ def ray_cluster(hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -
     env = {**TEST_ENV, "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_CACHE": str(hf_cache)}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
+    metrics_port = free_port()
     # "local": always a fresh cluster of our own, even when other Ray instances run on the machine.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="candle-tests")
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="candle-tests",
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
     try:
-        yield {**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        yield {
+            **env,
+            "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+            "METRICS_URL": f"http://127.0.0.1:{metrics_port}/metrics",
+        }
     finally:
         ray.shutdown()
         for key, value in saved.items():
@@ -68,6 +81,12 @@ def ray_cluster(hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

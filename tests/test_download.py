@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import ray
 from huggingface_hub import scan_cache_dir, snapshot_download
@@ -274,3 +276,36 @@ async def test_progress_is_reported_while_a_fetch_runs(hub: TestHub, make_repo: 
     assert done == sorted(done) and done[-1] > done[0]
     assert {p["bytes_total"] for p in downloading} == {6 * MB + len(b'{"hidden_size": 8}')}
     assert any(p["rate"] > 0 and p["eta_s"] for p in downloading)
+
+
+def candle_series(exposition: str, repo_id: str) -> dict[str, float]:
+    """``name`` (plus ``:state`` for the state gauge) -> value, for candle's series of one repo."""
+    series = {}
+    for line in exposition.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("ray_candle_download_") and f'repo_id="{repo_id}"' in name:
+            state = re.search(r'state="(\w+)"', name)
+            series[name.split("{")[0] + (f":{state[1]}" if state else "")] = float(value)
+    return series
+
+
+async def test_progress_is_exported_as_prometheus_metrics(ray_cluster, hub: TestHub, make_repo, repo_name, tmp_path):
+    make_repo({"model.safetensors": 2 * MB})
+    await fetch(repo_name, cache_dir=tmp_path)
+    total = float(2 * MB + len(b'{"hidden_size": 8}'))
+    expected = {
+        "ray_candle_download_bytes_done": total,
+        "ray_candle_download_bytes_total": total,
+        "ray_candle_download_state:done": 1.0,
+        "ray_candle_download_state:downloading": 0.0,
+    }
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as client:
+        while True:  # Ray's agent exports every second here; the downloader publishes every 2 s
+            exposition = (await client.get(ray_cluster["METRICS_URL"])).text
+            series = candle_series(exposition, repo_name)
+            if all(series.get(k) == v for k, v in expected.items()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    assert {k: series.get(k) for k in expected} == expected
+    assert re.search(r'^ray_candle_download_source_bytes_total\{.*source="hub".*\} [1-9]', exposition, re.M)

@@ -25,6 +25,7 @@ from .cache_layout import RepoCache, ensure_free_space
 from .config import DownloaderSettings, FetchRequest
 from .errors import NotCached
 from .listing import RemoteFile, RepoListing, list_repo, storage_folder
+from .metrics import DownloadMetrics
 from .progress import FileProgress, RepoProgress
 from .sourcing import ClusterSources
 from .transfer import download_verified
@@ -32,6 +33,7 @@ from .transfer import download_verified
 logger = logging.getLogger(__name__)
 
 BlobKey = tuple[str, str]  # (repo storage folder, blob etag)
+METRICS_INTERVAL_S = 2.0
 
 
 class NodeDownloader:
@@ -51,6 +53,8 @@ class NodeDownloader:
         self._files: dict[BlobKey, FileProgress] = {}
         self._repos: dict[tuple[str, str], RepoProgress] = {}
         self._sources = self._cluster_sources()
+        self._metrics = DownloadMetrics() if ray.is_initialized() else None
+        self._publisher: asyncio.Task[None] | None = None
 
     def _cluster_sources(self) -> ClusterSources | None:
         """Peer copies and the coordinator, when this runs as a Ray actor with coordination on."""
@@ -68,6 +72,8 @@ class NodeDownloader:
 
     async def fetch(self, request: FetchRequest) -> str:
         """Bring every file of ``request`` into the cache, verified; return the snapshot folder."""
+        if self._metrics is not None and self._publisher is None:
+            self._publisher = asyncio.ensure_future(self._publish_metrics())
         repo = self._repos.setdefault(
             (request.repo_id, request.revision or constants.DEFAULT_REVISION),
             RepoProgress(request.repo_id, request.revision or constants.DEFAULT_REVISION),
@@ -110,6 +116,11 @@ class NodeDownloader:
         ]
 
     # -- internals -----------------------------------------------------------------------------
+
+    async def _publish_metrics(self) -> None:
+        while True:
+            self._metrics.publish(p.snapshot() for p in self._repos.values())
+            await asyncio.sleep(METRICS_INTERVAL_S)
 
     @staticmethod
     def _key(cache: RepoCache, f: RemoteFile) -> BlobKey:
@@ -182,14 +193,20 @@ class NodeDownloader:
         try:
             if self._sources is None:
                 await transfer(*hub, self.settings)
+                source = "hub"
             else:
-                await self._sources.obtain((request.repo_type, request.repo_id, f.etag), cache, f, hub, transfer)
+                key = (request.repo_type, request.repo_id, f.etag)
+                source = await self._sources.obtain(key, cache, f, hub, transfer)
         except BaseException:
             progress.state = "failed"
             raise
         progress.state, progress.done = "done", f.size
+        if self._metrics is not None:
+            self._metrics.transferred(source, f.size)
         elapsed = time.monotonic() - started
-        logger.info("%s/%s: %.1f MB verified in %.1fs", request.repo_id, f.path, f.size / 1e6, elapsed)
+        logger.info(
+            "%s/%s: %.1f MB from the %s, verified, in %.1fs", request.repo_id, f.path, f.size / 1e6, source, elapsed
+        )
 
     def __repr__(self) -> str:  # shown by Ray in logs and the dashboard
         return f"NodeDownloader(active={len(self._transfers)})"

@@ -49,14 +49,17 @@ class ClusterSources:
 
     async def obtain(
         self, key: BlobKey, cache: RepoCache, f: RemoteFile, hub: tuple[str, dict[str, str]], transfer: Transfer
-    ) -> None:
-        """Bring blob ``f`` into ``cache`` from wherever the coordinator says, ``hub`` as the last resort."""
+    ) -> str:
+        """Bring blob ``f`` into ``cache`` from wherever the coordinator says, ``hub`` as the last resort.
+
+        Returns where it came from: ``hub``, ``peer`` or ``shared``.
+        """
         tried: list[str] = []
         while True:
             decision = await self._claim(key, tried)
             action = decision["action"] if decision else "hub"
             if action == "shared" and cache.has_blob(f):
-                return
+                return "shared"
             if action == "wait":
                 await self._call("wait", key, self.settings.stall_timeout * 3)
                 continue
@@ -74,7 +77,7 @@ class ClusterSources:
             else:
                 await self._from_hub(key, hub, transfer)
             await self._call("done", key, self.node_id, self.blob_url(cache, f))
-            return
+            return "peer" if action == "peer" else "hub"
 
     async def _from_hub(self, key: BlobKey, hub: tuple[str, dict[str, str]], transfer: Transfer) -> None:
         keepalive = asyncio.create_task(self._keep_claim(key))
