@@ -7,6 +7,7 @@ production; the gateway runs on a free loopback port.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import socket
 import time
@@ -414,3 +415,30 @@ def test_one_capability_scales_without_touching_the_others(client: openai.OpenAI
     finally:
         serve.run(build_model_app({"catalog": "demo", "model": spec.name}), name=spec.name, route_prefix=None)
     assert len(replica_ids(spec.name)) == 1
+
+
+def test_a_model_that_cannot_start_reports_why(api: str):
+    """Weights that do not exist: /v1/models says failed with the download error, requests get 503 model_failed."""
+    spec = DEMO.get("all-minilm-l6-v2").model_copy(update={"name": "ghost-minilm", "repo_id": "nobody/ghost-model"})
+    catalog = {"models": [spec.model_dump()]}
+    serve.run_many(
+        [
+            RunTarget(build_model_app({"catalog": catalog, "model": spec.name}), name=spec.name, route_prefix=None),
+            RunTarget(build_gateway_app({"catalog": catalog}), name="gateway-ghost", route_prefix="/ghost"),
+        ],
+        wait_for_applications_running=False,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        status: dict = {}
+        while time.monotonic() < deadline and status.get("state") != "failed":
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                status = httpx.get(f"{api}/ghost/v1/models/ghost-minilm", timeout=5).json().get("status", {})
+            time.sleep(1)
+        assert status.get("state") == "failed", status
+        assert "nobody/ghost-model" in status["reason"] and "repository not found" in status["reason"]
+        refused = httpx.post(f"{api}/ghost/v1/embeddings", json={"model": "ghost-minilm", "input": "x"})
+        assert refused.status_code == 503 and error_of(refused)["code"] == "model_failed"
+    finally:
+        serve.delete("gateway-ghost", _blocking=False)
+        serve.delete(spec.name, _blocking=False)
