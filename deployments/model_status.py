@@ -86,7 +86,7 @@ async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str])
         if deployment.replica_states.get("RUNNING", 0) > 0:
             statuses[name] = ModelStatus("ready")
             continue
-        if str(deployment.status) in ("DEPLOY_FAILED", "UNHEALTHY", "DeploymentStatus.DEPLOY_FAILED"):
+        if deployment.status in ("DEPLOY_FAILED", "UNHEALTHY"):  # a str enum: compares by value
             statuses[name] = ModelStatus("failed", _last_line(deployment.message or app.message or "deploy failed"))
             continue
         if reason := pending_reason(deployment.message or "", spec):
