@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
 import tempfile
 import time
@@ -33,12 +32,6 @@ MODEL = "all-minilm-l6-v2"
 def make_texts(n: int) -> list[str]:
     rng = random.Random(0)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24))) for _ in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def in_process(folder: Path, texts: list[str]) -> float:
@@ -86,6 +79,7 @@ def main() -> None:
     batches = args.batch or [1, 16]
 
     from candle.catalog import Resources, load_catalog
+    from candle.testing import free_port
     from candle.testing.hub import TestHub
     from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 

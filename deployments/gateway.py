@@ -167,6 +167,10 @@ class Gateway:
 
     # -- guards --------------------------------------------------------------------------------
 
+    def _status(self, name: str) -> ModelStatus:
+        """The last collected status; before the first collection, the model is starting up."""
+        return self.status.get(name, ModelStatus("loading", "starting up"))
+
     def _authorize(self, request: Request) -> None:
         if not self.api_keys:
             return
@@ -183,7 +187,7 @@ class Gateway:
             raise model_not_found(name)
         if spec.capability not in capabilities:
             raise wrong_capability(name, spec.capability, endpoint)
-        status = self.status.get(name, ModelStatus("loading", "starting up"))
+        status = self._status(name)
         if status.state != "ready":
             eta = (status.progress or {}).get("eta_s")
             retry = min(max(float(eta), 1.0), 60.0) if eta else float(self.settings.retry_after_s)
@@ -235,7 +239,7 @@ class Gateway:
 
     def _model_card(self, name: str) -> dict[str, Any]:
         spec = self.specs[name]
-        status = self.status.get(name, ModelStatus("loading", "starting up"))
+        status = self._status(name)
         return {
             "id": name,
             "object": "model",

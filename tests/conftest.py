@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import ray
 
+from candle.testing import free_port
 from candle.testing.hub import TestHub, write_random_file, write_repo
 
 HUB_TOKEN = "hf_candle_test_secret_token_1234"
@@ -81,12 +81,6 @@ def ray_cluster(hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

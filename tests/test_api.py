@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
+from candle.testing import free_port
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
@@ -31,12 +31,6 @@ DEMO = load_catalog("demo")
 API_KEY = "sk-candle-test-key-0123456789"
 SLOW_REPO = "slow/all-minilm-l6-v2"
 READY_TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def data_url(image: Image.Image, fmt: str = "PNG") -> str:

@@ -60,7 +60,7 @@ class DownloadCoordinator:
         if self.shared_cache and blob.holders:
             return {"action": "shared"}
         peers = {n: url for n, url in blob.holders.items() if n != node_id and n not in exclude}
-        if peers and not self.shared_cache:
+        if peers:  # never with a shared cache: there any holder already answered "shared"
             return {"action": "peer", "peers": peers}
         stale = blob.downloader is not None and time.monotonic() - blob.since > self.takeover_after_s
         if blob.downloader not in (None, node_id) and not stale and blob.downloader not in exclude:
@@ -89,9 +89,6 @@ class DownloadCoordinator:
     async def forget(self, key: BlobKey, node_id: str) -> None:
         """A peer could not serve the blob (gone or broken): stop sending others to it."""
         self._blob(key).holders.pop(node_id, None)
-
-    async def holders(self, key: BlobKey) -> list[str]:
-        return sorted(self._blob(key).holders)
 
     def _blob(self, key: BlobKey) -> _Blob:
         return self._blobs.setdefault(tuple(key), _Blob())  # type: ignore[arg-type]

@@ -98,7 +98,8 @@ class ClusterSources:
         decision = await self._call("claim", key, self.node_id, tuple(tried))
         if decision is not None and decision["epoch"] != self._epoch:
             # A coordinator we have not told about our blobs (new, or restarted): tell it now.
-            self._epoch = await self._call("register", self.node_id, self.holdings())
+            holdings = await asyncio.to_thread(self.holdings)  # a directory walk: off the actor's loop
+            self._epoch = await self._call("register", self.node_id, holdings)
         return decision
 
     async def _call(self, method: str, *args: object) -> object | None:
@@ -115,7 +116,7 @@ class ClusterSources:
     def holdings(self) -> list[tuple[BlobKey, str]]:
         """Every verified blob under the exposed cache folders, with the URL peers read it from."""
         found = []
-        for rid, root in self.server.roots.items():
+        for root in self.server.roots.values():
             for repo_dir in root.glob("*--*"):
                 kind, _, name = repo_dir.name.partition("--")
                 if kind not in _REPO_TYPES or not (repo_dir / "blobs").is_dir():
@@ -123,7 +124,7 @@ class ClusterSources:
                 for blob in (repo_dir / "blobs").iterdir():
                     if not blob.name.endswith(".incomplete"):
                         key = (_REPO_TYPES[kind], name.replace("--", "/"), blob.name)
-                        found.append((key, f"{self.server.url}/blobs/{rid}/{repo_dir.name}/{blob.name}"))
+                        found.append((key, self.server.blob_url(str(root), repo_dir.name, blob.name)))
         return found
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ separate machine would. The first node is the head; it can run the dashboard, wh
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 
 import ray
 from ray.cluster_utils import Cluster
+
+from candle.testing import free_port
 
 NODE_CLASS = "candle.io/node-class"
 
@@ -41,12 +42,6 @@ def node_cache(cache_root: Path, name: str) -> Path:
 def node_hub_cache(cache_root: Path, name: str) -> Path:
     """The node's ``HF_HUB_CACHE``, where its downloader writes ``models--org--name`` folders."""
     return node_cache(cache_root, name) / "hub"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_args(node: NodeSpec, base_env: Mapping[str, str], cache_root: Path | None) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from ray.util.state.common import ActorState
 
 from candle.catalog import ModelSpec, load_catalog
 from candle.placement import NodeInfo, hosting_nodes
-from candle.testing.cluster import NODE_CLASS, free_port, node_hub_cache
+from candle.testing import free_port
+from candle.testing.cluster import NODE_CLASS, node_hub_cache
 from candle.testing.tiny_models import TINY_MODELS
 from deployments.app import build_gateway_app, build_model_app
 from tests.cluster.conftest import NODES, SimCluster
