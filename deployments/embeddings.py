@@ -1,12 +1,16 @@
 """Embedding replicas (text, and CLIP images and texts), batched across concurrent requests.
 
 ``@serve.batch`` gathers the inputs of requests that arrive together into one forward pass per
-(prompt, dimensions) group; the pass runs in a worker thread so the replica keeps accepting.
+(prompt, dimensions) group. The pass runs on the replica's event loop on purpose: in a worker
+thread it fights the loop for the GIL (a small encoder's many short ops hold it between kernels),
+so requests trickled in one at a time and batches stayed at 1-3 items (measured with MiniLM at 32
+concurrent one-text requests: 43 texts/s in a thread, 97 inline). Blocked on the forward pass, the
+loop instead finds every request that arrived meanwhile and batches them all next. Serve's own
+control traffic (health checks, metrics) runs on a different loop and is not held up.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -45,7 +49,7 @@ class EmbeddingReplica(ModelReplica):
         for (prompt_name, dimensions), members in groups.items():
             flat = [item for i in members for item in calls[i].items]
             try:
-                vectors, tokens = await asyncio.to_thread(self.engine.embed_items, flat, prompt_name, dimensions)
+                vectors, tokens = self.engine.embed_items(flat, prompt_name, dimensions)
             except Exception as e:  # one bad group (e.g. too many dimensions) fails its own requests only
                 for i in members:
                     results[i] = e
