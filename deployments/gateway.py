@@ -37,8 +37,8 @@ from candle.api.schemas import (
     new_id,
 )
 from candle.catalog import Capability, ModelSpec
+from candle.engines.chat_types import GenerationParams, TextChunk
 from candle.engines.errors import InvalidInput
-from candle.engines.generation import GenerationParams, TextChunk
 from candle.raycluster import unwrap_error
 
 from .model_status import ModelStatus, collect
@@ -255,10 +255,11 @@ class Gateway:
         spec = self._model(request, body.model, "/v1/chat/completions", "text-to-text", "vision")
         params = self._params(body, body.token_budget, spec)
         messages, images = self._conversation(body, spec)
+        tools, tool_choice = body.tool_request()
         handle = self.handles[spec.name].options(stream=True)
 
         def run() -> Any:
-            return handle.chat.remote(messages, params, body.tools, images or None)
+            return handle.chat.remote(messages, params, tools, images or None, tool_choice)
 
         completion_id = new_id("chatcmpl")
         if body.stream:
@@ -280,7 +281,8 @@ class Gateway:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return self._sse(self._completion_events(runs, completion_id, spec.name, include_usage))
-        choices, prompt_tokens, completion_tokens = [], 0, 0
+        choices: list[responses.AssistantMessage] = []
+        prompt_tokens = completion_tokens = 0
         for run in runs:
             (choice,), p, c = await self._collect(run, 1)
             choices.append(choice)
@@ -383,18 +385,17 @@ class Gateway:
         except Exception as e:
             raise _client_error(e) from None
 
-    async def _collect(self, run: Any, n: int) -> tuple[list[tuple[str, str]], int, int]:
-        choices: list[tuple[str, str]] = []
+    async def _collect(self, run: Any, n: int) -> tuple[list[responses.AssistantMessage], int, int]:
+        choices: list[responses.AssistantMessage] = []
         prompt_tokens = completion_tokens = 0
         for _ in range(n):
-            text, finish = [], "stop"
+            choice = responses.AssistantMessage()
             async for chunk in self._stream(run):
-                text.append(chunk.text)
+                choice.add(chunk)
                 if chunk.finish_reason:
-                    finish = chunk.finish_reason
                     prompt_tokens = chunk.prompt_tokens
                     completion_tokens += chunk.completion_tokens
-            choices.append(("".join(text), finish))
+            choices.append(choice)
         return choices, prompt_tokens, completion_tokens
 
     async def _chat_events(
@@ -403,12 +404,15 @@ class Gateway:
         prompt_tokens = completion_tokens = 0
         for index in range(n):
             yield responses.chat_chunk(completion_id, model, index, {"role": "assistant", "content": ""})
+            called_tools = False
             async for chunk in self._stream(run):
-                if chunk.text:
-                    yield responses.chat_chunk(completion_id, model, index, {"content": chunk.text})
+                called_tools = called_tools or bool(chunk.tool_calls)
+                if delta := responses.chat_delta(chunk):
+                    yield responses.chat_chunk(completion_id, model, index, delta)
                 if chunk.finish_reason:
                     prompt_tokens, completion_tokens = chunk.prompt_tokens, completion_tokens + chunk.completion_tokens
-                    yield responses.chat_chunk(completion_id, model, index, {}, chunk.finish_reason)
+                    finish = responses.finish_reason(chunk.finish_reason, called_tools)
+                    yield responses.chat_chunk(completion_id, model, index, {}, finish)
         if include_usage:
             yield responses.usage_chunk(completion_id, model, "chat.completion.chunk", prompt_tokens, completion_tokens)
 

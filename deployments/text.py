@@ -12,7 +12,7 @@ from typing import Any
 from ray import serve
 
 from candle.api.images import decode_image
-from candle.engines.generation import GenerationParams, TextChunk
+from candle.engines.chat_types import GenerationParams, TextChunk
 
 from .base import ModelReplica, iterate
 
@@ -24,9 +24,10 @@ class ChatReplica(ModelReplica):
         params: GenerationParams,
         tools: list[dict[str, Any]] | None = None,
         images: list[bytes] | None = None,
+        tool_choice: Any = None,
     ) -> AsyncIterator[TextChunk]:
         decoded = [decode_image(data) for data in images or ()]
-        async for chunk in iterate(self.engine.chat(messages, params, tools=tools, images=decoded)):
+        async for chunk in iterate(self.engine.chat(messages, params, tools, decoded, tool_choice)):
             yield chunk
 
     async def complete(self, prompt: str, params: GenerationParams) -> AsyncIterator[TextChunk]:

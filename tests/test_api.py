@@ -136,6 +136,37 @@ def test_chat_completion_and_its_stream_agree(client: openai.OpenAI):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tools_reach_the_chat_template_unless_tool_choice_is_none(client: openai.OpenAI):
+    kwargs = {"model": "qwen3-coder-tiny", "max_tokens": 4, "temperature": 0}
+    plain = client.chat.completions.create(messages=CHAT, **kwargs)
+    with_tools = client.chat.completions.create(messages=CHAT, tools=[WEATHER_TOOL], **kwargs)
+    hidden = client.chat.completions.create(messages=CHAT, tools=[WEATHER_TOOL], tool_choice="none", **kwargs)
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + 20  # the tool's JSON schema is in the prompt
+    assert hidden.usage.prompt_tokens == plain.usage.prompt_tokens
+    # No tool-call parser on the CPU engine: the turn ends as text.
+    assert with_tools.choices[0].message.tool_calls is None
+    assert with_tools.choices[0].finish_reason in ("stop", "length")
+
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    history = [
+        *CHAT,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4 degrees, rain"},
+    ]
+    answer = client.chat.completions.create(messages=history, tools=[WEATHER_TOOL], **kwargs)
+    assert answer.usage.prompt_tokens > with_tools.usage.prompt_tokens  # the tool result was read
+
+
 def test_chat_n_and_seed_sampling(client: openai.OpenAI):
     kwargs = {"model": "qwen3-coder-tiny", "messages": CHAT, "max_tokens": 8, "temperature": 1.0, "seed": 7}
     first = client.chat.completions.create(n=2, **kwargs)
@@ -268,6 +299,29 @@ def test_unknown_model_is_404(client: openai.OpenAI, api: str):
             "max_tokens",
         ),
         ("/v1/chat/completions", {"model": "qwen3-coder-tiny", "messages": CHAT, "n": 50}, 400, "n must be"),
+        (
+            "/v1/chat/completions",
+            {"model": "qwen3-coder-tiny", "messages": CHAT, "tool_choice": "required"},
+            400,
+            "tool_choice needs tools",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "qwen3-coder-tiny",
+                "messages": CHAT,
+                "tools": [WEATHER_TOOL],
+                "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+            },
+            400,
+            "'get_time', which is not in tools",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "qwen3-coder-tiny", "messages": CHAT, "tools": [{"type": "function", "function": {"name": "/"}}]},
+            400,
+            "tools.0.function.name",
+        ),
         ("/v1/completions", {"model": "all-minilm-l6-v2", "prompt": "x"}, 400, "text-embedding"),
         ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": []}, 400, "empty"),
         ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": ["x"] * 600}, 400, "at most 512"),

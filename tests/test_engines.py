@@ -25,10 +25,10 @@ from sentence_transformers.sentence_transformer.modules import Dense, Normalize,
 
 from candle.catalog import ModelSpec, load_catalog
 from candle.engines import engine_kind, load_engine
+from candle.engines.chat_types import GenerationParams, TextChunk
 from candle.engines.device import gpu_count
 from candle.engines.embeddings import SentenceEmbeddingEngine
 from candle.engines.errors import InvalidInput
-from candle.engines.generation import GenerationParams, TextChunk
 from candle.engines.images import DiffusionEngine
 from candle.engines.text import TransformersTextEngine
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .schemas import now, usage
+from candle.engines.chat_types import TextChunk, ToolCallDelta
+
+from .schemas import new_id, now, usage
 
 
 def sse(payload: dict[str, Any] | str) -> str:
@@ -26,6 +28,70 @@ def chat_chunk(
         "model": model,
         "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
     }
+
+
+def chat_delta(chunk: TextChunk) -> dict[str, Any]:
+    """The OpenAI ``delta`` for one streamed chunk: its content, reasoning and tool-call pieces."""
+    delta: dict[str, Any] = {}
+    if chunk.text:
+        delta["content"] = chunk.text
+    if chunk.reasoning:
+        delta["reasoning"] = chunk.reasoning  # vLLM's field name for reasoning models
+    if chunk.tool_calls:
+        delta["tool_calls"] = [_tool_call_piece(call) for call in chunk.tool_calls]
+    return delta
+
+
+def _tool_call_piece(call: ToolCallDelta) -> dict[str, Any]:
+    piece: dict[str, Any] = {"index": call.index}
+    if call.id:
+        piece.update(id=call.id, type="function")
+    function = {"name": call.name} if call.name else {}
+    if call.arguments:
+        function["arguments"] = call.arguments
+    piece["function"] = function
+    return piece
+
+
+def finish_reason(reason: str, called_tools: bool) -> str:
+    """OpenAI reports a turn that ended in tool calls as "tool_calls", not "stop"."""
+    return "tool_calls" if called_tools and reason == "stop" else reason
+
+
+class AssistantMessage:
+    """One choice's streamed chunks gathered into its final message (tool calls joined by index)."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason = "stop"
+
+    def add(self, chunk: TextChunk) -> None:
+        self.content.append(chunk.text)
+        self.reasoning.append(chunk.reasoning)
+        for call in chunk.tool_calls:
+            entry = self.tool_calls.setdefault(
+                call.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            entry["id"] = call.id or entry["id"]
+            entry["function"]["name"] += call.name or ""
+            entry["function"]["arguments"] += call.arguments
+        if chunk.finish_reason:
+            self.finish_reason = finish_reason(chunk.finish_reason, bool(self.tool_calls))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.content)
+
+    def as_dict(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text or (None if self.tool_calls else "")}
+        if reasoning := "".join(self.reasoning):
+            message["reasoning"] = reasoning
+        if self.tool_calls:
+            calls = [self.tool_calls[index] for index in sorted(self.tool_calls)]
+            message["tool_calls"] = [{**call, "id": call["id"] or new_id("call")} for call in calls]
+        return message
 
 
 def completion_chunk(completion_id: str, model: str, index: int, text: str, finish_reason: str | None = None):
@@ -50,29 +116,23 @@ def usage_chunk(completion_id: str, model: str, obj: str, prompt_tokens: int, co
 
 
 def chat_completion(
-    completion_id: str, model: str, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
+    completion_id: str, model: str, choices: list[AssistantMessage], prompt_tokens: int, completion_tokens: int
 ) -> dict[str, Any]:
-    """``choices``: (text, finish_reason) per choice."""
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": now(),
         "model": model,
         "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            for i, (text, finish) in enumerate(choices)
+            {"index": i, "message": choice.as_dict(), "logprobs": None, "finish_reason": choice.finish_reason}
+            for i, choice in enumerate(choices)
         ],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
 def text_completion(
-    completion_id: str, model: str, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int
+    completion_id: str, model: str, choices: list[AssistantMessage], prompt_tokens: int, completion_tokens: int
 ) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -80,8 +140,8 @@ def text_completion(
         "created": now(),
         "model": model,
         "choices": [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-            for i, (text, finish) in enumerate(choices)
+            {"index": i, "text": choice.text, "logprobs": None, "finish_reason": choice.finish_reason}
+            for i, choice in enumerate(choices)
         ],
         "usage": usage(prompt_tokens, completion_tokens),
     }

@@ -12,9 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from candle.catalog import ModelSpec
 
+from .chat_types import GenerationParams, TextChunk
 from .device import load_model
 from .errors import InvalidInput
-from .generation import GenerationParams, TextChunk, stream_generate
+from .generation import stream_generate
 
 
 class TransformersTextEngine:
@@ -31,6 +32,7 @@ class TransformersTextEngine:
         params: GenerationParams,
         tools: list[dict[str, Any]] | None = None,
         images: list[Image.Image] | None = None,
+        tool_choice: Any = None,  # tools reach the chat template; only vLLM's parsers act on the choice
     ) -> Iterator[TextChunk]:
         if images:
             raise InvalidInput("this model reads text only; send images to a vision model")

@@ -12,8 +12,9 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from candle.catalog import ModelSpec
 
+from .chat_types import GenerationParams, TextChunk
 from .device import load_model
-from .generation import GenerationParams, TextChunk, stream_generate
+from .generation import stream_generate
 
 
 class LlavaEngine:
@@ -28,6 +29,7 @@ class LlavaEngine:
         params: GenerationParams,
         tools: list[dict[str, Any]] | None = None,
         images: list[Image.Image] | None = None,
+        tool_choice: Any = None,  # tools reach the chat template; only vLLM's parsers act on the choice
     ) -> Iterator[TextChunk]:
         """``messages`` use ``{"type": "image"}`` placeholders, one per entry of ``images``, in order."""
         prompt = self.processor.apply_chat_template(messages, tools=tools, add_generation_prompt=True)

@@ -3,7 +3,8 @@
 vLLM pins its own torch and needs a GPU, so nothing imports this module unless a replica really
 has GPUs and its catalog entry asks for vLLM. Tensor parallelism comes from the catalog
 (``resources.tensor_parallel_size``); the replica's placement group (one GPU bundle per rank,
-``STRICT_PACK``) is what Ray Serve reserves for it, and vLLM's Ray executor uses it.
+``STRICT_PACK``) is what Ray Serve reserves for it, and vLLM's Ray executor uses it. Chat output
+goes through the catalog's tool-call and reasoning parsers (``vllm_parsing``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from typing import Any
 
 from candle.catalog import ModelSpec
 
-from .generation import GenerationParams, TextChunk
-
-# engine_args keys that configure candle's OpenAI layer, not vLLM's engine.
-PARSER_KEYS = ("tool_call_parser", "reasoning_parser", "enable_auto_tool_choice", "chat_template")
+from .chat_types import GenerationParams, TextChunk
+from .vllm_parsing import PARSER_KEYS, OutputParsers, ParsedStream
 
 
 class VLLMEngine:
@@ -27,7 +26,7 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         engine_args = {k: v for k, v in spec.engine_args.items() if k not in PARSER_KEYS}
-        self.parsers = {k: spec.engine_args[k] for k in PARSER_KEYS if k in spec.engine_args}
+        parser_args = {k: spec.engine_args[k] for k in PARSER_KEYS if k in spec.engine_args}
         tensor_parallel = spec.resources.tensor_parallel_size
         args = AsyncEngineArgs(
             model=str(folder),
@@ -38,12 +37,8 @@ class VLLMEngine:
             **engine_args,
         )
         self.engine = AsyncLLM.from_engine_args(args)
-        self._tokenizer: Any = None
-
-    async def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        if self._tokenizer is None:
-            self._tokenizer = await self.engine.get_tokenizer()
-        return self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        self.tokenizer = self.engine.get_tokenizer()
+        self.parsers = OutputParsers(parser_args, self.tokenizer)  # checks the tokenizer at load, not per request
 
     async def chat(
         self,
@@ -51,18 +46,38 @@ class VLLMEngine:
         params: GenerationParams,
         tools: list[dict[str, Any]] | None = None,
         images: list[Any] | None = None,
+        tool_choice: Any = None,
     ) -> AsyncIterator[TextChunk]:
-        prompt: Any = await self._render(messages, tools)
+        template = self.tokenizer.apply_chat_template
+        prompt: Any = template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         if images:
             prompt = {"prompt": prompt, "multi_modal_data": {"image": images}}
-        async for chunk in self._generate(prompt, params):
-            yield chunk
+        stream: ParsedStream | None = None
+        first = True
+        async for output, last in self._generate(prompt, params):
+            if first:  # vLLM hands out the prompt's token ids with the first delta
+                first = False
+                stream = self.parsers.start(messages, tools, tool_choice, output.prompt_token_ids or ())
+            completion = output.outputs[0]
+            if stream is None:
+                chunk = TextChunk(completion.text) if completion.text else None
+            else:
+                chunk = stream.feed(completion.text, completion.token_ids, finished=output.finished)
+            if chunk is not None:
+                yield chunk
+            if last is not None:
+                yield last
 
     async def complete(self, prompt: str, params: GenerationParams) -> AsyncIterator[TextChunk]:
-        async for chunk in self._generate(prompt, params):
-            yield chunk
+        async for output, last in self._generate(prompt, params):
+            if text := output.outputs[0].text:
+                yield TextChunk(text)
+            if last is not None:
+                yield last
 
-    async def _generate(self, prompt: Any, params: GenerationParams) -> AsyncIterator[TextChunk]:
+    async def _generate(self, prompt: Any, params: GenerationParams) -> AsyncIterator[tuple[Any, TextChunk | None]]:
+        """vLLM's delta outputs (text and token ids new since the previous one; vLLM cuts stop strings
+        itself), each with the closing chunk (finish reason, token counts) once the output is the last."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -75,12 +90,12 @@ class VLLMEngine:
             output_kind=RequestOutputKind.DELTA,
         )
         prompt_tokens = completion_tokens = 0
-        finish: str | None = None
         async for output in self.engine.generate(request_id=uuid.uuid4().hex, prompt=prompt, sampling_params=sampling):
-            prompt_tokens = len(output.prompt_token_ids or ())
+            prompt_tokens = prompt_tokens or len(output.prompt_token_ids or ())
             completion = output.outputs[0]
             completion_tokens += len(completion.token_ids)
-            if completion.text:  # vLLM cuts stop strings itself
-                yield TextChunk(completion.text)
-            finish = completion.finish_reason or finish
-        yield TextChunk("", "length" if finish == "length" else "stop", prompt_tokens, completion_tokens)
+            last = None
+            if output.finished:
+                finish = "length" if completion.finish_reason == "length" else "stop"
+                last = TextChunk("", finish, prompt_tokens, completion_tokens)
+            yield output, last

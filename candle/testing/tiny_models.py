@@ -150,8 +150,14 @@ A diffusion model starts from noise and removes a little of it at every step unt
 """
 
 # ChatML over string content or OpenAI-style parts; $image renders an image part (nothing for text-only models).
+# Tools, when given, go into a system block first, as Qwen's templates put them.
 CHAT_TEMPLATE = string.Template("""\
 {{- bos_token -}}
+{%- if tools -%}
+    {{- '<|im_start|>system\\n# Tools\\n<tools>' -}}
+    {%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}
+    {{- '\\n</tools><|im_end|>\\n' -}}
+{%- endif -%}
 {%- for message in messages -%}
     {{- '<|im_start|>' + message['role'] + '\\n' -}}
     {%- if message['content'] is string -%}

@@ -1,0 +1,83 @@
+"""vLLM's tool-call and reasoning parsers applied to a streamed generation (imported lazily).
+
+The catalog names the parsers the way ``vllm serve`` flags do (``tool_call_parser: kimi_k2`` or
+``qwen3_coder`` with ``enable_auto_tool_choice``; ``reasoning_parser: deepseek_r1`` for
+Phi-4-reasoning). vLLM composes them into one ``Parser`` that splits each delta of raw model text
+into answer content, reasoning and tool-call pieces; candle keeps one parser object per request,
+as vLLM's own OpenAI server does, and turns its deltas into ``TextChunk`` fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .chat_types import TextChunk, ToolCallDelta
+
+# engine_args keys that choose parsers: they configure candle's OpenAI layer, not vLLM's engine.
+PARSER_KEYS = ("tool_call_parser", "reasoning_parser", "enable_auto_tool_choice")
+
+
+class OutputParsers:
+    """The parsers a catalog entry asks for, bound to the model's tokenizer; ``None`` parts stay plain text.
+
+    Building it checks the tokenizer has the markers the parsers need (vLLM raises otherwise), so a
+    misconfigured model fails at load with the reason, not on its first request.
+    """
+
+    def __init__(self, engine_args: Mapping[str, Any], tokenizer: Any) -> None:
+        from vllm.parser.parser_manager import ParserManager
+
+        self.tokenizer = tokenizer
+        self.auto_tools = bool(engine_args.get("enable_auto_tool_choice"))
+        self.parser_class = ParserManager.get_parser(
+            tool_parser_name=engine_args.get("tool_call_parser"),
+            reasoning_parser_name=engine_args.get("reasoning_parser"),
+            enable_auto_tools=self.auto_tools,
+            tokenizer=tokenizer,
+        )
+
+    def start(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        tool_choice: Any,
+        prompt_token_ids: Sequence[int],
+    ) -> ParsedStream | None:
+        """A parser for one request's output, or ``None`` when the model has no parsers."""
+        if self.parser_class is None:
+            return None
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        fields: dict[str, Any] = {"model": "candle", "messages": messages, "tools": tools}
+        if tool_choice is not None:  # left out, vLLM applies OpenAI's default (auto with tools, else none)
+            fields["tool_choice"] = tool_choice
+        request = ChatCompletionRequest(**fields)
+        return ParsedStream(self.parser_class(self.tokenizer, request.tools), request, list(prompt_token_ids))
+
+
+class ParsedStream:
+    """Feeds one request's deltas (text and token ids) through its vLLM parser."""
+
+    def __init__(self, parser: Any, request: Any, prompt_token_ids: list[int]) -> None:
+        self.parser = parser
+        self.request = request
+        self.prompt_token_ids = prompt_token_ids
+
+    def feed(self, text: str, token_ids: Sequence[int], finished: bool) -> TextChunk | None:
+        """The content, reasoning and tool-call pieces in this delta; ``None`` while the parser holds text back."""
+        delta = self.parser.parse_delta(text, list(token_ids), self.request, self.prompt_token_ids, finished=finished)
+        if delta is None:
+            return None
+        calls = tuple(
+            ToolCallDelta(
+                index=call.index,
+                id=call.id,
+                name=call.function.name if call.function else None,
+                arguments=(call.function.arguments or "") if call.function else "",
+            )
+            for call in delta.tool_calls or ()
+        )
+        if not (delta.content or delta.reasoning or calls):
+            return None
+        return TextChunk(delta.content or "", reasoning=delta.reasoning or "", tool_calls=calls)

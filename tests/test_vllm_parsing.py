@@ -1,0 +1,127 @@
+"""The catalog's vLLM tool-call and reasoning parsers, run for real over streamed output.
+
+Needs vLLM (the ``gpu`` extra), so it is skipped where vLLM is not installed, as in CI here; the
+parsers themselves are plain Python and run on CPU. The tiny models' tokenizers get the marker
+tokens the real Qwen3-Coder, Kimi K2 and Phi-4-reasoning tokenizers have, and the output below is
+fed one token at a time, the way ``AsyncLLM`` streams deltas.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm.parser.parser_manager", reason="vLLM (the gpu extra) is not installed")
+
+from transformers import AutoTokenizer
+
+from candle.api.responses import AssistantMessage
+from candle.catalog import load_catalog
+from candle.engines.vllm_parsing import PARSER_KEYS, OutputParsers
+from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            },
+        },
+    }
+]
+CHAT = [{"role": "user", "content": "Weather in Paris for 3 days?"}]
+KIMI_MARKERS = [
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>",
+    "<|tool_call_end|>",
+]
+
+
+def parsers_for(store: Path, tiny: str, production_model: str, markers: list[str]) -> OutputParsers:
+    """The production entry's parser settings, bound to the tiny tokenizer with the real markers added."""
+    tokenizer = AutoTokenizer.from_pretrained(store / TINY_MODELS[tiny])
+    tokenizer.add_tokens(markers, special_tokens=True)
+    args = load_catalog("production").get(production_model).engine_args
+    return OutputParsers({k: v for k, v in args.items() if k in PARSER_KEYS}, tokenizer)
+
+
+def stream(parsers: OutputParsers, output: str, tools: list | None = TOOLS, tool_choice=None) -> AssistantMessage:
+    """Feed ``output`` token by token through a fresh request's parser; gather what comes out."""
+    tokenizer = parsers.tokenizer
+    prompt_ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
+    parsed = parsers.start(CHAT, tools, tool_choice, prompt_ids)
+    assert parsed is not None
+    ids = tokenizer(output, add_special_tokens=False)["input_ids"]
+    message = AssistantMessage()
+    for n, token in enumerate(ids):
+        if chunk := parsed.feed(tokenizer.decode([token]), [token], finished=n == len(ids) - 1):
+            message.add(chunk)
+    return message
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("parser-store")
+    build_tiny_store(store, ["qwen3", "phi3", "deepseek_v3"])
+    return store
+
+
+def test_qwen3_coder_xml_tool_calls_become_openai_calls(store: Path):
+    parsers = parsers_for(store, "qwen3", "qwen3-coder", ["<tool_call>", "</tool_call>"])
+    output = (
+        "Let me check.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+        "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"
+    )
+    message = stream(parsers, output).as_dict()
+    assert message["content"].strip() == "Let me check."
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "days": 3}  # typed by the tool's schema
+
+
+def test_kimi_k2_calls_keep_kimis_call_ids(store: Path):
+    parsers = parsers_for(store, "deepseek_v3", "kimi-k2", KIMI_MARKERS)
+    output = (
+        "Sure.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+        '{"city": "Oslo"}<|tool_call_end|><|tool_calls_section_end|>'
+    )
+    message = stream(parsers, output).as_dict()
+    assert message["content"] == "Sure."
+    (call,) = message["tool_calls"]
+    assert (call["id"], call["function"]["name"]) == ("functions.get_weather:0", "get_weather")
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+
+
+def test_tool_choice_none_leaves_call_markup_unparsed(store: Path):
+    parsers = parsers_for(store, "deepseek_v3", "kimi-k2", KIMI_MARKERS)
+    output = "Sure.<|tool_calls_section_begin|>"
+    message = stream(parsers, output, tool_choice="none")
+    assert not message.tool_calls
+
+
+def test_phi4_reasoning_is_split_from_the_answer(store: Path):
+    parsers = parsers_for(store, "phi3", "phi-4-reasoning", ["<think>", "</think>"])
+    message = stream(parsers, "<think>Two plus two is four.</think>The answer is 4.", tools=None)
+    assert message.as_dict() == {
+        "role": "assistant",
+        "content": "The answer is 4.",
+        "reasoning": "Two plus two is four.",
+    }
+
+
+def test_a_tokenizer_without_the_markers_fails_at_load_with_the_parser_named(store: Path):
+    tokenizer = AutoTokenizer.from_pretrained(store / TINY_MODELS["phi3"])
+    with pytest.raises(TypeError, match="--reasoning-parser deepseek_r1"):
+        OutputParsers({"reasoning_parser": "deepseek_r1"}, tokenizer)
+
+
+def test_a_model_without_parsers_streams_plain_text(store: Path):
+    tokenizer = AutoTokenizer.from_pretrained(store / TINY_MODELS["qwen3"])
+    assert OutputParsers({}, tokenizer).start(CHAT, TOOLS, None, [1]) is None
