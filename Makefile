@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PARSERS_VENV := .venv-vllm-parsers
+PARSERS_STAMP := $(PARSERS_VENV)/.installed
 
 .PHONY: demo test lint bench-fetch bench-embeddings bench-cluster clean
 
@@ -16,13 +18,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# vLLM's parsers are plain Python, but vLLM pins a CUDA torch: this venv layers the vllm wheel and
+# the few modules its parsers import (no dependencies) over .venv, so the real parsers run on CPU.
+$(PARSERS_STAMP): $(STAMP) tests/vllm-parsers-requirements.txt
+	$(PYTHON) -m venv $(PARSERS_VENV)
+	dev=$$($(BIN)/python -c 'import site; print(site.getsitepackages()[0])'); \
+	own=$$($(PARSERS_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])'); \
+	echo "import site; site.addsitedir('$$dev')" > "$$own/candle-dev-venv.pth"
+	$(PARSERS_VENV)/bin/pip install -q --no-deps -r tests/vllm-parsers-requirements.txt
+	touch $(PARSERS_STAMP)
+
 demo: $(STAMP)  ## the README's first command: the offline local demo on http://127.0.0.1:8000/v1
 	$(BIN)/candle demo --port 8000
 
-test: $(STAMP)  ## the README's test command: the main suite, then the simulated-cluster tests in their own process
+test: $(STAMP) $(PARSERS_STAMP)  ## the README's test command: main suite, simulated cluster, vLLM's parsers
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m cluster tests/cluster
+	$(PARSERS_VENV)/bin/python -c "import vllm.parser.parser_manager"  # fail loudly, not skip, if it broke
+	$(PARSERS_VENV)/bin/python -m pytest -q tests/test_vllm_parsing.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -38,4 +52,4 @@ bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: hub bytes per cluster, 
 	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PARSERS_VENV) .pytest_cache .ruff_cache
