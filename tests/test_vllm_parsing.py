@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 
 from candle.api.responses import AssistantMessage
 from candle.catalog import load_catalog
+from candle.engines.chat_types import GenerationParams, TextChunk
 from candle.engines.vllm_parsing import PARSER_KEYS, OutputParsers
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
@@ -35,6 +36,7 @@ TOOLS = [
     }
 ]
 CHAT = [{"role": "user", "content": "Weather in Paris for 3 days?"}]
+PARAMS = GenerationParams(max_tokens=64, temperature=0.5, top_p=0.9, stop=("###",), seed=7)
 KIMI_MARKERS = [
     "<|tool_calls_section_begin|>",
     "<|tool_calls_section_end|>",
@@ -56,12 +58,12 @@ def stream(parsers: OutputParsers, output: str, tools: list | None = TOOLS, tool
     """Feed ``output`` token by token through a fresh request's parser; gather what comes out."""
     tokenizer = parsers.tokenizer
     prompt_ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True)
-    parsed = parsers.start(CHAT, tools, tool_choice, prompt_ids)
-    assert parsed is not None
+    turn = parsers.prepare(CHAT, tools, tool_choice, PARAMS)
+    assert turn.parser is not None
     ids = tokenizer(output, add_special_tokens=False)["input_ids"]
     message = AssistantMessage()
     for n, token in enumerate(ids):
-        if chunk := parsed.feed(tokenizer.decode([token]), [token], finished=n == len(ids) - 1):
+        if chunk := turn.feed(tokenizer.decode([token]), [token], prompt_ids, finished=n == len(ids) - 1):
             message.add(chunk)
     return message
 
@@ -122,6 +124,22 @@ def test_a_tokenizer_without_the_markers_fails_at_load_with_the_parser_named(sto
         OutputParsers({"reasoning_parser": "deepseek_r1"}, tokenizer)
 
 
+def test_sampling_follows_the_request_and_what_the_parser_needs(store: Path):
+    from vllm.sampling_params import RequestOutputKind
+
+    kimi = parsers_for(store, "deepseek_v3", "kimi-k2", KIMI_MARKERS)
+    auto = kimi.prepare(CHAT, TOOLS, None, PARAMS).sampling
+    assert (auto.max_tokens, auto.temperature, auto.top_p, auto.stop, auto.seed) == (64, 0.5, 0.9, ["###"], 7)
+    assert auto.output_kind == RequestOutputKind.DELTA
+    assert auto.skip_special_tokens is False  # Kimi's call markers are special tokens the parser must see
+    assert auto.structured_outputs is None  # auto: the model may answer in text
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        forced = kimi.prepare(CHAT, TOOLS, choice, PARAMS).sampling
+        assert "get_weather" in forced.structured_outputs.structural_tag  # decoding is constrained to the call
+
+
 def test_a_model_without_parsers_streams_plain_text(store: Path):
     tokenizer = AutoTokenizer.from_pretrained(store / TINY_MODELS["qwen3"])
-    assert OutputParsers({}, tokenizer).start(CHAT, TOOLS, None, [1]) is None
+    turn = OutputParsers({}, tokenizer).prepare(CHAT, None, None, PARAMS)
+    assert turn.parser is None and turn.sampling.skip_special_tokens is True
+    assert turn.feed("Hello", [1, 2], [3], finished=False) == TextChunk("Hello")

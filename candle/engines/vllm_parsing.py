@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .chat_types import TextChunk, ToolCallDelta
+from .chat_types import GenerationParams, TextChunk, ToolCallDelta
 
 # engine_args keys that choose parsers: they configure candle's OpenAI layer, not vLLM's engine.
 PARSER_KEYS = ("tool_call_parser", "reasoning_parser", "enable_auto_tool_choice")
@@ -37,36 +37,59 @@ class OutputParsers:
             tokenizer=tokenizer,
         )
 
-    def start(
+    def prepare(
         self,
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None,
         tool_choice: Any,
-        prompt_token_ids: Sequence[int],
-    ) -> ParsedStream | None:
-        """A parser for one request's output, or ``None`` when the model has no parsers."""
-        if self.parser_class is None:
-            return None
-        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        params: GenerationParams,
+    ) -> ChatTurn:
+        """One chat request in vLLM's terms: its sampling params and (if the model has parsers) its parser.
 
-        fields: dict[str, Any] = {"model": "candle", "messages": messages, "tools": tools}
+        The request goes through the parser's ``adjust_request`` and ``to_sampling_params``, as in
+        vLLM's own server: that keeps special tokens in the text where a parser reads them (Kimi's
+        call markers) and constrains decoding to a call for ``tool_choice`` "required" or a named tool.
+        """
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.sampling_params import RequestOutputKind
+
+        fields: dict[str, Any] = {
+            "model": "candle",
+            "messages": messages,
+            "tools": tools,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(params.stop) or None,
+            "seed": params.seed,
+        }
         if tool_choice is not None:  # left out, vLLM applies OpenAI's default (auto with tools, else none)
             fields["tool_choice"] = tool_choice
         request = ChatCompletionRequest(**fields)
-        return ParsedStream(self.parser_class(self.tokenizer, request.tools), request, list(prompt_token_ids))
+        parser = None
+        if self.parser_class is not None:
+            parser = self.parser_class(self.tokenizer, request.tools)
+            request = parser.adjust_request(request)
+        sampling = request.to_sampling_params(params.max_tokens, {})
+        sampling.output_kind = RequestOutputKind.DELTA  # text and token ids new since the previous output
+        return ChatTurn(sampling, parser, request)
 
 
-class ParsedStream:
-    """Feeds one request's deltas (text and token ids) through its vLLM parser."""
+class ChatTurn:
+    """One request's sampling params, and its deltas fed through its vLLM parser (plain text without one)."""
 
-    def __init__(self, parser: Any, request: Any, prompt_token_ids: list[int]) -> None:
+    def __init__(self, sampling: Any, parser: Any, request: Any) -> None:
+        self.sampling = sampling
         self.parser = parser
         self.request = request
-        self.prompt_token_ids = prompt_token_ids
 
-    def feed(self, text: str, token_ids: Sequence[int], finished: bool) -> TextChunk | None:
-        """The content, reasoning and tool-call pieces in this delta; ``None`` while the parser holds text back."""
-        delta = self.parser.parse_delta(text, list(token_ids), self.request, self.prompt_token_ids, finished=finished)
+    def feed(
+        self, text: str, token_ids: Sequence[int], prompt_token_ids: Sequence[int], finished: bool
+    ) -> TextChunk | None:
+        """The content, reasoning and tool-call pieces in this delta; ``None`` if none (a parser may hold text back)."""
+        if self.parser is None:
+            return TextChunk(text) if text else None
+        delta = self.parser.parse_delta(text, list(token_ids), self.request, list(prompt_token_ids), finished=finished)
         if delta is None:
             return None
         calls = tuple(

@@ -10,14 +10,14 @@ goes through the catalog's tool-call and reasoning parsers (``vllm_parsing``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from candle.catalog import ModelSpec
 
 from .chat_types import GenerationParams, TextChunk
-from .vllm_parsing import PARSER_KEYS, OutputParsers, ParsedStream
+from .vllm_parsing import PARSER_KEYS, OutputParsers
 
 
 class VLLMEngine:
@@ -52,32 +52,17 @@ class VLLMEngine:
         prompt: Any = template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         if images:
             prompt = {"prompt": prompt, "multi_modal_data": {"image": images}}
-        stream: ParsedStream | None = None
-        first = True
-        async for output, last in self._generate(prompt, params):
-            if first:  # vLLM hands out the prompt's token ids with the first delta
-                first = False
-                stream = self.parsers.start(messages, tools, tool_choice, output.prompt_token_ids or ())
+        turn = self.parsers.prepare(messages, tools, tool_choice, params)
+        prompt_token_ids: Sequence[int] = ()
+        async for output, last in self._generate(prompt, turn.sampling):
+            prompt_token_ids = output.prompt_token_ids or prompt_token_ids  # vLLM sends them with the first delta
             completion = output.outputs[0]
-            if stream is None:
-                chunk = TextChunk(completion.text) if completion.text else None
-            else:
-                chunk = stream.feed(completion.text, completion.token_ids, finished=output.finished)
-            if chunk is not None:
+            if chunk := turn.feed(completion.text, completion.token_ids, prompt_token_ids, output.finished):
                 yield chunk
             if last is not None:
                 yield last
 
     async def complete(self, prompt: str, params: GenerationParams) -> AsyncIterator[TextChunk]:
-        async for output, last in self._generate(prompt, params):
-            if text := output.outputs[0].text:
-                yield TextChunk(text)
-            if last is not None:
-                yield last
-
-    async def _generate(self, prompt: Any, params: GenerationParams) -> AsyncIterator[tuple[Any, TextChunk | None]]:
-        """vLLM's delta outputs (text and token ids new since the previous one; vLLM cuts stop strings
-        itself), each with the closing chunk (finish reason, token counts) once the output is the last."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -89,6 +74,15 @@ class VLLMEngine:
             seed=params.seed,
             output_kind=RequestOutputKind.DELTA,
         )
+        async for output, last in self._generate(prompt, sampling):
+            if text := output.outputs[0].text:
+                yield TextChunk(text)
+            if last is not None:
+                yield last
+
+    async def _generate(self, prompt: Any, sampling: Any) -> AsyncIterator[tuple[Any, TextChunk | None]]:
+        """vLLM's delta outputs (``sampling`` asks for deltas; vLLM cuts stop strings itself), each with
+        the closing chunk (finish reason, token counts) once the output is the last."""
         prompt_tokens = completion_tokens = 0
         async for output in self.engine.generate(request_id=uuid.uuid4().hex, prompt=prompt, sampling_params=sampling):
             prompt_tokens = prompt_tokens or len(output.prompt_token_ids or ())
