@@ -60,7 +60,7 @@ class SentenceEmbeddingEngine:
         # pooled embedding, as in Stella's [Transformer, Pooling, Dense] pipelines.
         body = list(itertools.takewhile(lambda m: not isinstance(m, (Dense, Normalize)), self.model))
         prompt = self.model.prompts.get(prompt_name, "") if prompt_name else ""
-        features = self.model.tokenize([prompt + t for t in texts])
+        features = self.model.preprocess([prompt + t for t in texts])
         features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
         with torch.inference_mode():
             for module in body:
@@ -76,5 +76,5 @@ class SentenceEmbeddingEngine:
             raise InvalidInput("this model embeds text only; send images to an image-embedding model")
         if prompt_name is not None and prompt_name not in self.model.prompts:
             raise InvalidInput(f"unknown input_type {prompt_name!r}; this model knows {self.prompt_names}")
-        tokens = self.model.tokenize(items)["attention_mask"].sum(dim=1).tolist()
+        tokens = self.model.preprocess(items)["attention_mask"].sum(dim=1).tolist()
         return self.embed(items, prompt_name, dimensions), [int(t) for t in tokens]
