@@ -3,7 +3,8 @@
 MiniLM (the real all-MiniLM-L6-v2 weights) is served like in the demo: test hub on loopback, the
 model's Serve app fetching through the download service, the OpenAI gateway in front. Clients send
 ``--batch`` texts per request (default: both 1 and 16) at ``--concurrency`` (default 32). Printed:
-texts per second both ways, their ratio (goal: at least 0.8) and the HTTP latency p50/p99.
+texts per second both ways, their ratio (goal: at least 0.8) and the HTTP latency p50/p99, for the
+model on one replica with all cores and on one single-threaded replica per core.
 
     python benchmarks/bench_embeddings.py [--texts 2048] [--concurrency 32] [--batch 1 --batch 16]
 """
@@ -97,36 +98,43 @@ def main() -> None:
 
         from deployments.app import build_gateway_app, build_model_app
 
-        # The replica gets the machine's cores, as the in-process baseline does (Ray sizes the
-        # replica's torch threads by its num_cpus), and enough concurrency for batches to form.
-        spec = load_catalog("demo").get(MODEL)
-        spec = spec.model_copy(
-            update={"resources": Resources(num_cpus=os.cpu_count() or 1), "max_ongoing_requests": 64}
-        )
-        catalog = {"models": [spec.model_dump()]}
-        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, log_to_driver=False)
+        cores = os.cpu_count() or 1
+        ray.init(address="local", num_cpus=cores + 1, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run_many(
-            [
-                RunTarget(build_model_app({"catalog": catalog, "model": MODEL}), name=MODEL, route_prefix=None),
-                RunTarget(build_gateway_app({"catalog": catalog}), name="gateway"),
-            ]
-        )
         base = f"http://127.0.0.1:{port}"
-        while httpx.get(f"{base}/v1/models").json()["data"][0]["status"]["state"] != "ready":
-            time.sleep(0.5)
-        results = {batch: asyncio.run(over_http(base, texts, args.concurrency, batch)) for batch in batches}
+        results = {}
+        # The model gets the machine's cores, as the in-process baseline does (Ray sizes each
+        # replica's torch threads by its num_cpus): one replica using all of them, then one
+        # single-threaded replica per core. Enough concurrency per replica for batches to form.
+        for replicas, cpus in ((1, cores), (cores, 1)):
+            spec = load_catalog("demo").get(MODEL)
+            layout = {"resources": Resources(num_cpus=cpus), "num_replicas": replicas, "max_ongoing_requests": 64}
+            catalog = {"models": [spec.model_copy(update=layout).model_dump()]}
+            serve.run_many(
+                [
+                    RunTarget(build_model_app({"catalog": catalog, "model": MODEL}), name=MODEL, route_prefix=None),
+                    RunTarget(build_gateway_app({"catalog": catalog}), name="gateway"),
+                ]
+            )
+            while httpx.get(f"{base}/v1/models").json()["data"][0]["status"]["state"] != "ready":
+                time.sleep(0.5)
+            for batch in batches:
+                results[(f"{replicas} x {cpus} CPU", batch)] = asyncio.run(
+                    over_http(base, texts, args.concurrency, batch)
+                )
+            serve.delete(MODEL)
+            serve.delete("gateway")
         serve.shutdown()
         ray.shutdown()
 
     print(f"texts: {len(texts)}; HTTP concurrency {args.concurrency}; in-process encode {baseline:.1f} texts/s")
-    print(f"{'texts/request':>14}{'HTTP texts/s':>14}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}")
-    for batch, (throughput, latencies) in results.items():
+    print(f"{'replicas':>12}{'texts/request':>14}{'HTTP texts/s':>14}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    for (layout, batch), (throughput, latencies) in results.items():
         ordered = sorted(latencies)
         p50 = statistics.median(ordered) * 1000
         p99 = ordered[int(len(ordered) * 0.99)] * 1000
-        print(f"{batch:>14}{throughput:>14.1f}{throughput / baseline:>8.2f}{p50:>9.1f}{p99:>9.1f}")
+        print(f"{layout:>12}{batch:>14}{throughput:>14.1f}{throughput / baseline:>8.2f}{p50:>9.1f}{p99:>9.1f}")
     print("goal: ratio >= 0.80")
 
 
