@@ -307,8 +307,8 @@ class Gateway:
         vectors, tokens = await self._call(
             self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions)
         )
-        # JSONResponse skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
-        return JSONResponse(responses.embeddings(spec.name, vectors, tokens, body.encoding_format))
+        # A response object skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
+        return responses.FastJSONResponse(responses.embeddings(spec.name, vectors, tokens, body.encoding_format))
 
     @app.post("/v1/images/generations")
     async def images_generations(self, body: ImageGenerationRequest, request: Request) -> Any:
@@ -329,7 +329,7 @@ class Gateway:
                 body.prompt, body.n, width, height, body.seed, body.num_inference_steps, body.guidance_scale
             )
         )
-        return JSONResponse(responses.images(pngs))
+        return responses.FastJSONResponse(responses.images(pngs))
 
     # -- helpers -------------------------------------------------------------------------------
 
