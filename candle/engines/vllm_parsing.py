@@ -29,11 +29,10 @@ class OutputParsers:
         from vllm.parser.parser_manager import ParserManager
 
         self.tokenizer = tokenizer
-        self.auto_tools = bool(engine_args.get("enable_auto_tool_choice"))
         self.parser_class = ParserManager.get_parser(
             tool_parser_name=engine_args.get("tool_call_parser"),
             reasoning_parser_name=engine_args.get("reasoning_parser"),
-            enable_auto_tools=self.auto_tools,
+            enable_auto_tools=bool(engine_args.get("enable_auto_tool_choice")),
             tokenizer=tokenizer,
         )
 
