@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,25 @@ def run(port: int = 8000, home: Path = DEMO_HOME) -> int:
         }
         print(f"candle demo: hub {hub.endpoint}; API on http://127.0.0.1:{port}/v1 once models are ready", flush=True)
         print(f"candle demo: try  curl http://127.0.0.1:{port}/v1/models", flush=True)
-        try:
-            return subprocess.run([serve, "run", str(config_path)], env=env, check=False).returncode
-        except KeyboardInterrupt:
-            return 0
+        return _run_until_interrupted([serve, "run", str(config_path)], env)
+
+
+def _run_until_interrupted(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` in its own session and hand Ctrl-C (or SIGTERM) on to it alone; its exit code.
+
+    A terminal's Ctrl-C signals the whole foreground process group. When ``serve run`` shared it,
+    Ray's dashboard and runtime-env agents got the signal too and outlived the cluster (orphans
+    after every demo); signalled alone, ``serve run`` shuts its local cluster down cleanly. A second
+    Ctrl-C kills it.
+    """
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGINT))
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.kill()
+        return process.wait()

@@ -1,0 +1,60 @@
+"""``candle demo`` as a user runs it: a real ``serve run`` on its own local Ray, stopped with Ctrl-C.
+
+The demo starts a second Ray cluster next to the test session's (``RAY_ADDRESS=local``) and reuses
+the session's tiny-model store, so only the cluster start and model loads cost time here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from candle.testing import free_port
+from candle.testing.tiny_models import build_tiny_store
+
+READY_TIMEOUT_S = 300
+
+
+def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_store: Path, tmp_path: Path):
+    build_tiny_store(hub_store)  # already built by the API tests when they ran first
+    (tmp_path / "store").symlink_to(hub_store)
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "local", "CANDLE_DEMO_HOME": str(tmp_path)}
+    log = (tmp_path / "demo.log").open("w")
+    demo = subprocess.Popen(
+        [str(Path(sys.executable).with_name("candle")), "demo", "--port", str(port)],
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        states: list[str] = []
+        while time.monotonic() < deadline and (not states or set(states) != {"ready"}):
+            time.sleep(1)
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["data"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                continue
+            states = [m["status"]["state"] for m in models]
+            capabilities = {m["capability"] for m in models}
+        assert set(states) == {"ready"}, (tmp_path / "demo.log").read_text()[-3000:]
+        assert capabilities == {"text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"}
+        spawned = psutil.Process(demo.pid).children(recursive=True)
+        assert any("raylet" in p.name() for p in spawned)  # the demo's own cluster, not the session's
+
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert demo.wait(timeout=90) == 0
+        _, alive = psutil.wait_procs(spawned, timeout=30)
+        assert not alive, f"left running after Ctrl-C: {sorted({p.name() for p in alive})}"
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
