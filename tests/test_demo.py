@@ -32,6 +32,9 @@ def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_st
         [str(Path(sys.executable).with_name("candle")), "demo", "--port", str(port)],
         env=env,
         start_new_session=True,  # its own process group, as a terminal's foreground job has
+        # A shell running tests in the background ignores SIGINT for its children; a terminal's
+        # foreground job does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
