@@ -6,6 +6,7 @@ the session's tiny-model store, so only the cluster start and model loads cost t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,7 @@ def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_st
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    spawned: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         states: list[str] = []
@@ -58,6 +60,11 @@ def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_st
         assert demo.wait(timeout=90) == 0
         _, alive = psutil.wait_procs(spawned, timeout=30)
         assert not alive, f"left running after Ctrl-C: {sorted({p.name() for p in alive})}"
-    finally:
+    finally:  # on failure, leave no cluster behind: serve run has its own session, killpg misses it
         if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
+            spawned = psutil.Process(demo.pid).children(recursive=True)
+            demo.kill()
+        for process in spawned:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        log.close()
