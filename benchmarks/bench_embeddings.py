@@ -107,8 +107,8 @@ def main() -> None:
         # The model gets the machine's cores, as the in-process baseline does (Ray sizes each
         # replica's torch threads by its num_cpus): one replica using all of them, then one
         # single-threaded replica per core. Enough concurrency per replica for batches to form.
+        spec = load_catalog("demo").get(MODEL)
         for replicas, cpus in ((1, cores), (cores, 1)):
-            spec = load_catalog("demo").get(MODEL)
             layout = {"resources": Resources(num_cpus=cpus), "num_replicas": replicas, "max_ongoing_requests": 64}
             catalog = {"models": [spec.model_copy(update=layout).model_dump()]}
             serve.run_many(

@@ -1,7 +1,7 @@
 """``candle demo`` as a user runs it: a real ``serve run`` on its own local Ray, stopped with Ctrl-C.
 
-The demo starts a second Ray cluster next to the test session's (``RAY_ADDRESS=local``) and reuses
-the session's tiny-model store, so only the cluster start and model loads cost time here.
+The demo starts a second Ray cluster next to the test session's (``RAY_ADDRESS=local``) and shares
+the session's tiny-model store, so it builds only the models no earlier test built.
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import httpx
 import psutil
 
 from candle.testing import free_port
-from candle.testing.tiny_models import build_tiny_store
 
 READY_TIMEOUT_S = 300
 
 
 def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_store: Path, tmp_path: Path):
-    build_tiny_store(hub_store)  # already built by the API tests when they ran first
-    (tmp_path / "store").symlink_to(hub_store)
+    (tmp_path / "store").symlink_to(hub_store)  # the demo builds only what the API tests have not
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": "local", "CANDLE_DEMO_HOME": str(tmp_path)}
     log = (tmp_path / "demo.log").open("w")

@@ -28,16 +28,16 @@ def sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
+def _body(completion_id: str, obj: str, model: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The envelope every completion object and chunk shares."""
+    return {"id": completion_id, "object": obj, "created": now(), "model": model, "choices": choices, **extra}
+
+
 def chat_chunk(
     completion_id: str, model: str, index: int, delta: dict[str, Any], finish_reason: str | None = None
 ) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": now(),
-        "model": model,
-        "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
+    choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return _body(completion_id, "chat.completion.chunk", model, [choice])
 
 
 def chat_delta(chunk: TextChunk) -> dict[str, Any]:
@@ -105,56 +105,32 @@ class AssistantMessage:
 
 
 def completion_chunk(completion_id: str, model: str, index: int, text: str, finish_reason: str | None = None):
-    return {
-        "id": completion_id,
-        "object": "text_completion",
-        "created": now(),
-        "model": model,
-        "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-    }
+    choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return _body(completion_id, "text_completion", model, [choice])
 
 
 def usage_chunk(completion_id: str, model: str, obj: str, prompt_tokens: int, completion_tokens: int):
-    return {
-        "id": completion_id,
-        "object": obj,
-        "created": now(),
-        "model": model,
-        "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    return _body(completion_id, obj, model, [], usage=usage(prompt_tokens, completion_tokens))
 
 
 def chat_completion(
     completion_id: str, model: str, choices: list[AssistantMessage], prompt_tokens: int, completion_tokens: int
 ) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": now(),
-        "model": model,
-        "choices": [
-            {"index": i, "message": choice.as_dict(), "logprobs": None, "finish_reason": choice.finish_reason}
-            for i, choice in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    bodies = [
+        {"index": i, "message": choice.as_dict(), "logprobs": None, "finish_reason": choice.finish_reason}
+        for i, choice in enumerate(choices)
+    ]
+    return _body(completion_id, "chat.completion", model, bodies, usage=usage(prompt_tokens, completion_tokens))
 
 
 def text_completion(
     completion_id: str, model: str, choices: list[AssistantMessage], prompt_tokens: int, completion_tokens: int
 ) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "text_completion",
-        "created": now(),
-        "model": model,
-        "choices": [
-            {"index": i, "text": choice.text, "logprobs": None, "finish_reason": choice.finish_reason}
-            for i, choice in enumerate(choices)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    bodies = [
+        {"index": i, "text": choice.text, "logprobs": None, "finish_reason": choice.finish_reason}
+        for i, choice in enumerate(choices)
+    ]
+    return _body(completion_id, "text_completion", model, bodies, usage=usage(prompt_tokens, completion_tokens))
 
 
 def embeddings(model: str, vectors: np.ndarray, prompt_tokens: int, encoding_format: str) -> dict[str, Any]:
