@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import io
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -294,3 +295,10 @@ def test_vllm_engine_module_imports_without_vllm(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delitem(sys.modules, "candle.engines.vllm_text", raising=False)
     module = importlib.import_module("candle.engines.vllm_text")
     assert isinstance(module.VLLMEngine, type)
+
+
+def test_gateway_loads_without_torch():
+    """The gateway only routes and renders JSON: torch would cost each gateway replica ~1 s and ~200 MB."""
+    probe = "import sys, deployments.gateway; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

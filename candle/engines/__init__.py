@@ -12,8 +12,6 @@ from typing import Any
 
 from candle.catalog import ModelSpec
 
-from .device import gpu_count
-
 
 def engine_kind(spec: ModelSpec, gpus: int) -> str:
     if spec.engine != "auto":
@@ -27,6 +25,8 @@ def engine_kind(spec: ModelSpec, gpus: int) -> str:
 
 def load_engine(spec: ModelSpec, folder: Path) -> Any:
     """Load ``spec``'s engine from ``folder`` (blocking: call it in a thread)."""
+    from .device import gpu_count  # torch: imported here so the gateway's `candle.engines` imports stay light
+
     kind = engine_kind(spec, gpu_count())
     if kind == "vllm":
         from .vllm_text import VLLMEngine
