@@ -1,8 +1,8 @@
 """The catalog's vLLM tool-call and reasoning parsers, run for real over streamed output.
 
 Needs vLLM (the ``gpu`` extra), so it is skipped where vLLM is not installed, as in CI here; the
-parsers themselves are plain Python and run on CPU. The tiny models' tokenizers get the marker
-tokens the real Qwen3-Coder, Kimi K2 and Phi-4-reasoning tokenizers have, and the output below is
+parsers themselves are plain Python and run on CPU. The tiny models' tokenizers have the marker
+tokens of the real Qwen3-Coder, Kimi K2 and Phi-4-reasoning tokenizers, and the output below is
 fed one token at a time, the way ``AsyncLLM`` streams deltas.
 """
 
@@ -37,19 +37,11 @@ TOOLS = [
 ]
 CHAT = [{"role": "user", "content": "Weather in Paris for 3 days?"}]
 PARAMS = GenerationParams(max_tokens=64, temperature=0.5, top_p=0.9, stop=("###",), seed=7)
-KIMI_MARKERS = [
-    "<|tool_calls_section_begin|>",
-    "<|tool_calls_section_end|>",
-    "<|tool_call_begin|>",
-    "<|tool_call_argument_begin|>",
-    "<|tool_call_end|>",
-]
 
 
-def parsers_for(store: Path, tiny: str, production_model: str, markers: list[str]) -> OutputParsers:
-    """The production entry's parser settings, bound to the tiny tokenizer with the real markers added."""
+def parsers_for(store: Path, tiny: str, production_model: str) -> OutputParsers:
+    """The production entry's parser settings, bound to its tiny model's tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(store / TINY_MODELS[tiny])
-    tokenizer.add_tokens(markers, special_tokens=True)
     args = load_catalog("production").get(production_model).engine_args
     return OutputParsers({k: v for k, v in args.items() if k in PARSER_KEYS}, tokenizer)
 
@@ -76,7 +68,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_qwen3_coder_xml_tool_calls_become_openai_calls(store: Path):
-    parsers = parsers_for(store, "qwen3", "qwen3-coder", ["<tool_call>", "</tool_call>"])
+    parsers = parsers_for(store, "qwen3", "qwen3-coder")
     output = (
         "Let me check.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
         "<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"
@@ -89,7 +81,7 @@ def test_qwen3_coder_xml_tool_calls_become_openai_calls(store: Path):
 
 
 def test_kimi_k2_calls_keep_kimis_call_ids(store: Path):
-    parsers = parsers_for(store, "deepseek_v3", "kimi-k2", KIMI_MARKERS)
+    parsers = parsers_for(store, "deepseek_v3", "kimi-k2")
     output = (
         "Sure.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
         '{"city": "Oslo"}<|tool_call_end|><|tool_calls_section_end|>'
@@ -102,14 +94,14 @@ def test_kimi_k2_calls_keep_kimis_call_ids(store: Path):
 
 
 def test_tool_choice_none_leaves_call_markup_unparsed(store: Path):
-    parsers = parsers_for(store, "deepseek_v3", "kimi-k2", KIMI_MARKERS)
+    parsers = parsers_for(store, "deepseek_v3", "kimi-k2")
     output = "Sure.<|tool_calls_section_begin|>"
     message = stream(parsers, output, tool_choice="none")
     assert not message.tool_calls
 
 
 def test_phi4_reasoning_is_split_from_the_answer(store: Path):
-    parsers = parsers_for(store, "phi3", "phi-4-reasoning", ["<think>", "</think>"])
+    parsers = parsers_for(store, "phi3", "phi-4-reasoning")
     message = stream(parsers, "<think>Two plus two is four.</think>The answer is 4.", tools=None)
     assert message.as_dict() == {
         "role": "assistant",
@@ -119,7 +111,7 @@ def test_phi4_reasoning_is_split_from_the_answer(store: Path):
 
 
 def test_a_tokenizer_without_the_markers_fails_at_load_with_the_parser_named(store: Path):
-    tokenizer = AutoTokenizer.from_pretrained(store / TINY_MODELS["phi3"])
+    tokenizer = AutoTokenizer.from_pretrained(store / TINY_MODELS["deepseek_v3"])  # Kimi K2 has no <think>
     with pytest.raises(TypeError, match="--reasoning-parser deepseek_r1"):
         OutputParsers({"reasoning_parser": "deepseek_r1"}, tokenizer)
 
@@ -127,7 +119,7 @@ def test_a_tokenizer_without_the_markers_fails_at_load_with_the_parser_named(sto
 def test_sampling_follows_the_request_and_what_the_parser_needs(store: Path):
     from vllm.sampling_params import RequestOutputKind
 
-    kimi = parsers_for(store, "deepseek_v3", "kimi-k2", KIMI_MARKERS)
+    kimi = parsers_for(store, "deepseek_v3", "kimi-k2")
     auto = kimi.prepare(CHAT, TOOLS, None, PARAMS).sampling
     assert (auto.max_tokens, auto.temperature, auto.top_p, auto.stop, auto.seed) == (64, 0.5, 0.9, ["###"], 7)
     assert auto.output_kind == RequestOutputKind.DELTA

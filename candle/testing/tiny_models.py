@@ -13,7 +13,10 @@ Constraints a user must know:
 * Chat LMs (qwen3, phi3, deepseek_v3, llava) share one ChatML template
   (``<|im_start|>role\\n...<|im_end|>``) over a 512-token byte-level BPE; the tokenizer class is the
   generic ``PreTrainedTokenizerFast`` (saved as ``TokenizersBackend``, its transformers 5 name) and
-  ``max_position_embeddings`` is 2048.
+  ``max_position_embeddings`` is 2048. Each also has, as special tokens inside those 512, the markers
+  its real model's vLLM parsers read (Qwen3-Coder's ``<tool_call>``, Kimi K2's
+  ``<|tool_call_begin|>`` and kin, Phi-4-reasoning's ``<think>``), so the parsers work on the tiny
+  models' own output.
 * SD3 and FLUX keep the real models' geometry: a VAE with scale factor 8 (four 8-channel blocks)
   and 2x2 latent patches, so image sides must be multiples of 16 (SD3 raises otherwise; FLUX warns
   and rounds down), e.g. 64x64 or 32x48. SD3's position table caps the side at 1024 px; both default
@@ -101,6 +104,15 @@ TINY_MODELS: dict[str, str] = {
 STATE_DIR = ".candle-tiny"
 
 LM_VOCAB_SIZE = 512
+QWEN3_CODER_MARKERS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
+PHI4_REASONING_MARKERS = ("<think>", "</think>")
+KIMI_K2_MARKERS = (
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>",
+    "<|tool_call_end|>",
+)
 CLIP_VOCAB_SIZE = 1024  # 2 specials + 256 bytes + 256 word-final bytes + merges
 MAX_POSITIONS = 2048
 CLIP_MAX_LENGTH = 77
@@ -293,9 +305,10 @@ def _write_atomic(path: Path, text: str) -> None:
 # id) as long as every symbol has its id before training starts.
 
 
-def _chat_tokenizer(image_token: str | None = None) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials first in the vocab."""
-    specials = [PAD, BOS, IM_START, EOS, *([image_token] if image_token else [])]
+def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials (and the model's
+    parser markers) first in the vocab."""
+    specials = [PAD, BOS, IM_START, EOS, *([image_token] if image_token else []), *markers]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -376,8 +389,8 @@ def _chat_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationCon
     )
 
 
-def _build_causal_lm(folder: Path, config_class: type[PreTrainedConfig], **dims: Any) -> None:
-    tokenizer = _chat_tokenizer()
+def _build_causal_lm(folder: Path, config_class: type[PreTrainedConfig], markers: tuple[str, ...], **dims: Any) -> None:
+    tokenizer = _chat_tokenizer(markers=markers)
     config = config_class(
         vocab_size=len(tokenizer),
         max_position_embeddings=MAX_POSITIONS,
@@ -395,6 +408,7 @@ def _build_qwen3(folder: Path) -> None:
     _build_causal_lm(
         folder,
         Qwen3Config,
+        QWEN3_CODER_MARKERS,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -408,6 +422,7 @@ def _build_phi3(folder: Path) -> None:
     _build_causal_lm(
         folder,
         Phi3Config,
+        PHI4_REASONING_MARKERS,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -418,10 +433,15 @@ def _build_phi3(folder: Path) -> None:
 
 
 def _build_deepseek_v3(folder: Path) -> None:
-    """Layer 0 dense, layer 1 MoE (4 routed experts, 2 per token, 1 shared), MLA with small ranks."""
+    """Layer 0 dense, layer 1 MoE (4 routed experts, 2 per token, 1 shared), MLA with small ranks.
+
+    ``topk_method``/``scoring_func`` are Kimi K2's config.json values: transformers always routes that
+    way, but vLLM reads them, and without them loads no ``e_score_correction_bias`` and scores experts
+    with softmax instead of sigmoid."""
     _build_causal_lm(
         folder,
         DeepseekV3Config,
+        KIMI_K2_MARKERS,
         hidden_size=64,
         intermediate_size=128,
         moe_intermediate_size=32,
@@ -435,11 +455,13 @@ def _build_deepseek_v3(folder: Path) -> None:
         n_group=1,
         topk_group=1,
         q_lora_rank=32,
-        kv_lora_rank=16,
+        kv_lora_rank=512,
         qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
+        qk_rope_head_dim=64,
         v_head_dim=16,
         num_mtp_layers=0,
+        topk_method="noaux_tc",
+        scoring_func="sigmoid",
     )
 
 
