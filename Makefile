@@ -50,7 +50,7 @@ test: $(STAMP) $(PARSERS_STAMP) $(VLLM_STAMP)  ## the README's test command: mai
 	$(PARSERS_VENV)/bin/python -c "import vllm.parser.parser_manager"
 	$(PARSERS_VENV)/bin/python -m pytest -q tests/test_vllm_parsing.py
 	$(VLLM_VENV)/bin/python -c "import vllm.v1.engine.async_llm, vllm.parser.parser_manager"
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_parsing.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_serving.py tests/test_vllm_parsing.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
