@@ -95,7 +95,7 @@ def main() -> None:
     formats = args.encoding_format or ["base64", "float"]
 
     from candle.catalog import Resources, load_catalog
-    from candle.testing import free_port
+    from candle.testing import free_port, wait_for_models
     from candle.testing.hub import TestHub
     from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
@@ -132,8 +132,7 @@ def main() -> None:
                     RunTarget(build_gateway_app({"catalog": catalog}), name="gateway"),
                 ]
             )
-            while httpx.get(f"{base}/v1/models").json()["data"][0]["status"]["state"] != "ready":
-                time.sleep(0.5)
+            wait_for_models(base, {MODEL: "ready"})
             for batch in batches:
                 for encoding_format in formats:
                     results[(f"{replicas} x {cpus} CPU", batch, encoding_format)] = asyncio.run(

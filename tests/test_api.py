@@ -22,7 +22,7 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
-from candle.testing import free_port
+from candle.testing import free_port, wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
@@ -37,23 +37,6 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode()}"
-
-
-def wait_ready(base: str, names: list[str], timeout: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        try:
-            listing = httpx.get(f"{base}/v1/models", timeout=5).json()["data"]
-            states = {m["id"]: m["status"]["state"] for m in listing}
-            if all(states.get(n) == "ready" for n in names):
-                return
-            if failed := {n: s for n, s in states.items() if s == "failed"}:
-                raise AssertionError(f"models failed to start: {failed} {listing}")
-        except (httpx.HTTPError, KeyError):
-            pass
-        time.sleep(1)
-    raise AssertionError(f"models not ready after {timeout}s: {states}")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +64,7 @@ def api(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
     serve.run_many(apps, wait_for_applications_running=False)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, [m.name for m in DEMO.models])
+        wait_for_models(base, {m.name: "ready" for m in DEMO.models}, READY_TIMEOUT_S)
         yield base
     finally:
         serve.shutdown()
@@ -431,7 +414,7 @@ def test_a_downloading_model_reports_progress_and_503(api: str, hub_server: Test
         assert time.perf_counter() - started < 0.5
     finally:
         hub_server.state.throttles.clear()
-    wait_ready(slow, ["slow-minilm"], timeout=180)
+    wait_for_models(slow, {"slow-minilm": "ready"}, timeout=180)
     assert httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"}).status_code == 200
     serve.delete("gateway-slow")
     serve.delete("slow-minilm")

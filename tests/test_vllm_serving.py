@@ -20,11 +20,10 @@ from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
 from candle.engines.vllm_parsing import PARSER_KEYS
-from candle.testing import free_port
+from candle.testing import free_port, wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
-from tests.test_api import wait_ready
 
 MODEL = "qwen3-coder-vllm"
 CHAT = [{"role": "user", "content": "Write a function."}]
@@ -60,7 +59,7 @@ def client(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[openai
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, [MODEL])
+        wait_for_models(base, {MODEL: "ready"})
         yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
     finally:
         serve.shutdown()

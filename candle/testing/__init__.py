@@ -1,6 +1,11 @@
 """Helpers for tests, benchmarks and the offline demo: a Hub look-alike and tiny model stores."""
 
 import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
 
 
 def free_port() -> int:
@@ -8,3 +13,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_models(base: str, expected: Mapping[str, str], timeout: float = 600) -> dict[str, dict[str, Any]]:
+    """Poll the gateway at ``base`` until each named model's ``/v1/models`` state is the expected one
+    (e.g. ``{"qwen3": "ready"}``); return the listing by model id. A model that failed, or a timeout,
+    raises with the states seen, so a test says what went wrong instead of hanging."""
+    deadline = time.monotonic() + timeout
+    cards: dict[str, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        try:
+            cards = {m["id"]: m for m in httpx.get(f"{base}/v1/models", timeout=10).json()["data"]}
+        except (httpx.HTTPError, KeyError, ValueError):  # the gateway is not up yet
+            time.sleep(1)
+            continue
+        states = {name: card["status"]["state"] for name, card in cards.items()}
+        if all(states.get(name) == state for name, state in expected.items()):
+            return cards
+        if failed := {name: card["status"] for name, card in cards.items() if card["status"]["state"] == "failed"}:
+            raise AssertionError(f"models failed to start: {failed}")
+        time.sleep(1)
+    raise AssertionError(f"models not in {dict(expected)} after {timeout}s: {cards}")

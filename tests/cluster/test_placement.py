@@ -13,7 +13,6 @@ import copy
 import io
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from ray.util.state.common import ActorState
 
 from candle.catalog import ModelSpec, load_catalog
 from candle.placement import NodeInfo, hosting_nodes
-from candle.testing import free_port
+from candle.testing import free_port, wait_for_models
 from candle.testing.cluster import NODE_CLASS, node_hub_cache
 from candle.testing.tiny_models import TINY_MODELS
 from deployments.app import build_gateway_app, build_model_app
@@ -179,22 +178,6 @@ def model_cards(base: str) -> dict[str, dict[str, Any]]:
     return {m["id"]: m for m in httpx.get(f"{base}/v1/models", timeout=10).json()["data"]}
 
 
-def wait_for_states(base: str, expected: dict[str, str], timeout: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    states: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            states = {name: card["status"] for name, card in model_cards(base).items()}
-        except (httpx.HTTPError, KeyError, ValueError):
-            time.sleep(1)
-            continue
-        if {name: s["state"] for name, s in states.items()} == expected:
-            return
-        assert not [s for s in states.values() if s["state"] == "failed"], states
-        time.sleep(1)
-    raise AssertionError(f"models not in {expected} after {timeout}s: {states}")
-
-
 @pytest.fixture(scope="module")
 def gateway(sim: SimCluster) -> Iterator[str]:
     """The catalog above deployed as in serve_config.yaml (one app per model, the gateway at '/')."""
@@ -208,7 +191,7 @@ def gateway(sim: SimCluster) -> Iterator[str]:
     serve.run_many(apps, wait_for_applications_running=False)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_states(base, EXPECTED)
+        assert set(wait_for_models(base, EXPECTED, READY_TIMEOUT_S)) == set(EXPECTED)
         yield base
     finally:
         # Without waiting: Serve gives the never-scheduled replica its 20 s grace period before killing it.
