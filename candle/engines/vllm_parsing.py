@@ -4,7 +4,9 @@ The catalog names the parsers the way ``vllm serve`` flags do (``tool_call_parse
 ``qwen3_coder`` with ``enable_auto_tool_choice``; ``reasoning_parser: deepseek_r1`` for
 Phi-4-reasoning). vLLM composes them into one ``Parser`` that splits each delta of raw model text
 into answer content, reasoning and tool-call pieces; candle keeps one parser object per request,
-as vLLM's own OpenAI server does, and turns its deltas into ``TextChunk`` fields.
+as vLLM's own OpenAI server does, and turns its deltas into ``TextChunk`` fields. Sampling params,
+for chat and completions alike, come from vLLM's OpenAI request models too, so candle samples as
+``vllm serve`` would for the same request.
 """
 
 from __future__ import annotations
@@ -16,6 +18,27 @@ from .chat_types import GenerationParams, TextChunk, ToolCallDelta
 
 # engine_args keys that choose parsers: they configure candle's OpenAI layer, not vLLM's engine.
 PARSER_KEYS = ("tool_call_parser", "reasoning_parser", "enable_auto_tool_choice")
+
+
+def openai_fields(params: GenerationParams) -> dict[str, Any]:
+    """``params`` as the fields of an OpenAI request to vLLM's server (chat and completions alike)."""
+    return {
+        "model": "candle",
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stop": list(params.stop) or None,
+        "seed": params.seed,
+    }
+
+
+def delta_sampling(request: Any, params: GenerationParams) -> Any:
+    """A vLLM OpenAI request's sampling params, as its own server makes them, streaming deltas."""
+    from vllm.sampling_params import RequestOutputKind
+
+    sampling = request.to_sampling_params(params.max_tokens, {})
+    sampling.output_kind = RequestOutputKind.DELTA  # text and token ids new since the previous output
+    return sampling
 
 
 class OutputParsers:
@@ -50,18 +73,8 @@ class OutputParsers:
         call markers) and constrains decoding to a call for ``tool_choice`` "required" or a named tool.
         """
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-        from vllm.sampling_params import RequestOutputKind
 
-        fields: dict[str, Any] = {
-            "model": "candle",
-            "messages": messages,
-            "tools": tools,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stop": list(params.stop) or None,
-            "seed": params.seed,
-        }
+        fields: dict[str, Any] = {"messages": messages, "tools": tools, **openai_fields(params)}
         if tool_choice is not None:  # left out, vLLM applies OpenAI's default (auto with tools, else none)
             fields["tool_choice"] = tool_choice
         request = ChatCompletionRequest(**fields)
@@ -69,9 +82,7 @@ class OutputParsers:
         if self.parser_class is not None:
             parser = self.parser_class(self.tokenizer, request.tools)
             request = parser.adjust_request(request)
-        sampling = request.to_sampling_params(params.max_tokens, {})
-        sampling.output_kind = RequestOutputKind.DELTA  # text and token ids new since the previous output
-        return ChatTurn(sampling, parser, request)
+        return ChatTurn(delta_sampling(request, params), parser, request)
 
 
 class ChatTurn:

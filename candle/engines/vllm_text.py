@@ -17,7 +17,7 @@ from typing import Any
 from candle.catalog import ModelSpec
 
 from .chat_types import GenerationParams, TextChunk
-from .vllm_parsing import PARSER_KEYS, OutputParsers
+from .vllm_parsing import PARSER_KEYS, OutputParsers, delta_sampling, openai_fields
 
 
 class VLLMEngine:
@@ -63,17 +63,9 @@ class VLLMEngine:
                 yield last
 
     async def complete(self, prompt: str, params: GenerationParams) -> AsyncIterator[TextChunk]:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-        sampling = SamplingParams(
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-            output_kind=RequestOutputKind.DELTA,
-        )
+        sampling = delta_sampling(CompletionRequest(prompt=prompt, **openai_fields(params)), params)
         async for output, last in self._generate(prompt, sampling):
             if text := output.outputs[0].text:
                 yield TextChunk(text)
