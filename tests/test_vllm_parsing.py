@@ -1,9 +1,10 @@
 """The catalog's vLLM tool-call and reasoning parsers, run for real over streamed output.
 
-Needs vLLM (the ``gpu`` extra), so it is skipped where vLLM is not installed, as in CI here; the
-parsers themselves are plain Python and run on CPU. The tiny models' tokenizers have the marker
-tokens of the real Qwen3-Coder, Kimi K2 and Phi-4-reasoning tokenizers, and the output below is
-fed one token at a time, the way ``AsyncLLM`` streams deltas.
+Needs vLLM (the ``gpu`` extra), so the main suite skips it; ``make test`` runs it in both vLLM
+venvs (the ``gpu`` extra's release and the CPU build). The parsers themselves are plain Python.
+The tiny models' tokenizers have the marker tokens of the real Qwen3-Coder, Kimi K2 and
+Phi-4-reasoning tokenizers, and the output below is fed one token at a time, the way ``AsyncLLM``
+streams deltas.
 """
 
 from __future__ import annotations
