@@ -26,10 +26,12 @@ from candle.engines.vllm_text import VLLMEngine
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
 CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]
-# A few MiB of KV cache: the tiny models need nothing more, and the machine's memory stays free.
+# 5% of the device's memory (of RAM on CPUs, about 1 GiB here) is far more than the tiny models
+# need, and leaves the rest of the machine free; no CUDA graphs or compilation to wait for.
 SMALL = {"max_model_len": 512, "gpu_memory_utilization": 0.05, "enforce_eager": True}
-# vLLM's CPU kernels for MLA (DeepSeek V3 / Kimi K2 attention) compile for the real latent sizes
-# only; the reference one runs them in float32. GPUs pick their own backend.
+# vLLM picks its AMX MLA kernel (DeepSeek V3 / Kimi K2 attention) where the CPU has AMX; it takes
+# bf16 and Kimi-sized heads only. The reference CPU_MLA runs the tiny model in float32. GPUs pick
+# their own backend.
 CPU_MLA = {"attention_backend": "CPU_MLA"} if current_platform.is_cpu() else {}
 
 
