@@ -8,7 +8,6 @@ Each model gets the production catalog entry's parsers and small memory settings
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,20 +43,12 @@ def engine_for(store: Path, tiny: str, production_model: str, **extra: Any) -> V
     return VLLMEngine(store / TINY_MODELS[tiny], tiny_spec)
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One event loop for the module, as a replica has: ``AsyncLLM`` binds its output task to the first."""
-    with asyncio.Runner() as runner:
-        yield runner.get_loop()
+async def collect(stream: Any) -> list[TextChunk]:
+    """Drain an engine stream; every chunk but the last is unfinished, and the last carries the counts.
 
-
-def collect(loop: asyncio.AbstractEventLoop, stream: Any) -> list[TextChunk]:
-    """Drain an engine stream; every chunk but the last is unfinished, and the last carries the counts."""
-
-    async def drain() -> list[TextChunk]:
-        return [chunk async for chunk in stream]
-
-    chunks = loop.run_until_complete(drain())
+    Tests run on pytest-asyncio's session loop, as a replica runs on one loop: ``AsyncLLM`` binds its
+    output task to the loop that first uses it."""
+    chunks = [chunk async for chunk in stream]
     assert chunks and all(c.finish_reason is None for c in chunks[:-1])
     return chunks
 
@@ -74,14 +65,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def qwen3(store: Path, loop: asyncio.AbstractEventLoop) -> Iterator[VLLMEngine]:
+def qwen3(store: Path) -> Iterator[VLLMEngine]:
     engine = engine_for(store, "qwen3", "qwen3-coder")
     yield engine
     engine.engine.shutdown()
 
 
-def test_chat_streams_deltas_with_usage(qwen3: VLLMEngine, loop: asyncio.AbstractEventLoop):
-    chunks = collect(loop, qwen3.chat(CHAT, GenerationParams(max_tokens=12, temperature=0)))
+async def test_chat_streams_deltas_with_usage(qwen3: VLLMEngine):
+    chunks = await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=12, temperature=0)))
     last = chunks[-1]
     assert len(chunks) > 2, "streamed as deltas, not one block"
     assert last.finish_reason == "length"
@@ -90,60 +81,60 @@ def test_chat_streams_deltas_with_usage(qwen3: VLLMEngine, loop: asyncio.Abstrac
     assert last.prompt_tokens == len(prompt["input_ids"])
 
 
-def test_tools_reach_the_chat_template(qwen3: VLLMEngine, loop: asyncio.AbstractEventLoop):
+async def test_tools_reach_the_chat_template(qwen3: VLLMEngine):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    plain = collect(loop, qwen3.chat(CHAT, GenerationParams(max_tokens=2, temperature=0)))[-1]
-    with_tools = collect(loop, qwen3.chat(CHAT, GenerationParams(max_tokens=2, temperature=0), tools=tools))[-1]
+    plain = (await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=2, temperature=0))))[-1]
+    with_tools = (await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=2, temperature=0), tools=tools)))[-1]
     assert with_tools.prompt_tokens > plain.prompt_tokens  # the schema is part of the prompt
 
 
-def test_greedy_repeats_and_a_stop_string_cuts_the_answer(qwen3: VLLMEngine, loop: asyncio.AbstractEventLoop):
+async def test_greedy_repeats_and_a_stop_string_cuts_the_answer(qwen3: VLLMEngine):
     params = GenerationParams(max_tokens=24, temperature=0)
-    first = text(collect(loop, qwen3.chat(CHAT, params)))
-    assert first == text(collect(loop, qwen3.chat(CHAT, params)))
+    first = text(await collect(qwen3.chat(CHAT, params)))
+    assert first == text(await collect(qwen3.chat(CHAT, params)))
     stop = first[8:11]
     assert stop.strip(), f"pick a stop string with text in it from {first!r}"
-    cut = collect(loop, qwen3.chat(CHAT, GenerationParams(max_tokens=24, temperature=0, stop=(stop,))))
+    cut = await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=24, temperature=0, stop=(stop,))))
     assert text(cut) == first[: first.index(stop)]  # vLLM drops the stop string itself, as OpenAI does
     assert cut[-1].finish_reason == "stop"
 
 
-def test_the_seed_reaches_the_sampler(qwen3: VLLMEngine, loop: asyncio.AbstractEventLoop):
-    def sample(seed: int) -> str:
-        return text(collect(loop, qwen3.chat(CHAT, GenerationParams(max_tokens=12, temperature=1.0, seed=seed))))
+async def test_the_seed_reaches_the_sampler(qwen3: VLLMEngine):
+    async def sample(seed: int) -> str:
+        return text(await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=12, temperature=1.0, seed=seed))))
 
-    assert sample(1) == sample(1)
-    assert sample(1) != sample(2)
+    assert await sample(1) == await sample(1)
+    assert await sample(1) != await sample(2)
 
 
-def test_completion_counts_the_prompt_as_vllm_tokenizes_it(qwen3: VLLMEngine, loop: asyncio.AbstractEventLoop):
+async def test_completion_counts_the_prompt_as_vllm_tokenizes_it(qwen3: VLLMEngine):
     prompt = "Once upon a time"
-    chunks = collect(loop, qwen3.complete(prompt, GenerationParams(max_tokens=5, temperature=0)))
+    chunks = await collect(qwen3.complete(prompt, GenerationParams(max_tokens=5, temperature=0)))
     assert text(chunks)
     assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (len(qwen3.tokenizer.encode(prompt)), 5)
 
 
-def test_kimi_k2_architecture_serves_with_its_tool_parser(store: Path, loop: asyncio.AbstractEventLoop):
+async def test_kimi_k2_architecture_serves_with_its_tool_parser(store: Path):
     """DeepseekV3 with MoE and MLA, as Kimi K2 ships it; plain output passes through the Kimi parser."""
     engine = engine_for(store, "deepseek_v3", "kimi-k2", **CPU_MLA)
     try:
         assert engine.parsers.parser_class is not None
-        chunks = collect(loop, engine.chat(CHAT, GenerationParams(max_tokens=10, temperature=0)))
+        chunks = await collect(engine.chat(CHAT, GenerationParams(max_tokens=10, temperature=0)))
     finally:
         engine.engine.shutdown()
     assert chunks[-1].completion_tokens == 10
     assert not any(c.tool_calls for c in chunks)
 
 
-def test_phi4_reasoning_parser_reads_the_engine_output(store: Path, loop: asyncio.AbstractEventLoop):
+async def test_phi4_reasoning_parser_reads_the_engine_output(store: Path):
     """deepseek_r1 treats everything before ``</think>`` as reasoning: a random model never closes its
     thought, so all of its greedy output must arrive as reasoning, token for token the raw text."""
     engine = engine_for(store, "phi3", "phi-4-reasoning")
     try:
         params = GenerationParams(max_tokens=16, temperature=0)
-        chunks = collect(loop, engine.chat(CHAT, params))
+        chunks = await collect(engine.chat(CHAT, params))
         prompt = engine.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
-        raw = text(collect(loop, engine.complete(prompt, params)))
+        raw = text(await collect(engine.complete(prompt, params)))
     finally:
         engine.engine.shutdown()
     assert text(chunks) == ""
