@@ -11,13 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import psutil
 
-from candle.testing import free_port
+from candle.catalog import load_catalog
+from candle.testing import free_port, wait_for_models
 
 READY_TIMEOUT_S = 300
 
@@ -39,17 +38,12 @@ def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_st
     )
     spawned: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        states: list[str] = []
-        while time.monotonic() < deadline and (not states or set(states) != {"ready"}):
-            time.sleep(1)
-            try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["data"]
-            except (httpx.HTTPError, ValueError, KeyError):
-                continue
-            states = [m["status"]["state"] for m in models]
-            capabilities = {m["capability"] for m in models}
-        assert set(states) == {"ready"}, (tmp_path / "demo.log").read_text()[-3000:]
+        demo_models = {m.name: "ready" for m in load_catalog("demo").models}
+        try:
+            cards = wait_for_models(f"http://127.0.0.1:{port}", demo_models, READY_TIMEOUT_S)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{(tmp_path / 'demo.log').read_text()[-3000:]}") from None
+        capabilities = {card["capability"] for card in cards.values()}
         assert capabilities == {"text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"}
         spawned = psutil.Process(demo.pid).children(recursive=True)
         assert any("raylet" in p.name() for p in spawned)  # the demo's own cluster, not the session's
