@@ -34,13 +34,18 @@ SMALL = {"max_model_len": 512, "gpu_memory_utilization": 0.05, "enforce_eager": 
 CPU_MLA = {"attention_backend": "CPU_MLA"} if current_platform.is_cpu() else {}
 
 
+def tiny_engine_args(production_model: str, **extra: Any) -> dict[str, Any]:
+    """The production entry's parsers with small memory settings: what a tiny stand-in is served with."""
+    args = load_catalog("production").get(production_model).engine_args
+    return {**{k: v for k, v in args.items() if k in PARSER_KEYS}, **SMALL, **extra}
+
+
 def engine_for(store: Path, tiny: str, production_model: str, **extra: Any) -> VLLMEngine:
     """The tiny model served with the production entry's parsers, as its replica would load it."""
     spec = load_catalog("production").get(production_model)
-    parsers = {k: v for k, v in spec.engine_args.items() if k in PARSER_KEYS}
     # One process, no tensor parallelism: the production resources name 1 to 8 GPUs.
-    tiny_spec = spec.model_copy(update={"engine_args": {**parsers, **SMALL, **extra}, "resources": Resources()})
-    return VLLMEngine(store / TINY_MODELS[tiny], tiny_spec)
+    update = {"engine_args": tiny_engine_args(production_model, **extra), "resources": Resources()}
+    return VLLMEngine(store / TINY_MODELS[tiny], spec.model_copy(update=update))
 
 
 async def collect(stream: Any) -> list[TextChunk]:

@@ -20,12 +20,11 @@ pytest.importorskip("vllm.v1.engine.async_llm", reason="vLLM (the gpu extra, or 
 from ray import serve
 from ray.serve.api import RunTarget
 
-from candle.catalog import load_catalog
-from candle.engines.vllm_parsing import PARSER_KEYS
 from candle.testing import free_port, wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
+from tests.test_vllm_engine import tiny_engine_args
 
 MODEL = "qwen3-coder-vllm"
 CHAT = [{"role": "user", "content": "Write a function."}]
@@ -36,18 +35,12 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 def catalog(hub_store: Path) -> dict[str, Any]:
     """The tiny Qwen3-Coder served by vLLM with the production entry's parsers and small memory settings."""
     build_tiny_store(hub_store, ["qwen3"])
-    production = load_catalog("production").get("qwen3-coder")
     entry = {
         "name": MODEL,
         "capability": "text-to-text",
         "repo_id": TINY_MODELS["qwen3"],
         "engine": "vllm",
-        "engine_args": {
-            **{k: v for k, v in production.engine_args.items() if k in PARSER_KEYS},
-            "max_model_len": 512,
-            "gpu_memory_utilization": 0.05,
-            "enforce_eager": True,
-        },
+        "engine_args": tiny_engine_args("qwen3-coder"),
         "resources": {"num_cpus": 1},
     }
     return {"models": [entry]}
