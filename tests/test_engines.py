@@ -297,6 +297,14 @@ def test_vllm_engine_module_imports_without_vllm(monkeypatch: pytest.MonkeyPatch
     assert isinstance(module.VLLMEngine, type)
 
 
+def test_vllm_engine_without_vllm_says_how_to_get_it(store: Path, monkeypatch: pytest.MonkeyPatch):
+    """What a replica's failed status shows on a node without the gpu extra (a GPU node with ``engine: auto``)."""
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    spec = spec_for("qwen3", "text-to-text", engine="vllm")
+    with pytest.raises(ModuleNotFoundError, match=r"qwen3: engine vllm needs vLLM.*install candle\[gpu\] on GPU nodes"):
+        load_engine(spec, tiny_folder(store, "qwen3"))
+
+
 def test_gateway_loads_without_torch():
     """The gateway only routes and renders JSON: torch would cost each gateway replica ~1 s and ~200 MB."""
     probe = "import sys, deployments.gateway; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"

@@ -10,6 +10,7 @@ output goes through the catalog's tool-call and reasoning parsers (``vllm_parsin
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -23,6 +24,12 @@ from .vllm_parsing import PARSER_KEYS, OutputParsers, delta_sampling, openai_fie
 
 class VLLMEngine:
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise ModuleNotFoundError(
+                f"{spec.name}: engine vllm needs vLLM, which this node lacks: install candle[gpu] on GPU nodes, "
+                "or set `engine: transformers` in the catalog entry",
+                name="vllm",
+            )
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
