@@ -34,8 +34,9 @@ from candle.engines.images import DiffusionEngine
 from candle.engines.text import TransformersTextEngine
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
-# On a GPU machine load_engine picks vLLM for text and moves models to CUDA; these tests pin the CPU paths.
-cpu_only = pytest.mark.skipif(gpu_count() > 0, reason="checks the CPU engines; GPUs route text to vLLM")
+# On a GPU machine load_engine picks vLLM for text and loads models in bf16 on CUDA, so these exact
+# checks of the CPU paths skip there; tests/test_gpu_engines.py covers the GPU paths.
+cpu_only = pytest.mark.skipif(gpu_count() > 0, reason="checks the CPU engines; tests/test_gpu_engines.py covers GPUs")
 
 CHAT = [{"role": "user", "content": "Hello! How can I help you today?"}]
 GREEDY = GenerationParams(max_tokens=8, temperature=0)

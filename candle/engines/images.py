@@ -25,7 +25,7 @@ class DiffusionEngine:
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
         gpus = gpu_count()
         placement: dict[str, Any] = {"device_map": "balanced"} if gpus > 1 else {}
-        self.pipeline = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype(), **placement, **spec.engine_args)
+        self.pipeline = DiffusionPipeline.from_pretrained(folder, dtype=dtype(), **placement, **spec.engine_args)
         if gpus == 1:
             self.pipeline.to("cuda")
         self.pipeline.set_progress_bar_config(disable=True)
