@@ -71,6 +71,14 @@ def normalize(vectors: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(vectors, dim=-1).float().numpy()
 
 
+def save_decoder_embedder(lm_folder: Path, folder: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """A Stella-like sentence-transformers model: a causal LM's body with mean pooling, saved in ``dtype``."""
+    body = Transformer(str(lm_folder))
+    model = SentenceTransformer(modules=[body, Pooling(body.get_embedding_dimension(), "mean")], device="cpu")
+    model.to(dtype).save(str(folder))
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------
 # Text: the chat architectures the API tests leave out
 
@@ -263,6 +271,18 @@ def test_prompts_by_name(embedder: SentenceEmbeddingEngine):
     assert len(tokens) == len(TEXTS) and all(t > 0 for t in tokens)
     assert not np.allclose(query, plain, atol=1e-3)
     np.testing.assert_allclose(query, embedder.embed([f"query: {t}" for t in TEXTS]), atol=1e-5)
+
+
+@cpu_only
+def test_embeddings_run_in_fp32_on_the_cpu_whatever_the_checkpoint_holds(store: Path, tmp_path: Path):
+    folder = save_decoder_embedder(tiny_folder(store, "qwen3"), tmp_path / "bf16-embedder", torch.bfloat16)
+    assert next(SentenceTransformer(str(folder), device="cpu").parameters()).dtype == torch.bfloat16  # left alone
+
+    engine = load_engine(spec_for("embedder", "text-embedding"), folder)
+    assert {p.dtype for p in engine.model.parameters()} == {torch.float32}
+
+    pinned = spec_for("embedder", "text-embedding", engine_args={"model_kwargs": {"dtype": "bfloat16"}})
+    assert {p.dtype for p in load_engine(pinned, folder).model.parameters()} == {torch.bfloat16}  # the entry wins
 
 
 # ---------------------------------------------------------------------------------------------

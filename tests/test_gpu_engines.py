@@ -1,10 +1,9 @@
 """Candle's engines on a CUDA GPU, in-process, from the tiny models; skipped where no GPU is visible.
 
 CI has no GPU: run ``python -m pytest -q tests/test_gpu_engines.py`` on a GPU node. These check what
-only a GPU shows: each engine puts its weights on the GPU (bf16 where candle picks the dtype),
-inputs follow them there (fp32 pixels into a bf16 vision tower is the classic failure), outputs
-agree with the fp32 CPU reference within bf16's precision, and diffusers' ``balanced`` device map
-loads and generates.
+only a GPU shows: each engine puts its weights on the GPU in bf16, inputs follow them there (fp32
+pixels into a bf16 vision tower is the classic failure), outputs agree with the fp32 CPU reference
+within bf16's precision, and diffusers' ``balanced`` device map loads and generates.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+from sentence_transformers.sentence_transformer.modules import Dense
 from transformers import AutoProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
 import candle.engines.images
@@ -30,7 +29,7 @@ from candle.engines.embeddings import SentenceEmbeddingEngine
 from candle.engines.images import DiffusionEngine
 from candle.engines.text import TransformersTextEngine
 from candle.engines.vision import LlavaEngine
-from tests.test_engines import CHAT, GREEDY, TEXTS, normalize, run, spec_for, tiny_folder
+from tests.test_engines import CHAT, GREEDY, TEXTS, normalize, run, save_decoder_embedder, spec_for, tiny_folder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -105,7 +104,7 @@ def test_llava_answers_about_an_image_on_the_gpu(store: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Embeddings: CLIP in bf16, sentence-transformers as the model ships
+# Embeddings in bf16: CLIP, and sentence-transformers with a Matryoshka head
 
 
 def test_clip_on_the_gpu_agrees_with_the_cpu_in_fp32(store: Path):
@@ -131,13 +130,12 @@ def test_clip_on_the_gpu_agrees_with_the_cpu_in_fp32(store: Path):
 
 @pytest.fixture(scope="module")
 def decoder_embedder_folder(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Stella-like embedder: the tiny Qwen3 body, mean pooling, and a Matryoshka head in ``2_Dense_32``."""
-    body = Transformer(str(tiny_folder(store, "qwen3")))
-    folder = tmp_path_factory.mktemp("decoder-embedder") / "model"
-    SentenceTransformer(modules=[body, Pooling(body.get_embedding_dimension(), "mean")]).save(str(folder))
+    """The tiny Qwen3 as a Stella-like embedder, with a Matryoshka head in ``2_Dense_32``."""
+    folder = save_decoder_embedder(tiny_folder(store, "qwen3"), tmp_path_factory.mktemp("decoder-embedder") / "model")
+    width = SentenceTransformer(str(folder), device="cpu").get_embedding_dimension()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        head = Dense(body.get_embedding_dimension(), HEAD_DIM, activation_function=torch.nn.Identity())
+        head = Dense(width, HEAD_DIM, activation_function=torch.nn.Identity())
     (folder / f"2_Dense_{HEAD_DIM}").mkdir()
     head.save(str(folder / f"2_Dense_{HEAD_DIM}"))
     return folder
@@ -146,7 +144,7 @@ def decoder_embedder_folder(store: Path, tmp_path_factory: pytest.TempPathFactor
 def test_sentence_embeddings_and_their_head_on_the_gpu_agree_with_the_cpu(decoder_embedder_folder: Path):
     engine = load_engine(spec_for("embedder", "text-embedding"), decoder_embedder_folder)
     assert isinstance(engine, SentenceEmbeddingEngine)
-    assert engine.model.device.type == "cuda"
+    on_gpu_in(engine.model, torch.bfloat16)
 
     reference = SentenceTransformer(str(decoder_embedder_folder), device="cpu")
     expected_full = reference.encode(TEXTS, normalize_embeddings=True)

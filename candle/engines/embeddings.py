@@ -18,7 +18,7 @@ from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
 from candle.catalog import ModelSpec
 
-from .device import device
+from .device import device, dtype
 from .errors import InvalidInput
 
 _HEAD = re.compile(r"^2_Dense_(\d+)$")
@@ -26,12 +26,17 @@ _HEAD = re.compile(r"^2_Dense_(\d+)$")
 
 class SentenceEmbeddingEngine:
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
+        engine_args = dict(spec.engine_args)
+        # candle's dtype rule unless the entry's model_kwargs say otherwise: left alone,
+        # sentence-transformers loads the checkpoint's dtype, and bf16 weights crawl on a CPU.
+        model_kwargs = {"dtype": dtype(), **engine_args.pop("model_kwargs", {})}
         self.model = SentenceTransformer(
             str(folder),
             device=device(),
             trust_remote_code=spec.trust_remote_code,
             prompts=dict(spec.prompts) or None,
-            **spec.engine_args,
+            model_kwargs=model_kwargs,
+            **engine_args,
         )
         self.dimensions = int(self.model.get_embedding_dimension() or 0)
         self._head_folders = {int(m[1]): p for p in folder.iterdir() if (m := _HEAD.match(p.name)) and p.is_dir()}
@@ -55,7 +60,9 @@ class SentenceEmbeddingEngine:
 
     def _embed_with_head(self, texts: list[str], prompt_name: str | None, dimensions: int) -> np.ndarray:
         if dimensions not in self._heads:
-            self._heads[dimensions] = Dense.load(str(self._head_folders[dimensions])).to(self.model.device)
+            weights = next(self.model.parameters())
+            head = Dense.load(str(self._head_folders[dimensions]))
+            self._heads[dimensions] = head.to(device=weights.device, dtype=weights.dtype)
         # The head replaces everything after pooling (the default Dense head, Normalize): it maps the
         # pooled embedding, as in Stella's [Transformer, Pooling, Dense] pipelines.
         body = list(itertools.takewhile(lambda m: not isinstance(m, (Dense, Normalize)), self.model))
