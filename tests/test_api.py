@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
 import io
 import time
 from collections.abc import Iterator
@@ -448,14 +449,33 @@ def test_one_capability_scales_without_touching_the_others(client: openai.OpenAI
     assert len(replica_ids(spec.name)) == 1
 
 
-def test_a_model_that_cannot_start_reports_why(api: str):
-    """Weights that do not exist: /v1/models says failed with the download error, requests get 503 model_failed."""
-    spec = DEMO.get("all-minilm-l6-v2").model_copy(update={"name": "ghost-minilm", "repo_id": "nobody/ghost-model"})
+CANNOT_START = {
+    # Weights that do not exist: the download error.
+    "ghost-minilm": (
+        DEMO.get("all-minilm-l6-v2").model_copy(update={"name": "ghost-minilm", "repo_id": "nobody/ghost-model"}),
+        ("nobody/ghost-model", "repository not found"),
+        ("/v1/embeddings", {"input": "x"}),
+    ),
+    # A vLLM entry on a node without vLLM (a GPU node without the gpu extra): what to install.
+    "novllm-qwen3": (
+        DEMO.get("qwen3-coder-tiny").model_copy(update={"name": "novllm-qwen3", "engine": "vllm"}),
+        ("engine vllm needs vLLM", "install candle[gpu]"),
+        ("/v1/chat/completions", {"messages": CHAT}),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CANNOT_START))
+def test_a_model_that_cannot_start_reports_why(api: str, name: str):
+    """/v1/models says failed with the replica's own error as the reason; requests get 503 model_failed."""
+    spec, reasons, (route, body) = CANNOT_START[name]
+    if spec.engine == "vllm" and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: the entry would start")
     catalog = {"models": [spec.model_dump()]}
     serve.run_many(
         [
             RunTarget(build_model_app({"catalog": catalog, "model": spec.name}), name=spec.name, route_prefix=None),
-            RunTarget(build_gateway_app({"catalog": catalog}), name="gateway-ghost", route_prefix="/ghost"),
+            RunTarget(build_gateway_app({"catalog": catalog}), name=f"gateway-{name}", route_prefix=f"/{name}"),
         ],
         wait_for_applications_running=False,
     )
@@ -464,12 +484,12 @@ def test_a_model_that_cannot_start_reports_why(api: str):
         status: dict = {}
         while time.monotonic() < deadline and status.get("state") != "failed":
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                status = httpx.get(f"{api}/ghost/v1/models/ghost-minilm", timeout=5).json().get("status", {})
+                status = httpx.get(f"{api}/{name}/v1/models/{name}", timeout=5).json().get("status", {})
             time.sleep(1)
         assert status.get("state") == "failed", status
-        assert "nobody/ghost-model" in status["reason"] and "repository not found" in status["reason"]
-        refused = httpx.post(f"{api}/ghost/v1/embeddings", json={"model": "ghost-minilm", "input": "x"})
+        assert all(reason in status["reason"] for reason in reasons), status["reason"]
+        refused = httpx.post(f"{api}/{name}{route}", json={"model": name, **body})
         assert refused.status_code == 503 and error_of(refused)["code"] == "model_failed"
     finally:
-        serve.delete("gateway-ghost", _blocking=False)
-        serve.delete(spec.name, _blocking=False)
+        serve.delete(f"gateway-{name}", _blocking=False)
+        serve.delete(name, _blocking=False)
