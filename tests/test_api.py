@@ -7,7 +7,6 @@ production; the gateway runs on a free loopback port.
 from __future__ import annotations
 
 import base64
-import contextlib
 import importlib.util
 import io
 import time
@@ -480,13 +479,7 @@ def test_a_model_that_cannot_start_reports_why(api: str, name: str):
         wait_for_applications_running=False,
     )
     try:
-        deadline = time.monotonic() + 120
-        status: dict = {}
-        while time.monotonic() < deadline and status.get("state") != "failed":
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                status = httpx.get(f"{api}/{name}/v1/models/{name}", timeout=5).json().get("status", {})
-            time.sleep(1)
-        assert status.get("state") == "failed", status
+        status = wait_for_models(f"{api}/{name}", {name: "failed"}, timeout=120)[name]["status"]
         assert all(reason in status["reason"] for reason in reasons), status["reason"]
         refused = httpx.post(f"{api}/{name}{route}", json={"model": name, **body})
         assert refused.status_code == 503 and error_of(refused)["code"] == "model_failed"

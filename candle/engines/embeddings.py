@@ -60,9 +60,8 @@ class SentenceEmbeddingEngine:
 
     def _embed_with_head(self, texts: list[str], prompt_name: str | None, dimensions: int) -> np.ndarray:
         if dimensions not in self._heads:
-            weights = next(self.model.parameters())
             head = Dense.load(str(self._head_folders[dimensions]))
-            self._heads[dimensions] = head.to(device=weights.device, dtype=weights.dtype)
+            self._heads[dimensions] = head.to(device=self.model.device, dtype=self.model.dtype)
         # The head replaces everything after pooling (the default Dense head, Normalize): it maps the
         # pooled embedding, as in Stella's [Transformer, Pooling, Dense] pipelines.
         body = list(itertools.takewhile(lambda m: not isinstance(m, (Dense, Normalize)), self.model))
