@@ -19,15 +19,30 @@ from starlette.concurrency import iterate_in_threadpool
 from candle.catalog import ModelSpec
 from candle.download import fetch
 from candle.engines import load_engine
+from candle.placement import replica_resources
 
 logger = logging.getLogger("ray.serve")
 
 PROGRESS_LOG_INTERVAL_S = 10.0
 
 
+def hide_gpus_from_cpu_replicas(spec: ModelSpec) -> None:
+    """Keep a replica whose entry takes no GPU off its node's GPUs.
+
+    Ray 2.60 no longer empties ``CUDA_VISIBLE_DEVICES`` for actors that ask for no GPU
+    (ray-project/ray#54868): torch in such a replica sees every GPU of the node, and the engine
+    would load there, outside Ray's GPU accounting and into memory that GPU replicas booked (seen on
+    an H100: MiniLM with ``num_gpus: 0`` held GPU memory). Entries that take a GPU, on the replica
+    or in its placement group, keep what Ray sets. Must run before anything initializes CUDA.
+    """
+    if replica_resources(spec)["GPU"] == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
 class ModelReplica:
     async def __init__(self, spec: dict[str, Any] | ModelSpec) -> None:
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
+        hide_gpus_from_cpu_replicas(self.spec)
         started = time.monotonic()
         folder = await fetch(
             self.spec.repo_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray import serve
 
 from candle.testing import free_port
 from candle.testing.hub import TestHub, write_random_file, write_repo
@@ -81,6 +82,20 @@ def ray_cluster(hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def serve_base(ray_cluster: dict[str, str]) -> Iterator[str]:
+    """Ray Serve started once for the session, its HTTP proxy on a free loopback port; the base URL.
+
+    Test modules deploy their own apps on it (distinct app names and route prefixes) and delete them.
+    """
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
 
 
 @pytest.fixture

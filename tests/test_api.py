@@ -10,7 +10,6 @@ import base64
 import importlib.util
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
-from candle.testing import free_port, wait_for_models
+from candle.testing import wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
@@ -40,7 +39,7 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
 
 
 @pytest.fixture(scope="session")
-def api(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
+def api(serve_base: str, hub_server: TestHub, hub_store: Path) -> str:
     """The demo catalog deployed as in serve_config: one app per model, the gateway at '/'."""
     build_tiny_store(hub_store)
     minilm = hub_store / TINY_MODELS["minilm"]
@@ -50,8 +49,6 @@ def api(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
         import shutil
 
         shutil.copytree(minilm, slow)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     apps = [
         RunTarget(build_model_app({"catalog": "demo", "model": m.name}), name=m.name, route_prefix=None)
         for m in DEMO.models
@@ -62,12 +59,8 @@ def api(ray_cluster, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
     secure = {"catalog": "demo", "models": ["all-minilm-l6-v2"], "gateway": {"api_keys": [API_KEY]}}
     apps.append(RunTarget(build_gateway_app(secure), name="gateway-secure", route_prefix="/secure"))
     serve.run_many(apps, wait_for_applications_running=False)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_models(base, {m.name: "ready" for m in DEMO.models}, READY_TIMEOUT_S)
-        yield base
-    finally:
-        serve.shutdown()
+    wait_for_models(serve_base, {m.name: "ready" for m in DEMO.models}, READY_TIMEOUT_S)
+    return serve_base
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,14 @@ tests (tests/cluster/) check the same rules against real scheduling.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from candle.catalog import ModelSpec, load_catalog
 from candle.jobs.prefetch import plan
 from candle.placement import can_host, deployment_options, hosting_nodes, label_matches, replica_resources
+from deployments.base import hide_gpus_from_cpu_replicas
 from deployments.model_status import pending_reason
 
 PRODUCTION = load_catalog("production")
@@ -54,6 +57,20 @@ def test_replica_resources_follow_the_deployment_options():
     assert replica_resources(PRODUCTION.get("sd3.5-large-turbo")) == {"CPU": 4, "GPU": 2}
     assert replica_resources(PRODUCTION.get("kimi-k2")) == {"CPU": 16, "GPU": 8}  # its bundle + 8 ranks
     assert replica_resources(PRODUCTION.get("all-minilm-l6-v2")) == {"CPU": 2, "GPU": 0}
+
+
+@pytest.mark.parametrize(
+    ("model", "visible"),
+    [
+        ("all-minilm-l6-v2", ""),  # no GPU booked: the node's GPUs are hidden from torch
+        ("sd3.5-large-turbo", "0,1"),  # GPUs on the replica actor: Ray's own setting stays
+        ("kimi-k2", "0,1"),  # GPUs in the placement group's ranks: left for vLLM's workers
+    ],
+)
+def test_replicas_that_book_no_gpu_stay_off_the_gpus(monkeypatch: pytest.MonkeyPatch, model: str, visible: str):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # what a replica inherits from a GPU node under Ray 2.60
+    hide_gpus_from_cpu_replicas(PRODUCTION.get(model))
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == visible
 
 
 def test_tensor_parallel_bundles_carry_the_label_selector():

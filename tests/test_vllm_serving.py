@@ -20,7 +20,7 @@ pytest.importorskip("vllm.v1.engine.async_llm", reason="vLLM (the gpu extra, or 
 from ray import serve
 from ray.serve.api import RunTarget
 
-from candle.testing import free_port, wait_for_models
+from candle.testing import replica_processes, wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
@@ -47,22 +47,21 @@ def catalog(hub_store: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def client(ray_cluster, hub_server: TestHub, catalog: dict[str, Any]) -> Iterator[openai.OpenAI]:
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+def client(serve_base: str, hub_server: TestHub, catalog: dict[str, Any]) -> Iterator[openai.OpenAI]:
     serve.run_many(
         [
             RunTarget(build_model_app({"catalog": catalog, "model": MODEL}), name=MODEL, route_prefix=None),
-            RunTarget(build_gateway_app({"catalog": catalog}), name="gateway"),
+            RunTarget(build_gateway_app({"catalog": catalog}), name="gateway-vllm", route_prefix="/vllm"),
         ],
         wait_for_applications_running=False,
     )
-    base = f"http://127.0.0.1:{port}"
+    base = f"{serve_base}/vllm"
     try:
         wait_for_models(base, {MODEL: "ready"})
         yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
     finally:
-        serve.shutdown()
+        serve.delete("gateway-vllm")
+        serve.delete(MODEL)
 
 
 def test_streamed_chat_through_the_gateway(client: openai.OpenAI):
@@ -99,12 +98,7 @@ def test_deleting_the_app_ends_vllms_engine_processes(client: openai.OpenAI, cat
     """A redeploy must not leave vLLM's engine core behind: on a GPU it would keep the memory the
     next replica needs."""
     serve.run(build_model_app({"catalog": catalog, "model": MODEL}), name="vllm-teardown", route_prefix=None)
-    # Ray titles each replica's worker process "ray::ServeReplica:<app>:<deployment>".
-    (replica,) = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "ServeReplica:vllm-teardown:" in " ".join(p.info["cmdline"] or ())
-    ]
+    (replica,) = replica_processes("vllm-teardown")
     engine_processes = replica.children(recursive=True)
     assert engine_processes, "vLLM runs its engine core in child processes of the replica"
     serve.delete("vllm-teardown")

@@ -34,3 +34,15 @@ def wait_for_models(base: str, expected: Mapping[str, str], timeout: float = 600
             raise AssertionError(f"models failed to start: {failed}")
         time.sleep(1)
     raise AssertionError(f"models not in {dict(expected)} after {timeout}s: {cards}")
+
+
+def replica_processes(app: str) -> list[Any]:
+    """The live worker processes (``psutil.Process``) of one Serve app's replicas on this machine.
+
+    Ray titles each replica's process ``ray::ServeReplica:<app>:<deployment>...``, which is what lets a
+    test see where a replica runs (its GPU memory, its child processes) without the dashboard.
+    """
+    import psutil  # a dev dependency: only tests look at processes
+
+    prefix = f"ray::ServeReplica:{app}:"
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(prefix)]
