@@ -6,10 +6,12 @@ model's Serve app fetching through the download service, the OpenAI gateway in f
 ``--encoding-format`` vectors (default: both base64, which the OpenAI SDKs request unless told
 otherwise, and float). Printed: texts per second both ways, their ratio (goal: at least 0.8) and the
 HTTP latency p50/p99, for the model on one replica with all cores and on one single-threaded replica
-per core.
+per core. With ``--device cuda`` (a GPU node) both sides run on the GPU in bf16, candle's dtype there:
+in-process ``encode`` on it, and one replica holding the whole GPU.
 
     python benchmarks/bench_embeddings.py [--texts 2048] [--concurrency 32] [--batch 1 --batch 16]
                                           [--encoding-format base64 --encoding-format float]
+                                          [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ def make_texts(n: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 24))) for _ in range(n)]
 
 
-def in_process(folder: Path, texts: list[str], repeats: int = 3) -> float:
+def in_process(folder: Path, texts: list[str], device: str, repeats: int = 3) -> float:
     """Texts per second of plain ``encode`` on this machine: the median of ``repeats`` passes after a warm-up
-    (single passes vary by about 10% here)."""
+    (single passes vary by about 10% here). In the dtype a candle replica uses on ``device``."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(folder), device="cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = SentenceTransformer(str(folder), device=device, model_kwargs={"dtype": dtype})
     model.encode(texts[:64], normalize_embeddings=True)
     rates = []
     for _ in range(repeats):
@@ -90,6 +94,7 @@ def main() -> None:
     parser.add_argument(
         "--encoding-format", action="append", choices=["base64", "float"], help="repeatable; default base64 and float"
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run")
     args = parser.parse_args()
     batches = args.batch or [1, 16]
     formats = args.encoding_format or ["base64", "float"]
@@ -103,7 +108,15 @@ def main() -> None:
     store = workdir / "store"
     build_tiny_store(store, ["minilm"])
     texts = make_texts(args.texts)
-    baseline = in_process(store / TINY_MODELS["minilm"], texts)
+    baseline = in_process(store / TINY_MODELS["minilm"], texts, args.device)
+    cores = os.cpu_count() or 1
+    # The model gets the machine's cores, as the in-process baseline does (Ray sizes each replica's
+    # torch threads by its num_cpus): one replica using all of them, then one single-threaded
+    # replica per core. On a GPU, one replica with the whole GPU.
+    if args.device == "cuda":
+        layouts = {"1 x 1 GPU": (1, Resources(num_cpus=1, num_gpus=1))}
+    else:
+        layouts = {f"1 x {cores} CPU": (1, Resources(num_cpus=cores)), f"{cores} x 1 CPU": (cores, Resources())}
 
     with TestHub(store) as hub:
         os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_XET="1")
@@ -113,18 +126,15 @@ def main() -> None:
 
         from deployments.app import build_gateway_app, build_model_app
 
-        cores = os.cpu_count() or 1
         ray.init(address="local", num_cpus=cores + 1, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base = f"http://127.0.0.1:{port}"
         results = {}
-        # The model gets the machine's cores, as the in-process baseline does (Ray sizes each
-        # replica's torch threads by its num_cpus): one replica using all of them, then one
-        # single-threaded replica per core. Enough concurrency per replica for batches to form.
         spec = load_catalog("demo").get(MODEL)
-        for replicas, cpus in ((1, cores), (cores, 1)):
-            layout = {"resources": Resources(num_cpus=cpus), "num_replicas": replicas, "max_ongoing_requests": 64}
+        for name, (replicas, resources) in layouts.items():
+            # Enough concurrency per replica for batches to form.
+            layout = {"resources": resources, "num_replicas": replicas, "max_ongoing_requests": 64}
             catalog = {"models": [spec.model_copy(update=layout).model_dump()]}
             serve.run_many(
                 [
@@ -135,7 +145,7 @@ def main() -> None:
             wait_for_models(base, {MODEL: "ready"})
             for batch in batches:
                 for encoding_format in formats:
-                    results[(f"{replicas} x {cpus} CPU", batch, encoding_format)] = asyncio.run(
+                    results[(name, batch, encoding_format)] = asyncio.run(
                         over_http(base, texts, args.concurrency, batch, encoding_format)
                     )
             serve.delete(MODEL)
@@ -143,7 +153,10 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
 
-    print(f"texts: {len(texts)}; HTTP concurrency {args.concurrency}; in-process encode {baseline:.1f} texts/s")
+    print(
+        f"texts: {len(texts)}; HTTP concurrency {args.concurrency}; "
+        f"in-process encode on {args.device} {baseline:.1f} texts/s"
+    )
     row = "{:>12}{:>14}{:>9}{:>14}{:>8}{:>9}{:>9}"
     print(row.format("replicas", "texts/request", "encoding", "HTTP texts/s", "ratio", "p50 ms", "p99 ms"))
     for (layout, batch, encoding_format), (throughput, latencies) in results.items():
