@@ -29,7 +29,9 @@ def run(port: int = 8000, home: Path = DEMO_HOME) -> int:
     print(f"candle demo: building the tiny model store in {home / 'store'} (cached after the first run)", flush=True)
     build_tiny_store(home / "store")
     config_path = home / "serve_config.yaml"
-    config_path.write_text(render(build("demo", port=port, host="127.0.0.1", proxy_location="HeadOnly")))
+    config_path.write_text(
+        render(build("demo", port=port, host="127.0.0.1", proxy_location="HeadOnly", gateway_replicas=1))
+    )
     serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
     with TestHub(home / "store") as hub:
         env = {

@@ -32,6 +32,7 @@ from ray.util.state.common import ActorState
 
 from candle.catalog import ModelSpec, load_catalog
 from candle.placement import NodeInfo, hosting_nodes
+from candle.serve_config import GATEWAY_REPLICAS
 from candle.testing import free_port, wait_for_models
 from candle.testing.cluster import NODE_CLASS, node_hub_cache
 from candle.testing.tiny_models import TINY_MODELS
@@ -187,7 +188,8 @@ def gateway(sim: SimCluster) -> Iterator[str]:
         RunTarget(build_model_app({"catalog": CATALOG, "model": m["name"]}), name=m["name"], route_prefix=None)
         for m in CATALOG["models"]
     ]
-    apps.append(RunTarget(build_gateway_app({"catalog": CATALOG}), name="gateway"))
+    gateway_args = {"catalog": CATALOG, "num_replicas": GATEWAY_REPLICAS}
+    apps.append(RunTarget(build_gateway_app(gateway_args), name="gateway"))
     serve.run_many(apps, wait_for_applications_running=False)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -199,14 +201,20 @@ def gateway(sim: SimCluster) -> Iterator[str]:
             serve.delete(app.name, _blocking=False)
 
 
-def replica_actors(sim: SimCluster) -> dict[str, ActorState]:
-    """App name -> its one replica actor (not dead), from Ray's state API."""
+def replica_actors(sim: SimCluster) -> dict[str, list[ActorState]]:
+    """App name -> its replica actors (not dead), from Ray's state API."""
     actors = list_actors(address=sim.cluster.address, filters=[("state", "!=", "DEAD")], detail=True, limit=1000)
-    return {a.class_name.split(":")[1]: a for a in actors if a.class_name.startswith("ServeReplica:")}
+    by_app: dict[str, list[ActorState]] = {}
+    for actor in actors:
+        if actor.class_name.startswith("ServeReplica:"):
+            by_app.setdefault(actor.class_name.split(":")[1], []).append(actor)
+    return by_app
 
 
 def test_replicas_land_where_their_gpus_and_labels_allow(sim: SimCluster, gateway: str):
-    replicas = {app: actor for app, actor in replica_actors(sim).items() if app != "gateway"}
+    actors = replica_actors(sim)
+    assert len(actors.pop("gateway")) == GATEWAY_REPLICAS  # as serve_config.yaml deploys it
+    replicas = {app: only for app, (only,) in actors.items()}
     where = {app: sim.names.get(actor.node_id) for app, actor in replicas.items()}
     gpus = {app: actor.required_resources.get("GPU", 0) for app, actor in replicas.items()}
     assert gpus == {SD3.name: 2, FLUX: 2, MINILM.name: 0, "too-big": 16}
