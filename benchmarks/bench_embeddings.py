@@ -11,7 +11,7 @@ in-process ``encode`` on it, and one replica holding the whole GPU.
 
     python benchmarks/bench_embeddings.py [--texts 2048] [--concurrency 32] [--batch 1 --batch 16]
                                           [--encoding-format base64 --encoding-format float]
-                                          [--device cpu|cuda]
+                                          [--device cpu|cuda] [--gateway-replicas 2]
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from candle.serve_config import GATEWAY_REPLICAS
 
 WORDS = [
     *("cat", "kitten", "mat", "rug", "tax", "report", "spreadsheet", "cluster", "node", "replica", "weights"),
@@ -95,6 +97,9 @@ def main() -> None:
         "--encoding-format", action="append", choices=["base64", "float"], help="repeatable; default base64 and float"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both sides run")
+    parser.add_argument(
+        "--gateway-replicas", type=int, default=GATEWAY_REPLICAS, help="default: as serve_config.yaml deploys it"
+    )
     args = parser.parse_args()
     batches = args.batch or [1, 16]
     formats = args.encoding_format or ["base64", "float"]
@@ -139,7 +144,9 @@ def main() -> None:
             serve.run_many(
                 [
                     RunTarget(build_model_app({"catalog": catalog, "model": MODEL}), name=MODEL, route_prefix=None),
-                    RunTarget(build_gateway_app({"catalog": catalog}), name="gateway"),
+                    RunTarget(
+                        build_gateway_app({"catalog": catalog, "num_replicas": args.gateway_replicas}), name="gateway"
+                    ),
                 ]
             )
             wait_for_models(base, {MODEL: "ready"})
@@ -154,7 +161,7 @@ def main() -> None:
         ray.shutdown()
 
     print(
-        f"texts: {len(texts)}; HTTP concurrency {args.concurrency}; "
+        f"texts: {len(texts)}; HTTP concurrency {args.concurrency}; gateway replicas {args.gateway_replicas}; "
         f"in-process encode on {args.device} {baseline:.1f} texts/s"
     )
     row = "{:>12}{:>14}{:>9}{:>14}{:>8}{:>9}{:>9}"
