@@ -21,7 +21,7 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
-from candle.testing import wait_for_models
+from candle.testing import catalog_apps, wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
@@ -369,48 +369,38 @@ def test_a_downloading_model_reports_progress_and_503(api: str, hub_server: Test
     hub_server.state.throttles[SLOW_REPO] = 1024 * 1024  # 1 MB/s: the 90 MB of MiniLM take a while
     spec = DEMO.get("all-minilm-l6-v2").model_copy(update={"name": "slow-minilm", "repo_id": SLOW_REPO})
     catalog = {"models": [spec.model_dump()]}
-    slow_model = build_model_app({"catalog": catalog, "model": "slow-minilm"})
-    slow_gateway = build_gateway_app({"catalog": catalog})
-    serve.run_many(
-        [
-            RunTarget(slow_model, name="slow-minilm", route_prefix=None),
-            RunTarget(slow_gateway, name="gateway-slow", route_prefix="/slow"),
-        ],
-        wait_for_applications_running=False,
-    )
     slow = f"{api}/slow"
-    try:
-        deadline = time.monotonic() + 120
-        card: dict = {}
-        while time.monotonic() < deadline:
-            try:  # the slow gateway app may still be starting: its route answers late or not yet
-                response = httpx.get(f"{slow}/v1/models/slow-minilm", timeout=5)
-            except httpx.HTTPError:
-                continue
-            if response.status_code == 200:
-                card = response.json()
-                if card["status"]["state"] == "downloading" and card["status"]["progress"]["bytes_done"] > 0:
-                    break
-            time.sleep(0.5)
-        assert card["status"]["state"] == "downloading", card
-        progress = card["status"]["progress"]
-        assert 0 < progress["bytes_done"] < progress["bytes_total"]
+    with catalog_apps(catalog, "gateway-slow", "/slow"):
+        try:
+            deadline = time.monotonic() + 120
+            card: dict = {}
+            while time.monotonic() < deadline:
+                try:  # the slow gateway app may still be starting: its route answers late or not yet
+                    response = httpx.get(f"{slow}/v1/models/slow-minilm", timeout=5)
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200:
+                    card = response.json()
+                    if card["status"]["state"] == "downloading" and card["status"]["progress"]["bytes_done"] > 0:
+                        break
+                time.sleep(0.5)
+            assert card["status"]["state"] == "downloading", card
+            progress = card["status"]["progress"]
+            assert 0 < progress["bytes_done"] < progress["bytes_total"]
 
-        refused = httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"})
-        assert refused.status_code == 503
-        assert int(refused.headers["Retry-After"]) >= 1
-        error = error_of(refused)
-        assert error["code"] == "model_not_ready" and error["model_status"]["state"] == "downloading"
+            refused = httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"})
+            assert refused.status_code == 503
+            assert int(refused.headers["Retry-After"]) >= 1
+            error = error_of(refused)
+            assert error["code"] == "model_not_ready" and error["model_status"]["state"] == "downloading"
 
-        started = time.perf_counter()
-        assert httpx.get(f"{slow}/health").status_code == 200
-        assert time.perf_counter() - started < 0.5
-    finally:
-        hub_server.state.throttles.clear()
-    wait_for_models(slow, {"slow-minilm": "ready"}, timeout=180)
-    assert httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"}).status_code == 200
-    serve.delete("gateway-slow")
-    serve.delete("slow-minilm")
+            started = time.perf_counter()
+            assert httpx.get(f"{slow}/health").status_code == 200
+            assert time.perf_counter() - started < 0.5
+        finally:
+            hub_server.state.throttles.clear()
+        wait_for_models(slow, {"slow-minilm": "ready"}, timeout=180)
+        assert httpx.post(f"{slow}/v1/embeddings", json={"model": "slow-minilm", "input": "hi"}).status_code == 200
 
 
 def replica_ids(app: str) -> set[str]:
@@ -463,19 +453,8 @@ def test_a_model_that_cannot_start_reports_why(api: str, name: str):
     spec, reasons, (route, body) = CANNOT_START[name]
     if spec.engine == "vllm" and importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here: the entry would start")
-    catalog = {"models": [spec.model_dump()]}
-    serve.run_many(
-        [
-            RunTarget(build_model_app({"catalog": catalog, "model": spec.name}), name=spec.name, route_prefix=None),
-            RunTarget(build_gateway_app({"catalog": catalog}), name=f"gateway-{name}", route_prefix=f"/{name}"),
-        ],
-        wait_for_applications_running=False,
-    )
-    try:
+    with catalog_apps({"models": [spec.model_dump()]}, f"gateway-{name}", f"/{name}"):
         status = wait_for_models(f"{api}/{name}", {name: "failed"}, timeout=120)[name]["status"]
         assert all(reason in status["reason"] for reason in reasons), status["reason"]
         refused = httpx.post(f"{api}/{name}{route}", json={"model": name, **body})
         assert refused.status_code == 503 and error_of(refused)["code"] == "model_failed"
-    finally:
-        serve.delete(f"gateway-{name}", _blocking=False)
-        serve.delete(name, _blocking=False)

