@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from candle.download.client import fetch_request, make_request
+from candle.download.config import caller_hub_access
 from candle.download.status import cluster_progress
 from candle.raycluster import connect, error_line
 
@@ -27,6 +28,7 @@ async def _prefetch(args: argparse.Namespace) -> str:
         allow_patterns=args.include or None,
         ignore_patterns=args.exclude or None,
         cache_dir=args.cache_dir,
+        **caller_hub_access(),
     )
     # tqdm draws only on a terminal (disable=None), so scripts see just the result or one error line.
     bar = tqdm(

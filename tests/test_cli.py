@@ -11,7 +11,7 @@ import sys
 import termios
 from pathlib import Path
 
-from candle.testing.hub import TestHub
+from candle.testing.hub import TestHub, write_repo
 from tests.conftest import RepoFactory
 
 MB = 1024 * 1024
@@ -46,6 +46,26 @@ def test_prefetch_of_unknown_repo_fails_with_one_line(ray_cluster, hub: TestHub,
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("candle prefetch: error: nobody/no-such-model: repository not found")
+
+
+def test_prefetch_uses_the_callers_hub_and_token(ray_cluster, hub: TestHub, tmp_path):
+    """A mirror and token set where the CLI runs win over the hub the cluster's nodes were started with."""
+    repo, token = "mirror-only/gated", "hf_caller_secret_token_5678"
+    write_repo(tmp_path / "mirror", repo, {"config.json": b'{"from": "mirror"}'})
+    with TestHub(tmp_path / "mirror", gated={repo}, tokens={token}) as mirror:
+        caller = {**ray_cluster, "HF_ENDPOINT": mirror.endpoint}
+        done = run_cli(["prefetch", repo, "--cache-dir", str(tmp_path / "cache")], {**caller, "HF_TOKEN": token})
+        assert done.returncode == 0, done.stderr
+        assert (Path(done.stdout.strip().splitlines()[-1]) / "config.json").read_bytes() == b'{"from": "mirror"}'
+        assert mirror.stats.bodies_for(repo) == {"config.json": 1}
+        assert hub.stats.api_calls[repo] == 0  # the nodes' own hub was never asked
+        assert token not in done.stdout + done.stderr
+
+        refused = run_cli(
+            ["prefetch", repo, "--cache-dir", str(tmp_path / "other")], {**caller, "HF_TOKEN": "hf_wrong"}
+        )
+        assert refused.returncode == 1
+        assert "access denied" in refused.stderr and "hf_wrong" not in refused.stderr
 
 
 def test_prefetch_shows_a_progress_bar_on_a_terminal(ray_cluster, hub: TestHub, make_repo, repo_name, tmp_path):
@@ -85,3 +105,18 @@ def test_status_lists_downloads_per_node(ray_cluster, hub: TestHub, make_repo: R
         run_cli(["status", "nobody/never-fetched"], ray_cluster).stdout.strip()
         == "no downloads yet of nobody/never-fetched"
     )
+
+
+def test_prefetch_job_sends_the_callers_hub_with_every_request(monkeypatch):
+    from candle.catalog import load_catalog
+    from candle.download.config import caller_hub_access
+    from candle.jobs.prefetch import plan
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.internal:8080")
+    monkeypatch.setenv("HF_TOKEN", "hf_job_secret_token")
+    node = {"NodeID": "n1", "Alive": True, "Labels": {}, "Resources": {"CPU": 8.0}}
+    targets = plan(["all-minilm-l6-v2", "someone/model"], load_catalog("production"), [node], hub=caller_hub_access())
+    assert [(t.request.endpoint, t.request.token) for t in targets] == [
+        ("http://mirror.internal:8080", "hf_job_secret_token")
+    ] * 2
+    assert "hf_job_secret_token" not in repr(targets)

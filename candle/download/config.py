@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import TypedDict
+
+from huggingface_hub import get_token
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,23 @@ class FetchRequest:
     def token_fingerprint(self) -> str:
         """Separates requests made with different credentials without keeping the token in a key."""
         return hashlib.sha256(self.token.encode()).hexdigest()[:16] if self.token else ""
+
+
+class HubAccess(TypedDict):
+    """Which hub to fetch from and with which token (``None``: the node's own settings)."""
+
+    endpoint: str | None
+    token: str | None
+
+
+def caller_hub_access() -> HubAccess:
+    """The hub settings of whoever runs the CLI or a job's driver, as ``hf download`` reads them.
+
+    A mirror in the caller's ``HF_ENDPOINT`` or a token in ``HF_TOKEN`` (or the token file) must win
+    over the environment the cluster's nodes were started with, or the fetch silently goes to
+    another hub with other credentials.
+    """
+    return {"endpoint": os.environ.get("HF_ENDPOINT") or None, "token": get_token()}
 
 
 def _env_float(name: str, default: float) -> float:

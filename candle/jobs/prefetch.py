@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from candle.catalog import Catalog, load_catalog
 from candle.download.client import fetch_request, make_request
-from candle.download.config import FetchRequest
+from candle.download.config import FetchRequest, HubAccess, caller_hub_access
 from candle.placement import NodeInfo, hosting_nodes, replica_resources
 from candle.raycluster import connect, error_line
 
@@ -45,15 +45,26 @@ class Target:
     node_ids: tuple[str, ...]
 
 
-def plan(names: Sequence[str], catalog: Catalog, nodes: Sequence[NodeInfo], *, all_nodes: bool = False) -> list[Target]:
-    """Targets for ``names`` on the alive ``nodes``; a catalog model no node can host is an error."""
+def plan(
+    names: Sequence[str],
+    catalog: Catalog,
+    nodes: Sequence[NodeInfo],
+    *,
+    all_nodes: bool = False,
+    hub: HubAccess | None = None,
+) -> list[Target]:
+    """Targets for ``names`` on the alive ``nodes``; a catalog model no node can host is an error.
+
+    ``hub`` (the job's own ``HF_ENDPOINT`` and token, when set) goes with every request.
+    """
+    hub = hub or {"endpoint": None, "token": None}
     alive = [node for node in nodes if node.get("Alive")]
     every = tuple(node["NodeID"] for node in alive)
     targets = []
     for name in names:
         spec = catalog.get(name)
         if spec is None:
-            targets.append(Target(name, make_request(name), every))
+            targets.append(Target(name, make_request(name, **hub), every))
             continue
         hosts = every if all_nodes else tuple(hosting_nodes(spec, alive))
         if not hosts:
@@ -64,6 +75,7 @@ def plan(names: Sequence[str], catalog: Catalog, nodes: Sequence[NodeInfo], *, a
             revision=spec.revision,
             allow_patterns=spec.fetch_allow_patterns(),
             ignore_patterns=spec.ignore_patterns,
+            **hub,
         )
         targets.append(Target(name, request, hosts))
     return targets
@@ -73,10 +85,11 @@ def plan(names: Sequence[str], catalog: Catalog, nodes: Sequence[NodeInfo], *, a
 def warm(request: FetchRequest, progress_interval_s: float) -> Iterator[dict[str, Any]]:
     """Fetch ``request`` through this node's downloader; yield its progress, then ``{"snapshot": folder}``.
 
-    A generator task, so the driver prints progress while the fetch runs. It sends the node's own
-    ``HF_TOKEN`` as replicas do, so a replica starting meanwhile joins the same transfers.
+    A generator task, so the driver prints progress while the fetch runs. Without a token of the
+    job's own it sends the node's ``HF_TOKEN`` as replicas do, so a replica starting meanwhile joins
+    the same transfers. The token travels inside the request, whose repr never shows it.
     """
-    request = replace(request, token=os.environ.get("HF_TOKEN") or None)
+    request = replace(request, token=request.token or os.environ.get("HF_TOKEN") or None)
     updates: list[dict[str, Any]] = []
     loop = asyncio.new_event_loop()
     try:
@@ -142,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         catalog = load_catalog(args.catalog)
         connect()
-        targets = plan(args.models, catalog, ray.nodes(), all_nodes=args.all_nodes)
+        targets = plan(args.models, catalog, ray.nodes(), all_nodes=args.all_nodes, hub=caller_hub_access())
         for target in targets:
             print(f"{target.name}: warming {len(target.node_ids)} node(s): {', '.join(target.node_ids)}", flush=True)
         failures = asyncio.run(run(targets, args.progress_interval))
