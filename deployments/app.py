@@ -10,23 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from ray.serve import Application
+from ray import serve
+from ray.serve import Application, Deployment
 
 from candle.catalog import Capability, load_catalog
+from candle.catalog.capabilities import REGISTRY, resolve
 from candle.placement import deployment_options
 
-from .embeddings import ImageEmbedding, TextEmbedding
 from .gateway import Gateway, GatewaySettings
-from .images import ImageGeneration
-from .text import TextGeneration, VisionChat
 
-DEPLOYMENTS = {
-    "text-to-text": TextGeneration,
-    "vision": VisionChat,
-    "text-embedding": TextEmbedding,
-    "image-embedding": ImageEmbedding,
-    "text-to-image": ImageGeneration,
-}
 GATEWAY_CPUS = 0.5
 # The gateway only awaits model replicas: let it hold many requests, so they queue (and batch) at
 # the models, which bound their own concurrency and answer 503 when full.
@@ -53,8 +45,13 @@ def build_model_app(args: dict[str, Any]) -> Application:
     """``args: {model: NAME, catalog: production | demo | PATH}``: the app serving one model."""
     parsed = ModelAppArgs.model_validate(args)
     spec = load_catalog(parsed.catalog).select([parsed.model]).models[0]
-    deployment = DEPLOYMENTS[spec.capability]
-    return deployment.options(**deployment_options(spec)).bind(spec.model_dump())
+    return model_deployment(spec.capability).options(**deployment_options(spec)).bind(spec.model_dump())
+
+
+def model_deployment(capability: Capability) -> Deployment:
+    """The registry's replica class for ``capability``, as the Serve deployment the gateway looks up."""
+    info = REGISTRY[capability]
+    return serve.deployment(resolve(info.replica), name=info.deployment)
 
 
 def build_gateway_app(args: dict[str, Any]) -> Application:
@@ -66,7 +63,3 @@ def build_gateway_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=GATEWAY_MAX_ONGOING_REQUESTS,
         ray_actor_options={"num_cpus": GATEWAY_CPUS},
     ).bind([m.model_dump() for m in catalog.models], parsed.gateway.model_dump())
-
-
-def capabilities() -> tuple[Capability, ...]:
-    return tuple(DEPLOYMENTS)

@@ -12,11 +12,12 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 from starlette.concurrency import iterate_in_threadpool
 
 from candle.catalog import ModelSpec
+from candle.contracts import ChatEngine, TextChunk, TextStream
 from candle.download import fetch
 from candle.engines import load_engine
 from candle.placement import replica_resources
@@ -75,11 +76,12 @@ class ModelReplica:
         )
 
 
-async def iterate(chunks: Iterator[Any] | AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """Async iteration over an engine's stream: async engines as they are, blocking ones in a thread."""
-    if hasattr(chunks, "__aiter__"):
-        async for chunk in chunks:
+async def iterate(engine: ChatEngine, chunks: TextStream) -> AsyncIterator[TextChunk]:
+    """Async iteration over an engine's stream, as the engine declares it: async ones on the loop,
+    blocking ones in a worker thread."""
+    if engine.streams == "async":
+        async for chunk in cast(AsyncIterator[TextChunk], chunks):
             yield chunk
     else:
-        async for chunk in iterate_in_threadpool(chunks):
+        async for chunk in iterate_in_threadpool(cast(Iterator[TextChunk], chunks)):
             yield chunk

@@ -60,7 +60,3 @@ class EmbeddingReplica(ModelReplica):
                 results[i] = (vectors[start:end], sum(tokens[start:end]))
                 start = end
         return results
-
-
-TextEmbedding = serve.deployment(EmbeddingReplica, name="TextEmbedding")
-ImageEmbedding = serve.deployment(EmbeddingReplica, name="ImageEmbedding")

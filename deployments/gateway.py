@@ -36,8 +36,9 @@ from candle.api.schemas import (
     SamplingFields,
     new_id,
 )
-from candle.catalog import Capability, ModelSpec
-from candle.engines.chat_types import GenerationParams, TextChunk
+from candle.catalog import ModelSpec
+from candle.catalog.capabilities import REGISTRY, capabilities_for
+from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall, TextChunk
 from candle.engines.errors import InvalidInput
 from candle.raycluster import unwrap_error
 
@@ -45,13 +46,6 @@ from .model_status import ModelStatus, collect
 
 logger = logging.getLogger("ray.serve")
 
-DEPLOYMENT_NAMES: dict[Capability, str] = {
-    "text-to-text": "TextGeneration",
-    "vision": "VisionChat",
-    "text-embedding": "TextEmbedding",
-    "image-embedding": "ImageEmbedding",
-    "text-to-image": "ImageGeneration",
-}
 STATUS_REFRESH_S = 1.0
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_IMAGE_SIZE = 1024
@@ -150,14 +144,14 @@ class Gateway:
         keys = os.environ.get(self.settings.api_keys_env, "").split(",") + self.settings.api_keys
         self.api_keys = [k.strip() for k in keys if k.strip()]  # none configured: the API is open
         self.handles: dict[str, DeploymentHandle] = {
-            name: serve.get_deployment_handle(DEPLOYMENT_NAMES[spec.capability], app_name=name)
+            name: serve.get_deployment_handle(REGISTRY[spec.capability].deployment, app_name=name)
             for name, spec in self.specs.items()
         }
         self.status: dict[str, ModelStatus] = {}
         self._refresher = asyncio.create_task(self._refresh_status())
 
     async def _refresh_status(self) -> None:
-        names = {name: DEPLOYMENT_NAMES[spec.capability] for name, spec in self.specs.items()}
+        names = {name: REGISTRY[spec.capability].deployment for name, spec in self.specs.items()}
         while True:
             try:
                 self.status = await collect(self.specs, names)
@@ -179,13 +173,13 @@ class Gateway:
         if not any(hmac.compare_digest(token.encode(), key.encode()) for key in self.api_keys):
             raise unauthorized()
 
-    def _model(self, request: Request, name: str, endpoint: str, *capabilities: Capability) -> ModelSpec:
+    def _model(self, request: Request, name: str, endpoint: str) -> ModelSpec:
         """The ready model named ``name`` that can serve ``endpoint``, or the right error."""
         self._authorize(request)
         spec = self.specs.get(name)
         if spec is None:
             raise model_not_found(name)
-        if spec.capability not in capabilities:
+        if spec.capability not in capabilities_for(endpoint):
             raise wrong_capability(name, spec.capability, endpoint)
         status = self._status(name)
         if status.state != "ready":
@@ -252,14 +246,16 @@ class Gateway:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/chat/completions", "text-to-text", "vision")
+        spec = self._model(request, body.model, "/v1/chat/completions")
         params = self._params(body, body.token_budget, spec)
         messages, images = self._conversation(body, spec)
         tools, tool_choice = body.tool_request()
         handle = self.handles[spec.name].options(stream=True)
 
+        call = ChatCall(messages, params, tools, tool_choice, tuple(images))
+
         def run() -> Any:
-            return handle.chat.remote(messages, params, tools, images or None, tool_choice)
+            return handle.chat.remote(call)
 
         completion_id = new_id("chatcmpl")
         if body.stream:
@@ -270,13 +266,13 @@ class Gateway:
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/completions", "text-to-text")
+        spec = self._model(request, body.model, "/v1/completions")
         params = self._params(body, body.token_budget, spec)
         prompts = body.prompts()
         if len(prompts) > spec.limits.max_input_items:
             raise bad_request(f"prompt must have at most {spec.limits.max_input_items} items", "prompt")
         handle = self.handles[spec.name].options(stream=True)
-        runs = [(lambda p=p: handle.complete.remote(p, params)) for p in prompts for _ in range(body.n)]
+        runs = [(lambda p=p: handle.complete.remote(CompletionCall(p, params))) for p in prompts for _ in range(body.n)]
         completion_id = new_id("cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -291,7 +287,7 @@ class Gateway:
 
     @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/embeddings", "text-embedding", "image-embedding")
+        spec = self._model(request, body.model, "/v1/embeddings")
         inputs = body.inputs()
         limits = spec.limits
         if len(inputs) > limits.max_input_items:
@@ -312,7 +308,7 @@ class Gateway:
 
     @app.post("/v1/images/generations")
     async def images_generations(self, body: ImageGenerationRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/images/generations", "text-to-image")
+        spec = self._model(request, body.model, "/v1/images/generations")
         if body.response_format != "b64_json":
             raise bad_request("Only response_format 'b64_json' is supported.", "response_format")
         if body.n > spec.limits.max_n:
@@ -326,7 +322,15 @@ class Gateway:
             raise bad_request(f"size {width}x{height} exceeds {spec.limits.max_image_pixels} pixels", "size")
         pngs = await self._call(
             self.handles[spec.name].generate.remote(
-                body.prompt, body.n, width, height, body.seed, body.num_inference_steps, body.guidance_scale
+                ImageCall(
+                    body.prompt,
+                    width,
+                    height,
+                    n=body.n,
+                    seed=body.seed,
+                    num_inference_steps=body.num_inference_steps,
+                    guidance_scale=body.guidance_scale,
+                )
             )
         )
         return responses.FastJSONResponse(responses.images(pngs))

@@ -7,33 +7,20 @@ gateway, decoded here) matched to ``{"type": "image"}`` placeholders in the mess
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import replace
 
-from ray import serve
-
-from candle.api.images import decode_image
-from candle.engines.chat_types import GenerationParams, TextChunk
+from candle.contracts import ChatCall, CompletionCall, TextChunk
+from candle.engines.image_input import decode_image
 
 from .base import ModelReplica, iterate
 
 
 class ChatReplica(ModelReplica):
-    async def chat(
-        self,
-        messages: list[dict[str, Any]],
-        params: GenerationParams,
-        tools: list[dict[str, Any]] | None = None,
-        images: list[bytes] | None = None,
-        tool_choice: Any = None,
-    ) -> AsyncIterator[TextChunk]:
-        decoded = [decode_image(data) for data in images or ()]
-        async for chunk in iterate(self.engine.chat(messages, params, tools, decoded, tool_choice)):
+    async def chat(self, call: ChatCall) -> AsyncIterator[TextChunk]:
+        decoded = replace(call, images=tuple(decode_image(data) for data in call.images))
+        async for chunk in iterate(self.engine, self.engine.chat(decoded)):
             yield chunk
 
-    async def complete(self, prompt: str, params: GenerationParams) -> AsyncIterator[TextChunk]:
-        async for chunk in iterate(self.engine.complete(prompt, params)):
+    async def complete(self, call: CompletionCall) -> AsyncIterator[TextChunk]:
+        async for chunk in iterate(self.engine, self.engine.complete(call)):
             yield chunk
-
-
-TextGeneration = serve.deployment(ChatReplica, name="TextGeneration")
-VisionChat = serve.deployment(ChatReplica, name="VisionChat")

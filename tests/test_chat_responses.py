@@ -12,7 +12,7 @@ import json
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from candle.api import responses
-from candle.engines.chat_types import TextChunk, ToolCallDelta
+from candle.contracts import TextChunk, ToolCallDelta
 
 STREAM = [
     TextChunk("", reasoning="The user wants "),

@@ -25,8 +25,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
 from candle.catalog import ModelSpec, load_catalog
+from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall, TextChunk
 from candle.engines import engine_kind, load_engine
-from candle.engines.chat_types import GenerationParams, TextChunk
 from candle.engines.device import gpu_count
 from candle.engines.embeddings import SentenceEmbeddingEngine
 from candle.engines.errors import InvalidInput
@@ -93,26 +93,26 @@ def text_engine(request: pytest.FixtureRequest, store: Path) -> TransformersText
 
 @cpu_only
 def test_chat_streams_chunks_with_usage_and_greedy_is_deterministic(text_engine: TransformersTextEngine):
-    text, last = run(text_engine.chat(CHAT, GREEDY))
+    text, last = run(text_engine.chat(ChatCall(CHAT, GREEDY)))
     assert last.finish_reason in ("stop", "length")
     assert last.prompt_tokens > 0
     assert 0 < last.completion_tokens <= GREEDY.max_tokens
-    assert run(text_engine.chat(CHAT, GREEDY)) == (text, last)
+    assert run(text_engine.chat(ChatCall(CHAT, GREEDY))) == (text, last)
 
 
 @cpu_only
 def test_complete_reads_a_raw_prompt(text_engine: TransformersTextEngine):
-    _, last = run(text_engine.complete("The quick brown fox", GREEDY))
+    _, last = run(text_engine.complete(CompletionCall("The quick brown fox", GREEDY)))
     assert last.finish_reason in ("stop", "length")
     # The raw prompt is shorter than the same words wrapped in the chat template.
-    assert 0 < last.prompt_tokens < run(text_engine.chat(CHAT, GREEDY))[1].prompt_tokens
+    assert 0 < last.prompt_tokens < run(text_engine.chat(ChatCall(CHAT, GREEDY)))[1].prompt_tokens
     assert 0 < last.completion_tokens <= GREEDY.max_tokens
 
 
 @cpu_only
 def test_seed_makes_sampling_reproducible(text_engine: TransformersTextEngine):
     def sample(seed: int) -> str:
-        return run(text_engine.chat(CHAT, GenerationParams(max_tokens=8, temperature=1.0, seed=seed)))[0]
+        return run(text_engine.chat(ChatCall(CHAT, GenerationParams(max_tokens=8, temperature=1.0, seed=seed))))[0]
 
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)  # the seed reaches the sampler: it is not greedy in disguise
@@ -121,7 +121,7 @@ def test_seed_makes_sampling_reproducible(text_engine: TransformersTextEngine):
 @cpu_only
 def test_closing_a_stream_stops_generation_and_frees_the_engine(text_engine: TransformersTextEngine):
     params = GenerationParams(max_tokens=64, temperature=0)
-    _, uncut = run(text_engine.chat(CHAT, params))
+    _, uncut = run(text_engine.chat(ChatCall(CHAT, params)))
     assert uncut.completion_tokens >= 30, "the uncut run must be long enough for a cut to show"
 
     forwards = 0
@@ -134,7 +134,7 @@ def test_closing_a_stream_stops_generation_and_frees_the_engine(text_engine: Tra
 
     hook = text_engine.model.register_forward_hook(slow_forward)
     try:
-        stream = text_engine.chat(CHAT, params)
+        stream = text_engine.chat(ChatCall(CHAT, params))
         assert next(stream).finish_reason is None
         started = time.monotonic()
         stream.close()  # what the server does when a client goes away mid-stream
@@ -145,7 +145,7 @@ def test_closing_a_stream_stops_generation_and_frees_the_engine(text_engine: Tra
     assert elapsed < 1.0, f"close() took {elapsed:.2f}s: generation ran on to max_tokens"
     assert forwards < uncut.completion_tokens // 2
     assert not text_engine._lock.locked()
-    assert run(text_engine.chat(CHAT, GREEDY))[1].completion_tokens > 0
+    assert run(text_engine.chat(ChatCall(CHAT, GREEDY)))[1].completion_tokens > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_flux_generates_pngs_of_the_requested_size_with_catalog_defaults(flux: D
         ),
     ]
     try:
-        images = flux.generate("a red apple on a table", n=2, width=64, height=32, seed=1)
+        images = flux.generate(ImageCall("a red apple on a table", n=2, width=64, height=32, seed=1))
     finally:
         for hook in hooks:
             hook.remove()
@@ -193,7 +193,7 @@ def test_flux_generates_pngs_of_the_requested_size_with_catalog_defaults(flux: D
 @cpu_only
 def test_flux_seed_fixes_the_images(flux: DiffusionEngine):
     def generate(seed: int) -> list[bytes]:
-        return flux.generate("a mountain lake", n=2, width=64, height=32, seed=seed)
+        return flux.generate(ImageCall("a mountain lake", n=2, width=64, height=32, seed=seed))
 
     assert generate(1) == generate(1)
     assert generate(1) != generate(2)
@@ -204,7 +204,7 @@ def test_flux_seed_fixes_the_images(flux: DiffusionEngine):
 def test_flux_rejects_sizes_off_the_latent_grid(flux: DiffusionEngine, width: int, height: int):
     assert flux.size_multiple == 16  # VAE factor 8 x 2x2 latent packing
     with pytest.raises(InvalidInput, match="multiples of 16"):
-        flux.generate("a cat", n=1, width=width, height=height)
+        flux.generate(ImageCall("a cat", n=1, width=width, height=height))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from sentence_transformers.sentence_transformer.modules import Dense
 from transformers import AutoProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
 import candle.engines.images
+from candle.contracts import ChatCall, GenerationParams, ImageCall
 from candle.engines import load_engine
-from candle.engines.chat_types import GenerationParams
 from candle.engines.clip import ClipEngine
 from candle.engines.embeddings import SentenceEmbeddingEngine
 from candle.engines.images import DiffusionEngine
@@ -75,14 +75,14 @@ def test_transformers_text_engine_streams_in_bf16_on_the_gpu(store: Path):
     assert isinstance(engine, TransformersTextEngine)
     on_gpu_in(engine.model, torch.bfloat16)
 
-    text, last = run(engine.chat(CHAT, GREEDY))
+    text, last = run(engine.chat(ChatCall(CHAT, GREEDY)))
     template = AutoTokenizer.from_pretrained(folder).apply_chat_template(CHAT, add_generation_prompt=True)
     assert last.prompt_tokens == len(template["input_ids"])
     assert last.finish_reason in ("stop", "length") and 0 < last.completion_tokens <= GREEDY.max_tokens
-    assert run(engine.chat(CHAT, GREEDY)) == (text, last)
+    assert run(engine.chat(ChatCall(CHAT, GREEDY))) == (text, last)
 
     def sample(seed: int) -> str:
-        return run(engine.chat(CHAT, GenerationParams(max_tokens=8, temperature=1.0, seed=seed)))[0]
+        return run(engine.chat(ChatCall(CHAT, GenerationParams(max_tokens=8, temperature=1.0, seed=seed))))[0]
 
     assert sample(1) == sample(1)  # the seed reaches the CUDA sampler too
     assert sample(1) != sample(2)
@@ -95,7 +95,7 @@ def test_llava_answers_about_an_image_on_the_gpu(store: Path):
     on_gpu_in(engine.model, torch.bfloat16)
     image = Image.open(io.BytesIO(png((10, 120, 200))))
 
-    text, last = run(engine.chat(IMAGE_CHAT, GREEDY, images=[image]))
+    text, last = run(engine.chat(ChatCall(IMAGE_CHAT, GREEDY, images=(image,))))
 
     processor = AutoProcessor.from_pretrained(folder)
     prompt = processor.apply_chat_template(IMAGE_CHAT, add_generation_prompt=True)
@@ -165,7 +165,7 @@ def test_sentence_embeddings_and_their_head_on_the_gpu_agree_with_the_cpu(decode
 
 def check_generates(engine: DiffusionEngine) -> None:
     def generate(seed: int) -> list[bytes]:
-        return engine.generate("a red apple on a table", n=2, width=64, height=48, seed=seed)
+        return engine.generate(ImageCall("a red apple on a table", n=2, width=64, height=48, seed=seed))
 
     images = generate(1)
     assert [Image.open(io.BytesIO(image)).size for image in images] == [(64, 48), (64, 48)]

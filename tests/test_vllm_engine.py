@@ -19,7 +19,7 @@ pytest.importorskip("vllm.v1.engine.async_llm", reason="vLLM (the gpu extra, or 
 from vllm.platforms import current_platform
 
 from candle.catalog import Resources, load_catalog
-from candle.engines.chat_types import GenerationParams, TextChunk
+from candle.contracts import ChatCall, CompletionCall, GenerationParams, TextChunk
 from candle.engines.vllm_parsing import PARSER_KEYS
 from candle.engines.vllm_text import VLLMEngine
 from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
@@ -77,7 +77,7 @@ def qwen3(store: Path) -> Iterator[VLLMEngine]:
 
 
 async def test_chat_streams_deltas_with_usage(qwen3: VLLMEngine):
-    chunks = await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=12, temperature=0)))
+    chunks = await collect(qwen3.chat(ChatCall(CHAT, GenerationParams(max_tokens=12, temperature=0))))
     last = chunks[-1]
     assert len(chunks) > 2, "streamed as deltas, not one block"
     assert last.finish_reason == "length"
@@ -88,25 +88,29 @@ async def test_chat_streams_deltas_with_usage(qwen3: VLLMEngine):
 
 async def test_tools_reach_the_chat_template(qwen3: VLLMEngine):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    plain = (await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=2, temperature=0))))[-1]
-    with_tools = (await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=2, temperature=0), tools=tools)))[-1]
+    plain = (await collect(qwen3.chat(ChatCall(CHAT, GenerationParams(max_tokens=2, temperature=0)))))[-1]
+    with_tools = (
+        await collect(qwen3.chat(ChatCall(CHAT, GenerationParams(max_tokens=2, temperature=0), tools=tools)))
+    )[-1]
     assert with_tools.prompt_tokens > plain.prompt_tokens  # the schema is part of the prompt
 
 
 async def test_greedy_repeats_and_a_stop_string_cuts_the_answer(qwen3: VLLMEngine):
     params = GenerationParams(max_tokens=24, temperature=0)
-    first = text(await collect(qwen3.chat(CHAT, params)))
-    assert first == text(await collect(qwen3.chat(CHAT, params)))
+    first = text(await collect(qwen3.chat(ChatCall(CHAT, params))))
+    assert first == text(await collect(qwen3.chat(ChatCall(CHAT, params))))
     stop = first[8:11]
     assert stop.strip(), f"pick a stop string with text in it from {first!r}"
-    cut = await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=24, temperature=0, stop=(stop,))))
+    cut = await collect(qwen3.chat(ChatCall(CHAT, GenerationParams(max_tokens=24, temperature=0, stop=(stop,)))))
     assert text(cut) == first[: first.index(stop)]  # vLLM drops the stop string itself, as OpenAI does
     assert cut[-1].finish_reason == "stop"
 
 
 async def test_the_seed_reaches_the_sampler(qwen3: VLLMEngine):
     async def sample(seed: int) -> str:
-        return text(await collect(qwen3.chat(CHAT, GenerationParams(max_tokens=12, temperature=1.0, seed=seed))))
+        return text(
+            await collect(qwen3.chat(ChatCall(CHAT, GenerationParams(max_tokens=12, temperature=1.0, seed=seed))))
+        )
 
     assert await sample(1) == await sample(1)
     assert await sample(1) != await sample(2)
@@ -114,7 +118,7 @@ async def test_the_seed_reaches_the_sampler(qwen3: VLLMEngine):
 
 async def test_completion_counts_the_prompt_as_vllm_tokenizes_it(qwen3: VLLMEngine):
     prompt = "Once upon a time"
-    chunks = await collect(qwen3.complete(prompt, GenerationParams(max_tokens=5, temperature=0)))
+    chunks = await collect(qwen3.complete(CompletionCall(prompt, GenerationParams(max_tokens=5, temperature=0))))
     assert text(chunks)
     assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (len(qwen3.tokenizer.encode(prompt)), 5)
 
@@ -124,7 +128,7 @@ async def test_kimi_k2_architecture_serves_with_its_tool_parser(store: Path):
     engine = engine_for(store, "deepseek_v3", "kimi-k2", **CPU_MLA)
     try:
         assert engine.parsers.parser_class is not None
-        chunks = await collect(engine.chat(CHAT, GenerationParams(max_tokens=10, temperature=0)))
+        chunks = await collect(engine.chat(ChatCall(CHAT, GenerationParams(max_tokens=10, temperature=0))))
     finally:
         engine.engine.shutdown()
     assert chunks[-1].completion_tokens == 10
@@ -137,9 +141,9 @@ async def test_phi4_reasoning_parser_reads_the_engine_output(store: Path):
     engine = engine_for(store, "phi3", "phi-4-reasoning")
     try:
         params = GenerationParams(max_tokens=16, temperature=0)
-        chunks = await collect(engine.chat(CHAT, params))
+        chunks = await collect(engine.chat(ChatCall(CHAT, params)))
         prompt = engine.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
-        raw = text(await collect(engine.complete(prompt, params)))
+        raw = text(await collect(engine.complete(CompletionCall(prompt, params))))
     finally:
         engine.engine.shutdown()
     assert text(chunks) == ""

@@ -62,11 +62,6 @@ def check_image(data: bytes, *, param: str, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
-def decode_image(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
 def _fetch_remote(url: str, *, param: str, max_bytes: int) -> bytes:
     try:
         with httpx.stream("GET", url, timeout=REMOTE_FETCH_TIMEOUT_S, follow_redirects=False) as response:

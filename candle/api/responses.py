@@ -10,7 +10,7 @@ import numpy as np
 import pydantic_core
 from starlette.responses import JSONResponse
 
-from candle.engines.chat_types import TextChunk, ToolCallDelta
+from candle.contracts import TextChunk, ToolCallDelta
 
 from .schemas import new_id, now, usage
 

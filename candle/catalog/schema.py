@@ -7,14 +7,13 @@ and where they live) and placement (the Serve options each deployment gets).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Capability = Literal["text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"]
-CAPABILITIES: tuple[Capability, ...] = ("text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision")
+from .capabilities import CAPABILITIES, REGISTRY, Capability, EngineKind
 
-EngineKind = Literal["auto", "vllm", "transformers", "sentence-transformers", "diffusers", "clip"]
+__all__ = ["CAPABILITIES", "Capability", "Catalog", "EngineKind", "Limits", "ModelSpec", "Resources"]
 
 
 class Strict(BaseModel):
@@ -78,6 +77,18 @@ class ModelSpec(Strict):
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _engine_serves_capability(self) -> ModelSpec:
+        """Refuse at load what would otherwise fail on the first request (e.g. a text-embedding entry
+        on the transformers chat engine)."""
+        engines = REGISTRY[self.capability].engines
+        if self.engine != "auto" and self.engine not in engines:
+            raise ValueError(
+                f"{self.name}: engine {self.engine!r} cannot serve {self.capability} "
+                f"(engines for it: auto, {', '.join(engines)})"
+            )
+        return self
 
 
 class Catalog(Strict):

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from candle.api.images import decode_image
 from candle.catalog import ModelSpec
 
 from .device import load_model
 from .errors import InvalidInput
+from .image_input import decode_image
 
 
 class ClipEngine:

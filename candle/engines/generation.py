@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from .chat_types import GenerationParams, TextChunk
+from candle.contracts import GenerationParams, TextChunk
 
 
 class StopTrimmer:

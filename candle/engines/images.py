@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from candle.catalog import ModelSpec
+from candle.contracts import ImageCall
 
 from .device import dtype, gpu_count
 from .errors import InvalidInput
@@ -36,29 +37,20 @@ class DiffusionEngine:
         self.size_multiple = int(getattr(self.pipeline, "vae_scale_factor", 8)) * max(2, int(patch))
         self._lock = threading.Lock()
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        n: int,
-        width: int,
-        height: int,
-        seed: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-    ) -> list[bytes]:
-        """``n`` PNG images of ``width`` x ``height``; catalog defaults fill what the request leaves out."""
+    def generate(self, call: ImageCall) -> list[bytes]:
+        """``call.n`` PNG images; catalog defaults fill what the request leaves out."""
+        width, height = call.width, call.height
         if width % self.size_multiple or height % self.size_multiple:
             raise InvalidInput(f"size must have sides that are multiples of {self.size_multiple}, got {width}x{height}")
-        options: dict[str, Any] = {**self.defaults, "num_images_per_prompt": n, "width": width, "height": height}
-        if num_inference_steps is not None:
-            options["num_inference_steps"] = num_inference_steps
-        if guidance_scale is not None:
-            options["guidance_scale"] = guidance_scale
+        options: dict[str, Any] = {**self.defaults, "num_images_per_prompt": call.n, "width": width, "height": height}
+        if call.num_inference_steps is not None:
+            options["num_inference_steps"] = call.num_inference_steps
+        if call.guidance_scale is not None:
+            options["guidance_scale"] = call.guidance_scale
         options = {k: v for k, v in options.items() if k in self._accepts}
-        generator = torch.Generator("cpu").manual_seed(seed) if seed is not None else None
+        generator = torch.Generator("cpu").manual_seed(call.seed) if call.seed is not None else None
         with self._lock, torch.inference_mode():
-            images = self.pipeline(prompt, generator=generator, output_type="pil", **options).images
+            images = self.pipeline(call.prompt, generator=generator, output_type="pil", **options).images
         return [_png(image) for image in images]
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from candle.catalog import ModelSpec
+from candle.contracts import ChatCall, CompletionCall, StreamKind, TextChunk
 
-from .chat_types import GenerationParams, TextChunk
 from .device import load_model
 from .errors import InvalidInput
 from .generation import stream_generate
@@ -21,26 +20,21 @@ from .generation import stream_generate
 class TransformersTextEngine:
     """A causal LM loaded from a local snapshot folder."""
 
+    streams: ClassVar[StreamKind] = "sync"
+
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
         self.model = load_model(AutoModelForCausalLM, folder, spec, trust_remote_code=spec.trust_remote_code)
         self._lock = threading.Lock()
 
-    def chat(
-        self,
-        messages: list[dict[str, Any]],
-        params: GenerationParams,
-        tools: list[dict[str, Any]] | None = None,
-        images: list[Image.Image] | None = None,
-        tool_choice: Any = None,  # tools reach the chat template; only vLLM's parsers act on the choice
-    ) -> Iterator[TextChunk]:
-        if images:
+    def chat(self, call: ChatCall) -> Iterator[TextChunk]:
+        if call.images:
             raise InvalidInput("this model reads text only; send images to a vision model")
         inputs = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            call.messages, tools=call.tools, add_generation_prompt=True, return_dict=True, return_tensors="pt"
         )
-        return stream_generate(self.model, self.tokenizer, inputs.to(self.model.device), params, self._lock)
+        return stream_generate(self.model, self.tokenizer, inputs.to(self.model.device), call.params, self._lock)
 
-    def complete(self, prompt: str, params: GenerationParams) -> Iterator[TextChunk]:
-        inputs = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
-        return stream_generate(self.model, self.tokenizer, inputs, params, self._lock)
+    def complete(self, call: CompletionCall) -> Iterator[TextChunk]:
+        inputs = self.tokenizer(call.prompt, return_tensors="pt").to(self.model.device)
+        return stream_generate(self.model, self.tokenizer, inputs, call.params, self._lock)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .chat_types import GenerationParams, TextChunk, ToolCallDelta
+from candle.contracts import GenerationParams, TextChunk, ToolCallDelta
 
 # engine_args keys that choose parsers: they configure candle's OpenAI layer, not vLLM's engine.
 PARSER_KEYS = ("tool_call_parser", "reasoning_parser", "enable_auto_tool_choice")

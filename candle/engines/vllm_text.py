@@ -14,15 +14,17 @@ import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from candle.catalog import ModelSpec
+from candle.contracts import ChatCall, CompletionCall, StreamKind, TextChunk
 
-from .chat_types import GenerationParams, TextChunk
 from .vllm_parsing import PARSER_KEYS, OutputParsers, delta_sampling, openai_fields
 
 
 class VLLMEngine:
+    streams: ClassVar[StreamKind] = "async"
+
     def __init__(self, folder: Path, spec: ModelSpec) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ModuleNotFoundError(
@@ -48,19 +50,12 @@ class VLLMEngine:
         self.tokenizer = self.engine.get_tokenizer()
         self.parsers = OutputParsers(parser_args, self.tokenizer)  # checks the tokenizer at load, not per request
 
-    async def chat(
-        self,
-        messages: list[dict[str, Any]],
-        params: GenerationParams,
-        tools: list[dict[str, Any]] | None = None,
-        images: list[Any] | None = None,
-        tool_choice: Any = None,
-    ) -> AsyncIterator[TextChunk]:
+    async def chat(self, call: ChatCall) -> AsyncIterator[TextChunk]:
         template = self.tokenizer.apply_chat_template
-        prompt: Any = template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-        if images:
-            prompt = {"prompt": prompt, "multi_modal_data": {"image": images}}
-        turn = self.parsers.prepare(messages, tools, tool_choice, params)
+        prompt: Any = template(call.messages, tools=call.tools, add_generation_prompt=True, tokenize=False)
+        if call.images:
+            prompt = {"prompt": prompt, "multi_modal_data": {"image": list(call.images)}}
+        turn = self.parsers.prepare(call.messages, call.tools, call.tool_choice, call.params)
         prompt_token_ids: Sequence[int] = ()
         async for output, last in self._generate(prompt, turn.sampling):
             prompt_token_ids = output.prompt_token_ids or prompt_token_ids  # vLLM sends them with the first delta
@@ -70,11 +65,11 @@ class VLLMEngine:
             if last is not None:
                 yield last
 
-    async def complete(self, prompt: str, params: GenerationParams) -> AsyncIterator[TextChunk]:
+    async def complete(self, call: CompletionCall) -> AsyncIterator[TextChunk]:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 
-        sampling = delta_sampling(CompletionRequest(prompt=prompt, **openai_fields(params)), params)
-        async for output, last in self._generate(prompt, sampling):
+        sampling = delta_sampling(CompletionRequest(prompt=call.prompt, **openai_fields(call.params)), call.params)
+        async for output, last in self._generate(call.prompt, sampling):
             if text := output.outputs[0].text:
                 yield TextChunk(text)
             if last is not None:

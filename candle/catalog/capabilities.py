@@ -1,0 +1,93 @@
+"""The one registry of what candle can serve: per capability, its engines, its Serve deployment and
+the routes that reach it.
+
+The catalog schema checks entries against it, ``load_engine`` picks and imports engines from it,
+the app builders make each capability's deployment from it and the gateway routes with it. Engine
+and replica classes are named by import path, so this low layer imports neither torch nor Serve.
+Adding a capability starts here (see the README's layout section).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any, Literal
+
+from candle.contracts import ChatEngine, CompletionEngine, EmbeddingEngine, ImageEngine
+
+Capability = Literal["text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"]
+EngineKind = Literal["auto", "vllm", "transformers", "sentence-transformers", "diffusers", "clip"]
+
+
+@dataclass(frozen=True)
+class CapabilityInfo:
+    deployment: str  # the Serve deployment's name inside each model's application
+    replica: str  # "module:Class" of the replica class that deployment runs
+    routes: tuple[str, ...]  # OpenAI routes that accept models of this capability
+    engines: dict[str, str]  # engine kind -> "module:Class"
+    cpu_engine: str  # what `engine: auto` picks on a replica without GPUs
+    gpu_engine: str  # ... and with GPUs
+    protocol: type  # what every engine of the capability implements (candle.contracts)
+
+
+_VLLM = "candle.engines.vllm_text:VLLMEngine"
+
+REGISTRY: dict[Capability, CapabilityInfo] = {
+    "text-to-text": CapabilityInfo(
+        deployment="TextGeneration",
+        replica="deployments.text:ChatReplica",
+        routes=("/v1/chat/completions", "/v1/completions"),
+        engines={"transformers": "candle.engines.text:TransformersTextEngine", "vllm": _VLLM},
+        cpu_engine="transformers",
+        gpu_engine="vllm",
+        protocol=CompletionEngine,
+    ),
+    "vision": CapabilityInfo(
+        deployment="VisionChat",
+        replica="deployments.text:ChatReplica",
+        routes=("/v1/chat/completions",),
+        engines={"transformers": "candle.engines.vision:LlavaEngine", "vllm": _VLLM},
+        cpu_engine="transformers",
+        gpu_engine="vllm",
+        protocol=ChatEngine,
+    ),
+    "text-embedding": CapabilityInfo(
+        deployment="TextEmbedding",
+        replica="deployments.embeddings:EmbeddingReplica",
+        routes=("/v1/embeddings",),
+        engines={"sentence-transformers": "candle.engines.embeddings:SentenceEmbeddingEngine"},
+        cpu_engine="sentence-transformers",
+        gpu_engine="sentence-transformers",
+        protocol=EmbeddingEngine,
+    ),
+    "image-embedding": CapabilityInfo(
+        deployment="ImageEmbedding",
+        replica="deployments.embeddings:EmbeddingReplica",
+        routes=("/v1/embeddings",),
+        engines={"clip": "candle.engines.clip:ClipEngine"},
+        cpu_engine="clip",
+        gpu_engine="clip",
+        protocol=EmbeddingEngine,
+    ),
+    "text-to-image": CapabilityInfo(
+        deployment="ImageGeneration",
+        replica="deployments.images:ImageGenerationReplica",
+        routes=("/v1/images/generations",),
+        engines={"diffusers": "candle.engines.images:DiffusionEngine"},
+        cpu_engine="diffusers",
+        gpu_engine="diffusers",
+        protocol=ImageEngine,
+    ),
+}
+CAPABILITIES: tuple[Capability, ...] = tuple(REGISTRY)
+
+
+def capabilities_for(route: str) -> tuple[Capability, ...]:
+    """The capabilities whose models ``route`` serves."""
+    return tuple(name for name, info in REGISTRY.items() if route in info.routes)
+
+
+def resolve(path: str) -> Any:
+    """The object a ``"module:Name"`` path of the registry names (imported on first use)."""
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
