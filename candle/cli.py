@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from candle.contracts import RepoProgressRecord
 from candle.download.client import fetch_request, make_request
 from candle.download.config import caller_hub_access
 from candle.download.status import cluster_progress
@@ -35,9 +36,9 @@ async def _prefetch(args: argparse.Namespace) -> str:
         desc=args.repo, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=args.quiet or None
     )
 
-    def show(progress: dict[str, object]) -> None:
-        bar.total = int(progress["bytes_total"]) or None
-        bar.n = int(progress["bytes_done"])
+    def show(progress: RepoProgressRecord) -> None:
+        bar.total = progress.bytes_total or None
+        bar.n = progress.bytes_done
         bar.refresh()
 
     with bar:
@@ -61,13 +62,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"{'node':<14}{'model':<48}{'state':<13}{'done':>10}{'total':>10}{'rate':>12}{'eta':>8}")
     for node, entry in rows:
-        eta = f"{entry['eta_s']:.0f}s" if entry["eta_s"] else "-"
+        eta = f"{entry.eta_s:.0f}s" if entry.eta_s else "-"
         print(
-            f"{node[:12]:<14}{entry['repo_id'][:46]:<48}{entry['state']:<13}{_size(entry['bytes_done']):>10}"
-            f"{_size(entry['bytes_total']):>10}{_size(entry['rate']) + '/s':>12}{eta:>8}"
+            f"{node[:12]:<14}{entry.repo_id[:46]:<48}{entry.state:<13}{_size(entry.bytes_done):>10}"
+            f"{_size(entry.bytes_total):>10}{_size(entry.rate) + '/s':>12}{eta:>8}"
         )
-        if entry["error"]:
-            print(f"{'':<14}error: {entry['error']}")
+        if entry.error:
+            print(f"{'':<14}error: {entry.error}")
     return 0
 
 

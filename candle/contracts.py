@@ -120,3 +120,97 @@ class ImageEngine(Protocol):
 
 
 Engine = ChatEngine | CompletionEngine | EmbeddingEngine | ImageEngine
+
+
+# -- download progress: what the downloader reports and the CLI, jobs, metrics and /v1/models read --
+
+FileState = Literal["queued", "downloading", "done", "failed"]
+DownloadState = Literal["resolving", "downloading", "done", "failed"]
+
+
+class _Totals:
+    """Bytes done and total, rate and ETA of something made of ``parts`` (files, or nodes)."""
+
+    @property
+    def parts(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(part.bytes_done for part in self.parts)
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(part.bytes_total for part in self.parts)
+
+    @property
+    def rate(self) -> float:
+        return sum(part.rate for part in self.parts)
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.rate
+        return max(0, self.bytes_total - self.bytes_done) / rate if rate > 0 else None
+
+
+@dataclass(frozen=True)
+class FileProgressRecord:
+    path: str
+    state: FileState
+    bytes_done: int
+    bytes_total: int
+    rate: float  # bytes/s over the last few seconds
+
+
+@dataclass(frozen=True)
+class RepoProgressRecord(_Totals):
+    """One model at one revision on one node, as its downloader sees it now."""
+
+    repo_id: str
+    revision: str
+    commit: str | None
+    state: DownloadState
+    error: str | None
+    files: tuple[FileProgressRecord, ...] = ()
+
+    @property
+    def parts(self) -> tuple[FileProgressRecord, ...]:
+        return self.files
+
+
+@dataclass(frozen=True)
+class ModelProgress(_Totals):
+    """One model across the nodes fetching it: ``(node id, that node's record)`` pairs."""
+
+    nodes: tuple[tuple[str, RepoProgressRecord], ...]
+
+    @property
+    def parts(self) -> tuple[RepoProgressRecord, ...]:
+        return tuple(record for _, record in self.nodes)
+
+    @property
+    def in_flight(self) -> bool:
+        return any(record.state in ("resolving", "downloading") for record in self.parts)
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``progress`` object of ``/v1/models`` and of 503 answers."""
+        total = self.bytes_total
+        eta = self.eta_s
+        return {
+            "bytes_done": self.bytes_done,
+            "bytes_total": total,
+            "fraction": round(self.bytes_done / total, 4) if total else 1.0,
+            "rate_bytes_per_s": round(self.rate, 1),
+            "eta_s": round(eta, 1) if eta is not None else None,
+            "nodes": [
+                {
+                    "node_id": node,
+                    "state": r.state,
+                    "bytes_done": r.bytes_done,
+                    "bytes_total": r.bytes_total,
+                    "error": r.error,
+                    "commit": r.commit,
+                }
+                for node, r in self.nodes
+            ],
+        }

@@ -17,7 +17,7 @@ from typing import Any, cast
 from starlette.concurrency import iterate_in_threadpool
 
 from candle.catalog import ModelSpec
-from candle.contracts import ChatEngine, TextChunk, TextStream
+from candle.contracts import ChatEngine, RepoProgressRecord, TextChunk, TextStream
 from candle.download import fetch
 from candle.engines import load_engine
 from candle.placement import replica_resources
@@ -63,15 +63,15 @@ class ModelReplica:
             time.monotonic() - fetched,
         )
 
-    def _log_progress(self, repo: dict[str, Any]) -> None:
-        eta = f", ETA {repo['eta_s']:.0f}s" if repo["eta_s"] else ""
+    def _log_progress(self, repo: RepoProgressRecord) -> None:
+        eta = f", ETA {repo.eta_s:.0f}s" if repo.eta_s else ""
         logger.info(
             "%s: %s %.2f/%.2f GB (%.1f MB/s%s)",
             self.spec.name,
-            repo["state"],
-            int(repo["bytes_done"]) / 1e9,
-            int(repo["bytes_total"]) / 1e9,
-            float(repo["rate"]) / 1e6,
+            repo.state,
+            repo.bytes_done / 1e9,
+            repo.bytes_total / 1e9,
+            repo.rate / 1e6,
             eta,
         )
 

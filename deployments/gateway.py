@@ -183,7 +183,7 @@ class Gateway:
             raise wrong_capability(name, spec.capability, endpoint)
         status = self._status(name)
         if status.state != "ready":
-            eta = (status.progress or {}).get("eta_s")
+            eta = status.progress.eta_s if status.progress else None
             retry = min(max(float(eta), 1.0), 60.0) if eta else float(self.settings.retry_after_s)
             code = "model_failed" if status.state == "failed" else "model_not_ready"
             raise APIError(

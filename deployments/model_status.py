@@ -18,7 +18,8 @@ from typing import Any, Literal
 from ray import serve
 
 from candle.catalog import ModelSpec
-from candle.download.status import cluster_progress, summarize
+from candle.contracts import ModelProgress
+from candle.download.status import cluster_progress, model_progress
 
 State = Literal["pending", "downloading", "loading", "ready", "failed", "not_deployed"]
 
@@ -37,14 +38,14 @@ _UNSCHEDULED = re.compile(
 class ModelStatus:
     state: State
     reason: str | None = None
-    progress: dict[str, Any] | None = field(default=None)
+    progress: ModelProgress | None = field(default=None)
 
     def as_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"state": self.state}
         if self.reason:
             body["reason"] = self.reason
         if self.progress:
-            body["progress"] = self.progress
+            body["progress"] = self.progress.as_json()
         return body
 
 
@@ -92,11 +93,7 @@ async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str])
         if reason := pending_reason(deployment.message or "", spec):
             statuses[name] = ModelStatus("pending", reason)
             continue
-        model_progress = summarize(
-            {node: [e for e in entries if e["repo_id"] == spec.repo_id] for node, entries in progress.items()}
-        )
-        downloading = model_progress and any(
-            n["state"] in ("resolving", "downloading") for n in model_progress["nodes"]
-        )
-        statuses[name] = ModelStatus("downloading" if downloading else "loading", None, model_progress)
+        fetching = model_progress(progress, spec.repo_id)
+        downloading = fetching is not None and fetching.in_flight
+        statuses[name] = ModelStatus("downloading" if downloading else "loading", None, fetching)
     return statuses

@@ -43,7 +43,7 @@ async def wait_until_downloading(repo_id: str, path: str, timeout: float = 20) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for repo in await node_downloader().progress.remote(repo_id):
-            if any(f["path"] == path and f["state"] == "downloading" for f in repo["files"]):
+            if any(f.path == path and f.state == "downloading" for f in repo.files):
                 return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{repo_id}/{path} never started downloading")
@@ -270,12 +270,12 @@ async def test_progress_is_reported_while_a_fetch_runs(hub: TestHub, make_repo: 
     hub.state.bandwidth = 3 * MB
     seen: list[dict] = []
     await fetch(repo_name, cache_dir=tmp_path, on_progress=seen.append, progress_interval_s=0.2)
-    downloading = [p for p in seen if p["state"] == "downloading"]
+    downloading = [p for p in seen if p.state == "downloading"]
     assert len(downloading) >= 3
-    done = [p["bytes_done"] for p in downloading]
+    done = [p.bytes_done for p in downloading]
     assert done == sorted(done) and done[-1] > done[0]
-    assert {p["bytes_total"] for p in downloading} == {6 * MB + len(b'{"hidden_size": 8}')}
-    assert any(p["rate"] > 0 and p["eta_s"] for p in downloading)
+    assert {p.bytes_total for p in downloading} == {6 * MB + len(b'{"hidden_size": 8}')}
+    assert any(p.rate > 0 and p.eta_s for p in downloading)
 
 
 def candle_series(exposition: str, repo_id: str) -> dict[str, float]:

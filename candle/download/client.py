@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import ray
 from ray.actor import ActorHandle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from typing_extensions import Unpack
+
+from candle.contracts import RepoProgressRecord
 
 from .config import FetchRequest
 from .downloader import NodeDownloader
@@ -77,7 +79,7 @@ def make_request(repo_id: str, **options: Unpack[RequestOptions]) -> FetchReques
     )
 
 
-ProgressCallback = Callable[[dict[str, Any]], None]
+ProgressCallback = Callable[[RepoProgressRecord], None]
 
 
 async def fetch_request(

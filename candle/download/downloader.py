@@ -21,6 +21,8 @@ import ray
 from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
+from candle.contracts import RepoProgressRecord
+
 from .cache_layout import RepoCache, ensure_free_space
 from .config import DownloaderSettings, FetchRequest
 from .errors import NotCached
@@ -107,10 +109,10 @@ class NodeDownloader:
             repo.state, repo.error = "done", None
         return str(cache.snapshot_dir(listing.commit))
 
-    async def progress(self, repo_id: str | None = None, revision: str | None = None) -> list[dict[str, object]]:
+    async def progress(self, repo_id: str | None = None, revision: str | None = None) -> list[RepoProgressRecord]:
         """Progress of every model this node has been asked for, or of one (at one revision)."""
         return [
-            p.snapshot()
+            p.record()
             for (rid, rev), p in self._repos.items()
             if repo_id in (None, rid) and (revision is None or revision == rev or revision == p.commit)
         ]
@@ -119,7 +121,7 @@ class NodeDownloader:
 
     async def _publish_metrics(self) -> None:
         while True:
-            self._metrics.publish(p.snapshot() for p in self._repos.values())
+            self._metrics.publish(p.record() for p in self._repos.values())
             await asyncio.sleep(METRICS_INTERVAL_S)
 
     @staticmethod

@@ -8,11 +8,13 @@ the state, and how many verified bytes came from the hub, from peers or from a s
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import get_args
 
 from ray.util.metrics import Counter, Gauge
 
-STATES = ("resolving", "downloading", "done", "failed")
+from candle.contracts import DownloadState, RepoProgressRecord
+
+STATES: tuple[DownloadState, ...] = get_args(DownloadState)
 
 
 class DownloadMetrics:
@@ -26,15 +28,15 @@ class DownloadMetrics:
             "candle_download_source_bytes", "Verified bytes brought in, by where they came from", ("source",)
         )
 
-    def publish(self, snapshots: Iterable[dict[str, Any]]) -> None:
-        """Set the gauges from the downloader's progress snapshots (one per model)."""
-        for snapshot in snapshots:
-            tags = {"repo_id": snapshot["repo_id"]}
-            self.bytes_done.set(snapshot["bytes_done"], tags)
-            self.bytes_total.set(snapshot["bytes_total"], tags)
-            self.rate.set(snapshot["rate"], tags)
+    def publish(self, records: Iterable[RepoProgressRecord]) -> None:
+        """Set the gauges from the downloader's progress (one record per model)."""
+        for record in records:
+            tags = {"repo_id": record.repo_id}
+            self.bytes_done.set(record.bytes_done, tags)
+            self.bytes_total.set(record.bytes_total, tags)
+            self.rate.set(record.rate, tags)
             for state in STATES:
-                self.state.set(1.0 if snapshot["state"] == state else 0.0, {**tags, "state": state})
+                self.state.set(1.0 if record.state == state else 0.0, {**tags, "state": state})
 
     def transferred(self, source: str, size: int) -> None:
         self.source_bytes.inc(size, {"source": source})

@@ -2,7 +2,7 @@
 
 ``FileProgress`` is handed to huggingface_hub's ``http_get`` as its progress bar (it only calls
 ``update``), so bytes are counted where they are received, from the transfer thread. Readers on the
-event loop take consistent snapshots under a lock.
+event loop take consistent snapshots under a lock, as the typed records of ``candle.contracts``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
-FileState = Literal["queued", "downloading", "done", "failed"]
-RepoState = Literal["resolving", "downloading", "done", "failed"]
+from candle.contracts import DownloadState, FileProgressRecord, FileState, RepoProgressRecord
 
 _RATE_WINDOW_S = 5.0
 
@@ -55,14 +53,8 @@ class FileProgress:
             now = time.monotonic()
             return (b1 - b0) / max(now - t0, t1 - t0, 1e-3)
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "state": self.state,
-            "bytes_done": self.done,
-            "bytes_total": self.total,
-            "rate": self.rate(),
-        }
+    def record(self) -> FileProgressRecord:
+        return FileProgressRecord(self.path, self.state, self.done, self.total, self.rate())
 
 
 @dataclass
@@ -72,26 +64,11 @@ class RepoProgress:
     repo_id: str
     revision: str
     commit: str | None = None
-    state: RepoState = "resolving"
+    state: DownloadState = "resolving"
     error: str | None = None
     files: dict[str, FileProgress] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
-    def snapshot(self) -> dict[str, object]:
-        files = [f.snapshot() for f in self.files.values()]
-        done = sum(int(f["bytes_done"]) for f in files)
-        total = sum(int(f["bytes_total"]) for f in files)
-        rate = sum(float(f["rate"]) for f in files)
-        remaining = max(0, total - done)
-        return {
-            "repo_id": self.repo_id,
-            "revision": self.revision,
-            "commit": self.commit,
-            "state": self.state,
-            "error": self.error,
-            "bytes_done": done,
-            "bytes_total": total,
-            "rate": rate,
-            "eta_s": remaining / rate if rate > 0 else None,
-            "files": files,
-        }
+    def record(self) -> RepoProgressRecord:
+        files = tuple(f.record() for f in self.files.values())
+        return RepoProgressRecord(self.repo_id, self.revision, self.commit, self.state, self.error, files)

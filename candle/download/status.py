@@ -7,6 +7,8 @@ from typing import Any
 
 import ray
 
+from candle.contracts import ModelProgress, RepoProgressRecord
+
 from .client import NAMESPACE, downloader_name
 
 
@@ -23,7 +25,7 @@ def _existing_downloaders() -> dict[str, Any]:
     return handles
 
 
-async def cluster_progress(repo_id: str | None = None, timeout_s: float = 2.0) -> dict[str, list[dict[str, Any]]]:
+async def cluster_progress(repo_id: str | None = None, timeout_s: float = 2.0) -> dict[str, list[RepoProgressRecord]]:
     """Node id -> that node's progress entries (for ``repo_id``, or all); unreachable nodes are left out."""
     handles = await asyncio.to_thread(_existing_downloaders)
     replies = await asyncio.gather(
@@ -37,21 +39,9 @@ async def _awaitable(ref: Any) -> Any:
     return await ref
 
 
-def summarize(per_node: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-    """One progress view of a model across nodes: totals, plus each node's state and bytes."""
-    nodes = [{"node_id": node, **entry} for node, entries in per_node.items() for entry in entries]
-    if not nodes:
-        return None
-    done = sum(int(n["bytes_done"]) for n in nodes)
-    total = sum(int(n["bytes_total"]) for n in nodes)
-    rate = sum(float(n["rate"]) for n in nodes)
-    return {
-        "bytes_done": done,
-        "bytes_total": total,
-        "fraction": round(done / total, 4) if total else 1.0,
-        "rate_bytes_per_s": round(rate, 1),
-        "eta_s": round((total - done) / rate, 1) if rate > 0 else None,
-        "nodes": [
-            {k: n[k] for k in ("node_id", "state", "bytes_done", "bytes_total", "error", "commit")} for n in nodes
-        ],
-    }
+def model_progress(per_node: dict[str, list[RepoProgressRecord]], repo_id: str) -> ModelProgress | None:
+    """One view of ``repo_id`` across the nodes fetching it, or None where no node has been asked."""
+    nodes = tuple(
+        (node, record) for node, records in per_node.items() for record in records if record.repo_id == repo_id
+    )
+    return ModelProgress(nodes) if nodes else None

@@ -21,12 +21,12 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from candle.catalog import Catalog, load_catalog
+from candle.contracts import RepoProgressRecord
 from candle.download.client import fetch_request, make_request
 from candle.download.config import FetchRequest, HubAccess, caller_hub_access
 from candle.placement import NodeInfo, hosting_nodes, replica_resources
@@ -82,15 +82,15 @@ def plan(
 
 
 @ray.remote(num_cpus=0)
-def warm(request: FetchRequest, progress_interval_s: float) -> Iterator[dict[str, Any]]:
-    """Fetch ``request`` through this node's downloader; yield its progress, then ``{"snapshot": folder}``.
+def warm(request: FetchRequest, progress_interval_s: float) -> Iterator[RepoProgressRecord | str]:
+    """Fetch ``request`` through this node's downloader; yield its progress, then the snapshot folder.
 
     A generator task, so the driver prints progress while the fetch runs. Without a token of the
     job's own it sends the node's ``HF_TOKEN`` as replicas do, so a replica starting meanwhile joins
     the same transfers. The token travels inside the request, whose repr never shows it.
     """
     request = replace(request, token=request.token or os.environ.get("HF_TOKEN") or None)
-    updates: list[dict[str, Any]] = []
+    updates: list[RepoProgressRecord] = []
     loop = asyncio.new_event_loop()
     try:
         fetching = loop.create_task(fetch_request(request, updates.append, progress_interval_s))
@@ -99,17 +99,17 @@ def warm(request: FetchRequest, progress_interval_s: float) -> Iterator[dict[str
             batch, updates[:] = updates[:], []
             for update in batch:  # noqa: UP028 - Ray drives generators with send(), which list iterators lack
                 yield update
-        yield {"snapshot": str(fetching.result())}
+        yield str(fetching.result())
     finally:
         loop.close()
 
 
-def progress_line(name: str, node_id: str, update: dict[str, Any]) -> str:
-    line = f"{name} node={node_id} {update['state']}"
-    if not int(update["bytes_total"]):  # still listing the repo
+def progress_line(name: str, node_id: str, update: RepoProgressRecord) -> str:
+    line = f"{name} node={node_id} {update.state}"
+    if not update.bytes_total:  # still listing the repo
         return line
-    eta = f", ETA {update['eta_s']:.0f}s" if update.get("eta_s") else ""
-    done, total, rate = int(update["bytes_done"]) / MB, int(update["bytes_total"]) / MB, float(update["rate"]) / MB
+    eta = f", ETA {update.eta_s:.0f}s" if update.eta_s else ""
+    done, total, rate = update.bytes_done / MB, update.bytes_total / MB, update.rate / MB
     return f"{line} {done:.1f}/{total:.1f} MB ({rate:.1f} MB/s{eta})"
 
 
@@ -118,9 +118,9 @@ async def warm_node(target: Target, node_id: str, progress_interval_s: float) ->
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
     async for ref in warm.options(scheduling_strategy=strategy).remote(target.request, progress_interval_s):
         update = await ref
-        if "snapshot" in update:
-            print(f"{target.name} node={node_id} done snapshot={update['snapshot']}", flush=True)
-            return update["snapshot"]
+        if isinstance(update, str):  # the snapshot folder: the fetch is done
+            print(f"{target.name} node={node_id} done snapshot={update}", flush=True)
+            return update
         print(progress_line(target.name, node_id, update), flush=True)
     raise RuntimeError("the node's fetch ended without a snapshot")
 
