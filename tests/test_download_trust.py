@@ -264,3 +264,11 @@ def test_an_accepted_revision_stays_inside_refs(revision):
 @pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", "release-2024_01", "0" * 40])
 def test_ordinary_revisions_are_accepted(revision):
     assert check_revision("o/n", revision) == revision
+
+
+@pytest.mark.parametrize(
+    "revision", ["..", "a/../b", ".hidden", "v1.lock", "x.", "@", "main@{1}", "a b", "a:b", "a*", "a\x7fb", "\udc80"]
+)
+def test_revisions_git_refuses_are_refused(revision):
+    with pytest.raises(UnsafeListing, match="revision"):
+        check_revision("o/n", revision)

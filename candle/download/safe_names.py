@@ -16,11 +16,11 @@ from huggingface_hub._tree_cache import TreeCacheEntry
 
 from .errors import UnsafeListing
 
-_COMMIT = re.compile(r"[0-9a-f]{40}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA1_HEX = re.compile(r"[0-9a-f]{40}")  # a commit or a git blob id
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # an LFS oid
 _CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")  # C0, DEL, C1
-# What `git check-ref-format` refuses inside a ref name (besides control characters and `..`).
-_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{")
+# What `git check-ref-format` refuses in a ref name beyond what a safe path already excludes.
+_REF_FORBIDDEN = re.compile(r"[ ~^:?*\[]|\.\.|@\{|^@$|\.$|(^|/)\.|\.lock(/|$)")
 _MAX_SEGMENT_BYTES = 255  # the longest file name Linux and macOS file systems accept
 _MAX_SHOWN = 200
 
@@ -33,21 +33,18 @@ def shown(value: object) -> str:
 
 def check_commit(repo_id: str, commit: object) -> str:
     """A commit is exactly 40 lowercase hex digits, as git and the Hub write it."""
-    if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
+    if not isinstance(commit, str) or not _SHA1_HEX.fullmatch(commit):
         raise UnsafeListing(repo_id, None, f"commit {shown(commit)} is not 40 lowercase hex digits")
     return commit
 
 
 def check_revision(repo_id: str, revision: str) -> str:
     """A revision names ``refs/<revision>``: a git ref name (``main``, ``v1.0``, ``refs/pr/1``) or a commit."""
-    segments = revision.split("/")
-    if (
-        _REF_FORBIDDEN.search(revision)
-        or revision == "@"
-        or revision.endswith(".")
-        or any(not s or s.startswith(".") or s.endswith(".lock") for s in segments)
-    ):
-        raise UnsafeListing(repo_id, None, f"revision {shown(revision)} is not a valid git ref name")
+    problem = path_problem(revision)
+    if problem is None and _REF_FORBIDDEN.search(revision):
+        problem = "is not a git ref name"
+    if problem is not None:
+        raise UnsafeListing(repo_id, None, f"revision {shown(revision)} {problem}")
     return revision
 
 
@@ -71,9 +68,11 @@ def path_problem(path: object) -> str | None:
 
 
 def _entry_problem(entry: TreeCacheEntry) -> str | None:
-    if not isinstance(entry.blob_id, str) or not _COMMIT.fullmatch(entry.blob_id):
+    if not isinstance(entry.blob_id, str) or not _SHA1_HEX.fullmatch(entry.blob_id):
         return f"blob id {shown(entry.blob_id)} is not 40 lowercase hex digits"
-    if entry.lfs_sha256 is not None and not (isinstance(entry.lfs_sha256, str) and _SHA256.fullmatch(entry.lfs_sha256)):
+    if entry.lfs_sha256 is not None and not (
+        isinstance(entry.lfs_sha256, str) and _SHA256_HEX.fullmatch(entry.lfs_sha256)
+    ):
         return f"LFS oid {shown(entry.lfs_sha256)} is not 64 lowercase hex digits"
     for name, size, optional in (("size", entry.size, False), ("LFS size", entry.lfs_size, True)):
         if not (optional and size is None) and (type(size) is not int or size < 0):
