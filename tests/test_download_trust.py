@@ -12,17 +12,19 @@ import os
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, hf_hub_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from candle.download import DownloadError, RepoNotFound, UnsafeListing, fetch
+from candle.download import DownloadError, DownloaderSettings, RepoNotFound, UnsafeListing, fetch
 from candle.download.client import make_request
 from candle.download.listing import list_repo
+from candle.download.progress import FileProgress
 from candle.download.redact import redact_url
 from candle.download.safe_names import check_commit, check_revision, path_problem
+from candle.download.transfer import download_verified
 from candle.testing import free_port
-from candle.testing.hub import ListingOverride, TestHub
+from candle.testing.hub import Fault, ListingOverride, TestHub
 from tests.conftest import RepoFactory
 
 MB = 1024 * 1024
@@ -180,6 +182,29 @@ def test_listing_logs_and_errors_carry_no_credentials(
             list_repo(make_request(repo_id, cache_dir=tmp_path, endpoint=endpoint))
         assert SECRET not in str(excinfo.value)
     assert [r for r in caplog.records if "127.0.0.1" in r.getMessage()], "no URL logged: this test would see no leak"
+    assert not [r for r in caplog.records if SECRET in r.getMessage()]
+
+
+def test_transfer_retry_logs_carry_no_credentials(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, caplog):
+    source = make_repo({"model.safetensors": 1 * MB})
+    endpoint = with_credentials(hub.endpoint)
+    listing = list_repo(make_request(repo_name, cache_dir=tmp_path, endpoint=endpoint))
+    (weights,) = [f for f in listing.files if f.path == "model.safetensors"]
+    hub.state.add_fault(Fault("drop", path="model.safetensors"))
+    caplog.set_level(logging.DEBUG)
+    download_verified(
+        repo_id=repo_name,
+        url=hf_hub_url(repo_name, weights.path, revision=listing.commit, endpoint=endpoint),
+        headers={},
+        f=weights,
+        incomplete=tmp_path / "blob.incomplete",
+        blob=tmp_path / "blob",
+        progress=FileProgress(weights.path, weights.size),
+        settings=DownloaderSettings(),
+    )
+    assert (tmp_path / "blob").read_bytes() == source["model.safetensors"].read_bytes()
+    assert hub.stats.faults == {(repo_name, "model.safetensors", "drop"): 1}
+    assert [r for r in caplog.records if "Error while downloading from" in r.getMessage()]
     assert not [r for r in caplog.records if SECRET in r.getMessage()]
 
 
