@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from huggingface_hub import HfApi, hf_hub_url
@@ -20,7 +21,7 @@ from candle.download import DownloadError, DownloaderSettings, RepoNotFound, Uns
 from candle.download.client import make_request
 from candle.download.listing import list_repo
 from candle.download.progress import FileProgress
-from candle.download.redact import redact_url
+from candle.download.redact import redact_text, redact_url
 from candle.download.safe_names import check_commit, check_revision, path_problem
 from candle.download.transfer import download_verified
 from candle.testing import free_port
@@ -233,6 +234,19 @@ async def test_a_plain_mirror_404_is_reported_as_such(hub: TestHub, tmp_path):
 )
 def test_redact_url(url, expected):
     assert redact_url(url) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(min_size=1, max_size=20),
+    st.text(alphabet="QZXJqzxj", min_size=6, max_size=20),
+    st.sampled_from(["token", "access_token", "X-Amz-Signature", "api_key"]),
+)
+def test_a_redacted_url_holds_no_credentials(user, password, param):
+    url = f"http://{quote(user, safe='')}:{password}@mirror.internal:8080/api?{param}={password}&a=1"
+    for text in (url, f"GET {url} failed"):
+        redacted = redact_text(text)
+        assert password not in redacted and "mirror.internal:8080/api?" in redacted
 
 
 # -- the validator, by property --------------------------------------------------------------------

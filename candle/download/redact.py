@@ -47,7 +47,10 @@ class RedactUrls(logging.Filter):
     """Rewrites a record whose message holds a URL with credentials before any handler sees it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed call: leave it to the handler's error reporting
+            return True
         redacted = redact_text(message)
         if redacted != message:
             record.msg, record.args = redacted, None
