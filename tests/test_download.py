@@ -161,6 +161,8 @@ async def test_server_errors_are_retried(hub: TestHub, make_repo: RepoFactory, r
     hub.state.add_fault(Fault("500", path="model.safetensors", times=2, retry_after=None))
     snapshot = await fetch(repo_name, cache_dir=tmp_path)
     assert_same_files(snapshot, source)
+    assert hub.stats.faults == {(repo_name, "model.safetensors", "500"): 2}
+    assert hub.stats.bodies_for(repo_name) == {"config.json": 1, "model.safetensors": 1}
 
 
 async def test_stalled_transfer_is_retried(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-from candle.testing.hub import Fault, TestHub
+from candle.testing.hub import Fault, ListingOverride, TestHub
 from tests.conftest import GATED_REPO, HUB_TOKEN, RepoFactory
 
 
@@ -82,3 +82,40 @@ def test_rate_limit_answers_retry_after(hub: TestHub, make_repo: RepoFactory, re
 def test_hub_refuses_non_loopback_addresses(tmp_path):
     with pytest.raises(ValueError, match="loopback"):
         TestHub(tmp_path, host="0.0.0.0")
+
+
+def test_faults_are_counted_per_file_and_kind(hub: TestHub, make_repo: RepoFactory, repo_name):
+    make_repo({"w.bin": 10})
+    hub.state.add_fault(Fault("500", path="w.bin", times=2, retry_after=None))
+    url = hf_hub_url(repo_name, "w.bin", endpoint=hub.endpoint)
+    assert [httpx.get(url).status_code for _ in range(3)] == [500, 500, 200]
+    assert hub.stats.faults == {(repo_name, "w.bin", "500"): 2}
+    assert hub.stats.bodies[(repo_name, "w.bin")] == 1
+
+
+def test_plain_mirror_answers_a_bare_404(hub: TestHub, make_repo: RepoFactory, repo_name):
+    make_repo()
+    hub.state.plain_mirror = True
+    for path in [
+        "/api/models/nobody/nothing/revision/main",
+        f"/api/models/{repo_name}/revision/v9",
+        "/x/y/resolve/main/a",
+    ]:
+        response = httpx.get(hub.endpoint + path)
+        assert response.status_code == 404 and "X-Error-Code" not in response.headers, path
+    hub.reset()
+    assert httpx.get(hub.endpoint + "/api/models/nobody/nothing").headers["X-Error-Code"] == "RepoNotFound"
+
+
+def test_listing_override_is_served_through_every_endpoint(hub: TestHub, make_repo: RepoFactory, repo_name):
+    source = make_repo(texts={"config.json": b"{}"})
+    hostile = ListingOverride(commit="f" * 40, aliases={"../evil": "config.json"}, fields={"config.json": {"size": -1}})
+    hub.state.override_listing(repo_name, hostile)
+    api = HfApi(endpoint=hub.endpoint)
+    assert api.repo_info(repo_name).sha == "f" * 40
+    tree = {f.path: f for f in api.list_repo_tree(repo_name, recursive=True, revision="f" * 40)}
+    assert tree["config.json"].size == -1 and tree["../evil"].blob_id == tree["config.json"].blob_id
+    response = httpx.get(hf_hub_url(repo_name, "config.json", revision="f" * 40, endpoint=hub.endpoint))
+    assert response.headers["X-Repo-Commit"] == "f" * 40 and response.content == source["config.json"].read_bytes()
+    hub.reset()
+    assert api.repo_info(repo_name).sha != "f" * 40

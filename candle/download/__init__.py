@@ -12,6 +12,7 @@ from .errors import (
     RepoNotFound,
     RevisionNotFound,
     TransferFailed,
+    UnsafeListing,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "RepoNotFound",
     "RevisionNotFound",
     "TransferFailed",
+    "UnsafeListing",
     "fetch",
     "node_downloader",
 ]

@@ -59,5 +59,9 @@ class TransferFailed(DownloadError):
     reason = "transfer failed after retries"
 
 
+class UnsafeListing(DownloadError):
+    reason = "refused an unsafe listing from the hub or the cache; nothing was written"
+
+
 class NotCached(DownloadError):
     reason = "offline mode is on and the files are not in the local cache"

@@ -3,7 +3,8 @@
 The listing comes from the Hub API through huggingface_hub (``repo_info`` for the commit, the
 recursive tree for sizes, git blob ids and LFS sha256s) and is kept in huggingface_hub's own tree
 cache, so a request pinned to a commit needs no network at all once cached, and offline mode works
-from the cache alone.
+from the cache alone. Every name in it (revision, commit, paths, checksums, sizes), from the hub or
+from the cache, is checked by ``safe_names`` before it becomes a path or is written anywhere.
 """
 
 from __future__ import annotations
@@ -28,9 +29,21 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import filter_repo_objects
 
 from .config import FetchRequest
-from .errors import AccessDenied, DownloadError, NotCached, RemoteFileNotFound, RepoNotFound, RevisionNotFound
+from .errors import (
+    AccessDenied,
+    DownloadError,
+    NotCached,
+    RemoteFileNotFound,
+    RepoNotFound,
+    RevisionNotFound,
+    UnsafeListing,
+)
+from .redact import redact_logged_urls, redact_url
+from .safe_names import check_commit, check_revision, check_tree, shown
 
 _GLOB_CHARS = set("*?[")
+
+redact_logged_urls()  # this module and transfer.py log through huggingface_hub and its HTTP client
 
 
 @dataclass(frozen=True)
@@ -85,49 +98,77 @@ def hub_errors(repo_id: str, filename: str | None = None) -> Iterator[None]:
         raise
 
 
+@contextmanager
+def hub_answers(repo_id: str, endpoint: str, not_found: type[DownloadError] = DownloadError) -> Iterator[None]:
+    """Like ``hub_errors``, and for what it leaves: the status the server answered, or that none did.
+
+    A plain mirror answers a missing repo with a bare 404 (no ``X-Error-Code``): that is
+    ``not_found`` on the endpoint that names the repo, never "unreachable". URLs lose their credentials.
+    """
+    try:
+        with hub_errors(repo_id):
+            yield
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        url = redact_url(str(e.response.url)) if e.response is not None else redact_url(endpoint)
+        error = not_found if status == 404 else DownloadError
+        raise error(repo_id, None, f"HTTP {status} from {url}") from None
+    except httpx2.TransportError as e:
+        raise DownloadError(repo_id, None, f"hub unreachable at {redact_url(endpoint)}: {type(e).__name__}") from None
+
+
 def _remote_tree(api: HfApi, request: FetchRequest, commit: str) -> dict[str, TreeCacheEntry]:
-    return {
-        item.path: TreeCacheEntry(
-            size=item.size,
-            blob_id=item.blob_id,
-            lfs_sha256=item.lfs.sha256 if item.lfs is not None else None,
-            lfs_size=item.lfs.size if item.lfs is not None else None,
-        )
-        for item in api.list_repo_tree(request.repo_id, recursive=True, revision=commit, repo_type=request.repo_type)
-        if isinstance(item, RepoFile)
-    }
+    try:
+        return {
+            item.path: TreeCacheEntry(
+                size=item.size,
+                blob_id=item.blob_id,
+                lfs_sha256=item.lfs.sha256 if item.lfs is not None else None,
+                lfs_size=item.lfs.size if item.lfs is not None else None,
+            )
+            for item in api.list_repo_tree(
+                request.repo_id, recursive=True, revision=commit, repo_type=request.repo_type
+            )
+            if isinstance(item, RepoFile)
+        }
+    except (KeyError, TypeError) as e:  # an entry without the fields every Hub tree entry has
+        raise UnsafeListing(
+            request.repo_id, None, f"malformed tree entry: {type(e).__name__} {shown(e.args)}"
+        ) from None
 
 
-def _cached_commit(folder: Path, revision: str) -> str | None:
+def _cached_commit(repo_id: str, folder: Path, revision: str) -> str | None:
     if REGEX_COMMIT_HASH.fullmatch(revision):
         return revision
     ref = folder / "refs" / revision
-    return ref.read_text().strip() if ref.is_file() else None
+    return check_commit(repo_id, ref.read_text().strip()) if ref.is_file() else None
 
 
 def list_repo(request: FetchRequest) -> RepoListing:
     """Resolve ``request`` to a commit and its selected files. Blocking: run it off the event loop."""
-    revision = request.revision or constants.DEFAULT_REVISION
+    revision = check_revision(request.repo_id, request.revision or constants.DEFAULT_REVISION)
     folder = storage_folder(request)
     commit = (
-        _cached_commit(folder, revision) if REGEX_COMMIT_HASH.fullmatch(revision) or constants.HF_HUB_OFFLINE else None
+        _cached_commit(request.repo_id, folder, revision)
+        if REGEX_COMMIT_HASH.fullmatch(revision) or constants.HF_HUB_OFFLINE
+        else None
     )
     tree = read_tree_cache(str(folder), commit) if commit else None
-    if tree is None:
+    if tree is not None:
+        check_tree(request.repo_id, tree)
+    else:
         if constants.HF_HUB_OFFLINE:
             raise NotCached(
                 request.repo_id, None, f"no cached listing for revision {revision!r} (HF_HUB_OFFLINE is set)"
             )
         api = HfApi(endpoint=request.endpoint, token=request.token)
-        try:
-            with hub_errors(request.repo_id):
-                if commit is None:
-                    commit = api.repo_info(request.repo_id, revision=revision, repo_type=request.repo_type).sha
-                tree = _remote_tree(api, request, commit)
-        except (httpx2.TransportError, HfHubHTTPError) as e:
-            raise DownloadError(
-                request.repo_id, None, f"hub unreachable at {api.endpoint}: {type(e).__name__}"
-            ) from None
+        if commit is None:
+            with hub_answers(request.repo_id, api.endpoint, not_found=RepoNotFound):
+                info = api.repo_info(request.repo_id, revision=revision, repo_type=request.repo_type)
+            commit = check_commit(request.repo_id, info.sha)
+        with hub_answers(request.repo_id, api.endpoint):
+            tree = _remote_tree(api, request, commit)
+        check_tree(request.repo_id, tree)
         write_tree_cache(str(folder), commit, tree)
     files = [RemoteFile(path, entry.size, entry.blob_id, entry.lfs_sha256) for path, entry in sorted(tree.items())]
     selected = tuple(

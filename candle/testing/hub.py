@@ -5,8 +5,11 @@ endpoints huggingface_hub calls: revision info, the recursive tree listing, and 
 ``resolve`` with the headers the client relies on (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag``,
 ``X-Linked-Size``, ``Content-Length``, ``Range``). Faults can be switched on per test (a dropped
 connection mid-body, corrupted bytes, 429 with ``Retry-After``, 500, a stall) and a bandwidth cap
-set, and it counts the requests and body bytes it served per file so tests can assert how many
-transfers really happened. It binds loopback only.
+set, and it counts the requests and body bytes it served and the faults it injected per file, so
+tests can assert how many transfers really happened. For tests of what candle trusts, a repo's
+listing can be made hostile (``ListingOverride``: another commit, extra paths, rewritten tree
+fields), and the hub can answer like a plain mirror (bare 404s without the Hub's ``X-Error-Code``).
+It binds loopback only.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
@@ -57,6 +60,20 @@ class Fault:
         return fnmatch.fnmatch(repo_id, self.repo) and fnmatch.fnmatch(path, self.path)
 
 
+@dataclass
+class ListingOverride:
+    """What a hostile (or broken) mirror claims about one repo, served through the real endpoints.
+
+    ``commit`` replaces the repo's sha in ``repo_info``, ``X-Repo-Commit`` and the URLs it answers;
+    ``aliases`` lists extra paths, each served with the bytes and checksums of an existing file;
+    ``fields`` replaces fields of a path's tree entry (``oid``, ``size``, ``lfs``) verbatim.
+    """
+
+    commit: str | None = None
+    aliases: dict[str, str] = field(default_factory=dict)  # listed path -> existing file it serves
+    fields: dict[str, dict[str, object]] = field(default_factory=dict)  # listed path -> entry fields
+
+
 @dataclass(frozen=True)
 class HubFile:
     path: str
@@ -75,6 +92,7 @@ class HubRepo:
     repo_id: str
     commit: str
     files: dict[str, HubFile]
+    entry_fields: dict[str, dict[str, object]] = field(default_factory=dict)  # see ListingOverride.fields
 
 
 @dataclass
@@ -85,6 +103,7 @@ class HubStats:
     body_bytes: Counter = field(default_factory=Counter)
     heads: Counter = field(default_factory=Counter)
     api_calls: Counter = field(default_factory=Counter)  # keyed by repo_id
+    faults: Counter = field(default_factory=Counter)  # injected faults, keyed by (repo_id, path, kind)
 
     def bodies_for(self, repo_id: str) -> dict[str, int]:
         return {path: n for (repo, path), n in self.bodies.items() if repo == repo_id}
@@ -120,6 +139,8 @@ class HubState:
         self.faults: list[Fault] = []
         self.bandwidth: float | None = None  # bytes per second per response, None = unlimited
         self.throttles: dict[str, float] = {}  # repo glob -> bytes per second, overrides `bandwidth`
+        self.overrides: dict[str, ListingOverride] = {}  # repo_id -> hostile listing
+        self.plain_mirror = False  # answer "not found" with a bare 404, without X-Error-Code
         self._lock = threading.Lock()
         self._hash_cache: dict[tuple[Path, int, int], tuple[str, str | None]] = {}
 
@@ -129,10 +150,18 @@ class HubState:
         return fault
 
     def clear_faults(self) -> None:
+        """Back to an honest, healthy hub: no faults, throttles, overrides or plain-mirror answers."""
         with self._lock:
             self.faults.clear()
             self.throttles.clear()
+            self.overrides.clear()
         self.bandwidth = None
+        self.plain_mirror = False
+
+    def override_listing(self, repo_id: str, override: ListingOverride) -> ListingOverride:
+        with self._lock:
+            self.overrides[repo_id] = override
+        return override
 
     def rate_for(self, repo_id: str) -> float | None:
         """Bytes per second for bodies of ``repo_id`` (read per chunk, so a change applies mid-transfer)."""
@@ -147,6 +176,7 @@ class HubState:
                 if fault.matches(repo_id, path) and (fault.times is None or fault.times > 0):
                     if fault.times is not None:
                         fault.times -= 1
+                    self.stats.faults[(repo_id, path, fault.kind)] += 1
                     return fault
         return None
 
@@ -169,7 +199,12 @@ class HubState:
             files[rel] = HubFile(rel, stat.st_size, blob_id, sha256, local)
         listing = "\n".join(f"{f.path} {f.blob_id}" for f in files.values())
         commit = hashlib.sha1(f"{repo_id}\n{listing}".encode()).hexdigest()
-        return HubRepo(repo_id, commit, files)
+        override = self.overrides.get(repo_id)
+        if override is None:
+            return HubRepo(repo_id, commit, files)
+        for alias, target in override.aliases.items():
+            files[alias] = replace(files[target], path=alias)
+        return HubRepo(repo_id, override.commit or commit, files, override.fields)
 
 
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree)/(?P<rest>.*))?$")
@@ -206,10 +241,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     # -- helpers -------------------------------------------------------------------------------
 
     def _error(self, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
+        """Answer an error as the Hub does, or as a plain mirror does: 404 for what it lacks, no X-Error-*."""
         body = json.dumps({"error": message}).encode()
-        self.send_response(status)
-        self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
+        plain = self.state.plain_mirror
+        self.send_response(404 if plain and code.endswith("NotFound") else status)
+        if not plain:
+            self.send_header("X-Error-Code", code)
+            self.send_header("X-Error-Message", message)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         for key, value in (extra or {}).items():
@@ -296,7 +334,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             entry: dict[str, object] = {"type": "file", "oid": f.blob_id, "size": f.size, "path": f.path}
             if f.sha256:
                 entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
-            entries.append(entry)
+            entries.append(entry | repo.entry_fields.get(f.path, {}))
         for folder in sorted(folders):
             if recursive or "/" not in folder[len(prefix) :]:
                 entries.append(
