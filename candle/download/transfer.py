@@ -71,61 +71,48 @@ def download_verified(
     with cache_errors(repo_id, f.path), cache.lock(f):
         if verify_published(cache.blob_path(f), cache.record_path(f), f):
             return  # another writer published it while we waited for the lock
-        _download_locked(repo_id, url, headers, f, cache, partial, progress, settings)
-
-
-def _download_locked(
-    repo_id: str,
-    url: str,
-    headers: dict[str, str],
-    f: RemoteFile,
-    cache: RepoCache,
-    partial: Path,
-    progress: FileProgress,
-    settings: DownloaderSettings,
-) -> None:
-    cache.blobs.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    while True:
-        progress.state = "downloading"
-        try:
-            with hub_errors(repo_id, f.path):
-                _attempt(url, headers, f, partial, progress)
-            digest = publish(partial, cache.blob_path(f), cache.record_path(f), f)
-        except DownloadError:
-            raise
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutOfDisk(repo_id, f.path, "disk filled up during the transfer") from None
-            cause = f"{type(e).__name__}: {e}"
-        except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            if status not in _RETRYABLE_STATUS:
-                raise TransferFailed(repo_id, f.path, f"HTTP {status}") from None
-            cause = f"HTTP {status}"
-        except httpx2.TransportError as e:
-            cause = type(e).__name__
-        else:
-            if digest == expected_digest(f):
-                return
-            partial.unlink(missing_ok=True)
-            cause = f"checksum {digest[:12]}… != expected {expected_digest(f)[:12]}…"
+        cache.blobs.mkdir(parents=True, exist_ok=True)
+        failures = 0
+        while True:
+            progress.state = "downloading"
+            try:
+                with hub_errors(repo_id, f.path):
+                    _attempt(url, headers, f, partial, progress)
+                digest = publish(partial, cache.blob_path(f), cache.record_path(f), f)
+            except DownloadError:
+                raise
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise OutOfDisk(repo_id, f.path, "disk filled up during the transfer") from None
+                cause = f"{type(e).__name__}: {e}"
+            except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                if status not in _RETRYABLE_STATUS:
+                    raise TransferFailed(repo_id, f.path, f"HTTP {status}") from None
+                cause = f"HTTP {status}"
+            except httpx2.TransportError as e:
+                cause = type(e).__name__
+            else:
+                if digest == expected_digest(f):
+                    return
+                partial.unlink(missing_ok=True)
+                cause = f"checksum {digest[:12]}… != expected {expected_digest(f)[:12]}…"
+                failures += 1
+                if failures >= settings.max_attempts:
+                    raise IntegrityError(repo_id, f.path, f"{cause} on {failures} attempts")
+                logger.warning("%s/%s: %s, downloading again", repo_id, f.path, cause)
+                continue
             failures += 1
             if failures >= settings.max_attempts:
-                raise IntegrityError(repo_id, f.path, f"{cause} on {failures} attempts")
-            logger.warning("%s/%s: %s, downloading again", repo_id, f.path, cause)
-            continue
-        failures += 1
-        if failures >= settings.max_attempts:
-            raise TransferFailed(repo_id, f.path, f"{cause} after {failures} attempts")
-        delay = settings.backoff(failures)
-        logger.warning(
-            "%s/%s: %s, retrying in %.1fs (attempt %d/%d)",
-            repo_id,
-            f.path,
-            cause,
-            delay,
-            failures + 1,
-            settings.max_attempts,
-        )
-        time.sleep(delay)
+                raise TransferFailed(repo_id, f.path, f"{cause} after {failures} attempts")
+            delay = settings.backoff(failures)
+            logger.warning(
+                "%s/%s: %s, retrying in %.1fs (attempt %d/%d)",
+                repo_id,
+                f.path,
+                cause,
+                delay,
+                failures + 1,
+                settings.max_attempts,
+            )
+            time.sleep(delay)
