@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, hf_hub_download, snapshot_download
 
-from candle.download import DownloaderSettings
+from candle.download import DownloaderSettings, NotCached
 from candle.download.cache_layout import RepoCache
 from candle.download.client import make_request
 from candle.download.downloader import NodeDownloader
@@ -214,3 +214,18 @@ async def test_unverified_blob_of_another_writer_that_does_not_match_is_fetched_
     blob.write_bytes(bytes(2 * MB))  # what a crash before the data reached the disk can leave
     assert_byte_exact(await fetch(downloaders(), hub, repo_name, tmp_path), source)
     assert hub.stats.bodies_for(repo_name) == {WEIGHTS: 2, "config.json": 1}
+
+
+async def test_offline_fetch_verifies_what_huggingface_hub_downloaded(
+    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders, monkeypatch
+):
+    source = make_repo({WEIGHTS: 1 * MB})
+    snapshot_download(repo_name, cache_dir=tmp_path, endpoint=hub.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    downloader = downloaders()
+    snapshot = await fetch(downloader, hub, repo_name, tmp_path)
+    assert_byte_exact(snapshot, source)
+    blob_of(snapshot, WEIGHTS).write_bytes(bytes(1 * MB))
+    with pytest.raises(NotCached, match=f"{repo_name}/{WEIGHTS}"):
+        await fetch(downloader, hub, repo_name, tmp_path)
+    assert hub.stats.bodies_for(repo_name) == dict.fromkeys(source, 1)

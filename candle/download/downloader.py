@@ -217,9 +217,10 @@ class NodeDownloader:
 
         started = time.monotonic()
         try:
-            # Whoever writes this blob now (hf download, another cluster) finishes first; theirs is used if right.
+            # Whoever writes this blob now (hf download, another cluster or node) finishes first, and theirs
+            # is used if it verifies: in a shared cache, another node brought it in (source "shared").
             if await self._run_blocking(adopt_published, request.repo_id, cache, f):
-                source = "cache"
+                source = "shared" if self.settings.shared_cache else "cache"
             elif constants.HF_HUB_OFFLINE:
                 raise NotCached(request.repo_id, f.path, "HF_HUB_OFFLINE is set and the cached copy is corrupt")
             elif self._sources is None:
