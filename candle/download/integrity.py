@@ -5,7 +5,9 @@ a bad disk can make the file differ from what was received), renamed into place,
 made durable. What was hashed is recorded in a small JSON sidecar per blob: size, modification
 time and inode of the file, and the digest. A blob whose record no longer matches its file (it was
 changed in place, or replaced), or that another tool wrote (no record), is hashed again before it
-is handed out, and removed if it is wrong. Blocking: run it in a worker thread.
+is handed out, and removed if it is wrong. A sidecar file, not an extended attribute: caches live
+on file systems without user xattrs (NFS before 4.2, older tmpfs), and copies drop them silently.
+Blocking: run it in a worker thread.
 """
 
 from __future__ import annotations
