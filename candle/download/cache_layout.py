@@ -3,37 +3,77 @@
 Layout (as huggingface_hub writes it, so transformers, diffusers, vLLM and ``hf cache`` find it)::
 
     <cache>/models--org--name/blobs/<etag>                  verified bytes
-    <cache>/models--org--name/blobs/<etag>.incomplete       a transfer in progress (resumable)
+    <cache>/models--org--name/blobs/<etag>.<id>.incomplete  a transfer in progress (one name per transfer)
     <cache>/models--org--name/snapshots/<commit>/<path>     symlink to the blob
     <cache>/models--org--name/refs/<branch>                 the commit the branch resolved to
+    <cache>/models--org--name/candle-verified/<etag>        what candle hashed (see ``integrity.py``)
+    <cache>/.locks/models--org--name/<etag>.lock            huggingface_hub's lock of the blob
 
-A blob is only renamed into place after its checksum matched, and a snapshot entry is only linked
-to a blob that exists, so nothing unverified is ever reachable from ``snapshots/``.
+A blob is only renamed into place after its checksum matched, under huggingface_hub's lock (so
+``hf download``, transformers or vLLM writing the same cache wait for it, and candle for them), and
+a snapshot entry is only linked to a blob that exists, so nothing unverified is ever reachable
+from ``snapshots/``. The records sit beside ``blobs/``, not in it: peers list ``blobs/`` to find
+blobs, and ``hf cache`` ignores folders of a repo it does not know, but warns about unknown ones
+at the top of the cache.
 """
 
 from __future__ import annotations
 
+import errno
 import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Literal
 
 from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision, _create_symlink
+from huggingface_hub.utils import WeakFileLock
 
-from .errors import OutOfDisk
+from .errors import DownloadError, OutOfDisk
+from .integrity import is_recorded
 from .listing import RemoteFile
+
+BlobState = Literal["verified", "unverified", "absent"]
+
+
+def hf_lock_path(folder: Path, etag: str) -> Path:
+    """The file huggingface_hub locks while it writes blob ``etag`` of repo ``folder``.
+
+    A private detail of ``huggingface_hub.file_download._hf_hub_download_to_cache_dir``, kept here
+    only: tests/test_download_integrity.py fails if huggingface_hub moves it.
+    """
+    return folder.parent / ".locks" / folder.name / f"{etag}.lock"
 
 
 class RepoCache:
     """The cache folder of one repo (``models--org--name``)."""
 
     def __init__(self, storage_folder: Path) -> None:
-        self.folder = storage_folder
-        self.blobs = storage_folder / "blobs"
+        # Resolved: the folder is the key that makes one transfer per blob, however it is spelled
+        # (through a symlink, with ``..``).
+        self.folder = storage_folder.resolve()
+        self.blobs = self.folder / "blobs"
+        self.records = self.folder / "candle-verified"
 
     def blob_path(self, f: RemoteFile) -> Path:
         return self.blobs / f.etag
 
-    def incomplete_path(self, f: RemoteFile) -> Path:
-        return self.blobs / f"{f.etag}.incomplete"
+    def record_path(self, f: RemoteFile) -> Path:
+        return self.records / f.etag
+
+    def lock_path(self, f: RemoteFile) -> Path:
+        return hf_lock_path(self.folder, f.etag)
+
+    def lock(self, f: RemoteFile) -> AbstractContextManager[object]:
+        """huggingface_hub's own lock of the blob (its class, its file): every writer of it waits."""
+        path = self.lock_path(f)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return WeakFileLock(path)
+
+    def partial_path(self, f: RemoteFile) -> Path:
+        """A new name for one transfer's bytes: no other writer ever appends to it."""
+        return self.blobs / f"{f.etag}.{uuid.uuid4().hex[:12]}.incomplete"
 
     def snapshot_dir(self, commit: str) -> Path:
         return self.folder / "snapshots" / commit
@@ -42,20 +82,14 @@ class RepoCache:
         return self.snapshot_dir(commit) / f.path
 
     def has_blob(self, f: RemoteFile) -> bool:
-        """A blob of the right size is a verified one: only verified bytes are ever renamed to it."""
-        try:
-            return self.blob_path(f).stat().st_size == f.size
-        except FileNotFoundError:
-            return False
+        """The blob is there, unchanged since it was verified (no hashing: a stat and a small read)."""
+        return is_recorded(self.blob_path(f), self.record_path(f), f)
 
-    def bytes_on_disk(self, f: RemoteFile) -> int:
-        """What a transfer of ``f`` would not have to fetch again."""
+    def blob_state(self, f: RemoteFile) -> BlobState:
+        """``unverified``: a blob is there that must be hashed before anyone is given it."""
         if self.has_blob(f):
-            return f.size
-        try:
-            return min(f.size, self.incomplete_path(f).stat().st_size)
-        except FileNotFoundError:
-            return 0
+            return "verified"
+        return "unverified" if self.blob_path(f).exists() else "absent"
 
     def link(self, commit: str, f: RemoteFile) -> Path:
         """Make the verified blob visible at ``snapshots/<commit>/<path>``."""
@@ -67,6 +101,17 @@ class RepoCache:
 
     def write_ref(self, revision: str, commit: str) -> None:
         _cache_commit_hash_for_specific_revision(str(self.folder), revision, commit)
+
+
+@contextmanager
+def cache_errors(repo_id: str, filename: str | None = None) -> Iterator[None]:
+    """Report a failure to write or read the cache as a typed error naming the repo and file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfDisk(repo_id, filename, f"disk full writing {e.filename}") from None
+        raise DownloadError(repo_id, filename, f"cache not usable: {type(e).__name__}: {e}") from None
 
 
 def ensure_free_space(repo_id: str, folder: Path, needed: int, reserve: int) -> None:

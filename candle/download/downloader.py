@@ -2,10 +2,13 @@
 
 ``NodeDownloader`` is a plain asyncio class (so it can be tested in-process) that runs as a Ray
 actor, one per node (see ``client.py``). Requests are resolved to a commit and a list of files;
-each missing blob gets exactly one transfer task, keyed by (cache folder, repo, blob etag), which
-every overlapping request awaits through ``asyncio.shield``: a caller that is cancelled (a replica
-that dies) stops waiting, the transfer goes on for the others. Hub I/O and hashing run in a bounded
-thread pool, so the actor's event loop only schedules and answers ``progress``/``ping`` quickly.
+each blob not verified yet gets exactly one transfer task, keyed by (resolved cache folder, blob
+etag), which every overlapping request awaits through ``asyncio.shield``: a caller that is
+cancelled (a replica that dies) stops waiting, the transfer goes on for the others. Other writers
+of the same cache (another cluster, ``hf download``) are excluded by huggingface_hub's lock of each
+blob, and what they publish is verified before it is used. Hub I/O, locks and hashing run in
+threads (transfers in a bounded pool), so the actor's event loop only schedules and answers
+``progress``/``ping`` quickly.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ from huggingface_hub.utils import build_hf_headers
 
 from candle.contracts import RepoProgressRecord
 
-from .cache_layout import RepoCache, ensure_free_space
+from .cache_layout import BlobState, RepoCache, cache_errors, ensure_free_space
 from .config import DownloaderSettings, FetchRequest
 from .errors import NotCached
 from .listing import RemoteFile, RepoListing, list_repo, storage_folder
 from .metrics import DownloadMetrics
 from .progress import FileProgress, RepoProgress
 from .sourcing import ClusterSources
-from .transfer import download_verified
+from .transfer import adopt_published, download_verified
 
 logger = logging.getLogger(__name__)
 
@@ -81,27 +84,14 @@ class NodeDownloader:
             RepoProgress(request.repo_id, request.revision or constants.DEFAULT_REVISION),
         )
         try:
-            listing = await self._list(request)
-            repo.commit = listing.commit
-            cache = RepoCache(storage_folder(request))
-            if self._sources is not None:
-                self._sources.expose(cache.folder.parent)
-            missing = [f for f in listing.files if not cache.has_blob(f)]
-            if missing and constants.HF_HUB_OFFLINE:
-                raise NotCached(request.repo_id, missing[0].path, "HF_HUB_OFFLINE is set")
-            new = [f for f in missing if self._key(cache, f) not in self._transfers]
-            if new:
-                needed = sum(f.size - cache.bytes_on_disk(f) for f in new)
-                ensure_free_space(request.repo_id, cache.blobs, needed, self.settings.reserve_bytes)
-            if missing:
-                repo.state = "downloading"
-            for f in listing.files:
-                repo.files[f.path] = self._file_progress(cache, f)
-            waits = [asyncio.shield(self._transfer(request, listing, cache, f)) for f in missing]
-            await asyncio.gather(*waits)
-            for f in listing.files:
-                cache.link(listing.commit, f)
-            cache.write_ref(listing.revision, listing.commit)
+            with cache_errors(request.repo_id):
+                listing = await self._list(request)
+                repo.commit = listing.commit
+                cache, states = await asyncio.to_thread(self._inspect, request, listing)
+                await self._bring_in(request, listing, cache, states, repo)
+                for f in listing.files:
+                    cache.link(listing.commit, f)
+                cache.write_ref(listing.revision, listing.commit)
         except Exception as e:
             repo.state, repo.error = "failed", str(e)
             raise
@@ -117,7 +107,45 @@ class NodeDownloader:
             if repo_id in (None, rid) and (revision is None or revision == rev or revision == p.commit)
         ]
 
+    def close(self) -> None:
+        """Stop publishing metrics and let the transfer threads end (for downloaders run in-process)."""
+        if self._publisher is not None:
+            self._publisher.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     # -- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _inspect(request: FetchRequest, listing: RepoListing) -> tuple[RepoCache, dict[str, BlobState]]:
+        """The repo's cache folder and what it holds of each blob (file system calls: off the loop)."""
+        cache = RepoCache(storage_folder(request))
+        return cache, {f.etag: cache.blob_state(f) for f in listing.files}
+
+    async def _bring_in(
+        self,
+        request: FetchRequest,
+        listing: RepoListing,
+        cache: RepoCache,
+        states: dict[str, BlobState],
+        repo: RepoProgress,
+    ) -> None:
+        """Wait for every blob of ``listing`` not verified in ``cache`` (starting the transfers missing)."""
+        if self._sources is not None:
+            self._sources.expose(cache.folder.parent)
+        pending = [f for f in listing.files if states[f.etag] != "verified"]
+        absent = {f.etag: f for f in pending if states[f.etag] == "absent"}
+        if absent and constants.HF_HUB_OFFLINE:
+            raise NotCached(request.repo_id, next(iter(absent.values())).path, "HF_HUB_OFFLINE is set")
+        needed = sum(f.size for f in absent.values() if self._key(cache, f) not in self._transfers)
+        if needed:
+            ensure_free_space(request.repo_id, cache.blobs, needed, self.settings.reserve_bytes)
+        if pending:
+            repo.state = "downloading"
+        for f in listing.files:
+            repo.files[f.path] = progress = self._file_progress(cache, f)
+            if states[f.etag] == "verified":
+                progress.done, progress.state = f.size, "done"
+        await asyncio.gather(*(asyncio.shield(self._transfer(request, listing, cache, f)) for f in pending))
 
     async def _publish_metrics(self) -> None:
         while True:
@@ -132,10 +160,7 @@ class NodeDownloader:
         key = self._key(cache, f)
         if key not in self._files:
             self._files[key] = FileProgress(f.path, f.size)
-        progress = self._files[key]
-        if cache.has_blob(f):
-            progress.done, progress.state = f.size, "done"
-        return progress
+        return self._files[key]
 
     async def _run_blocking(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
@@ -177,6 +202,7 @@ class NodeDownloader:
             request.repo_id, f.path, repo_type=request.repo_type, revision=listing.commit, endpoint=request.endpoint
         )
         hub = (hub_url, build_hf_headers(token=request.token, library_name="candle"))
+        partial = cache.partial_path(f)  # this transfer's bytes, resumed by all its attempts and sources
 
         async def transfer(url: str, headers: dict[str, str], settings: DownloaderSettings) -> None:
             await self._run_blocking(
@@ -185,15 +211,21 @@ class NodeDownloader:
                 url=url,
                 headers=headers,
                 f=f,
-                incomplete=cache.incomplete_path(f),
-                blob=cache.blob_path(f),
+                cache=cache,
+                partial=partial,
                 progress=progress,
                 settings=settings,
             )
 
         started = time.monotonic()
         try:
-            if self._sources is None:
+            # Whoever writes this blob now (hf download, another cluster or node) finishes first, and theirs
+            # is used if it verifies: in a shared cache, another node brought it in (source "shared").
+            if await self._run_blocking(adopt_published, request.repo_id, cache, f):
+                source = "shared" if self.settings.shared_cache else "cache"
+            elif constants.HF_HUB_OFFLINE:
+                raise NotCached(request.repo_id, f.path, "HF_HUB_OFFLINE is set and the cached copy is corrupt")
+            elif self._sources is None:
                 await transfer(*hub, self.settings)
                 source = "hub"
             else:
@@ -201,9 +233,10 @@ class NodeDownloader:
                 source = await self._sources.obtain(key, cache, f, hub, transfer)
         except BaseException:
             progress.state = "failed"
+            partial.unlink(missing_ok=True)
             raise
         progress.state, progress.done = "done", f.size
-        if self._metrics is not None:
+        if self._metrics is not None and source != "cache":
             self._metrics.transferred(source, f.size)
         elapsed = time.monotonic() - started
         logger.info(

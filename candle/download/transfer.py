@@ -1,100 +1,56 @@
-"""One file from the hub into the cache: resumable, retried, and verified before it is published.
+"""One file from the hub (or a peer) into the cache: resumable, retried, verified, then published.
 
 huggingface_hub's ``http_get`` does the HTTP part (``Range`` resume, retries on dropped connections
 and read time-outs, 429 with ``Retry-After``). Around it this module adds what it does not do:
-hashing the bytes as they are written (sha256 for LFS files, the git blob sha1 otherwise) and
-comparing with the hub's listing, retries with backoff on 5xx and on a checksum mismatch, and the
-atomic rename that makes the blob exist only once verified. Blocking: run it in a worker thread.
+huggingface_hub's own lock of the blob for the whole transfer (one writer at a time, whichever tool
+it is), bytes written to a name no other writer uses, verification of the file as it is on disk
+against the hub's listing, retries with backoff on 5xx and on a checksum mismatch, and the durable
+rename that makes the blob exist only once verified (see ``integrity.py``). Blocking: run it in a
+worker thread.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
-import os
 import time
 from pathlib import Path
-from typing import BinaryIO
 
 import httpx2
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.file_download import http_get
 
+from .cache_layout import RepoCache, cache_errors
 from .config import DownloaderSettings
 from .errors import DownloadError, IntegrityError, OutOfDisk, TransferFailed
+from .integrity import expected_digest, publish, verify_published
 from .listing import RemoteFile, hub_errors
 from .progress import FileProgress
 
 logger = logging.getLogger(__name__)
 
-_READ_BLOCK = 8 * 1024 * 1024
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def new_hasher(f: RemoteFile) -> hashlib._Hash:
-    """The digest the hub publishes: sha256 for LFS files, the git blob sha1 for the rest."""
-    if f.sha256:
-        return hashlib.sha256()
-    return hashlib.sha1(f"blob {f.size}\0".encode())
-
-
-def expected_digest(f: RemoteFile) -> str:
-    return f.sha256 or f.blob_id
-
-
-class HashingWriter:
-    """A write-only file wrapper that hashes what is written, so verifying costs no second read.
-
-    ``http_get`` may rewind and truncate (a server that ignored ``Range``): the hash is then
-    rebuilt from the bytes left in the file.
-    """
-
-    def __init__(self, raw: BinaryIO, f: RemoteFile) -> None:
-        self._raw = raw
-        self._remote = f
-        self._hasher = self._hash_prefix(raw.tell())
-
-    def _hash_prefix(self, length: int) -> hashlib._Hash:
-        hasher = new_hasher(self._remote)
-        with open(self._raw.name, "rb") as existing:
-            remaining = length
-            while remaining and (block := existing.read(min(_READ_BLOCK, remaining))):
-                hasher.update(block)
-                remaining -= len(block)
-        return hasher
-
-    def write(self, data: bytes) -> int:
-        self._hasher.update(data)
-        return self._raw.write(data)
-
-    def tell(self) -> int:
-        return self._raw.tell()
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self._raw.seek(offset, whence)
-
-    def truncate(self, size: int | None = None) -> int:
-        length = self._raw.truncate(size)
-        self._raw.flush()
-        self._hasher = self._hash_prefix(length)
-        return length
-
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
-
-def _attempt(url: str, headers: dict[str, str], f: RemoteFile, incomplete: Path, progress: FileProgress) -> str:
-    """One pass of ``http_get`` from wherever the incomplete file stops; returns the digest of it all."""
-    resume = incomplete.stat().st_size if incomplete.exists() else 0
+def _attempt(url: str, headers: dict[str, str], f: RemoteFile, partial: Path, progress: FileProgress) -> None:
+    """One pass of ``http_get``, appending from wherever the partial file stops."""
+    resume = partial.stat().st_size if partial.exists() else 0
     if resume > f.size:
-        incomplete.unlink()
+        partial.unlink()
         resume = 0
     progress.restart(resume)
-    with incomplete.open("ab") as raw:
-        writer = HashingWriter(raw, f)
-        http_get(url, writer, resume_size=resume, headers=headers, expected_size=f.size, _tqdm_bar=progress)  # type: ignore[arg-type]
-        return writer.hexdigest()
+    with partial.open("ab") as out:
+        http_get(url, out, resume_size=resume, headers=headers, expected_size=f.size, _tqdm_bar=progress)  # type: ignore[arg-type]
+
+
+def adopt_published(repo_id: str, cache: RepoCache, f: RemoteFile) -> bool:
+    """Whether a verified blob of ``f`` is in the cache, once any writer of it is done.
+
+    Waits for whoever holds the blob's lock (another candle, ``hf download``), then verifies what
+    is there (removing it if wrong).
+    """
+    with cache_errors(repo_id, f.path), cache.lock(f):
+        return verify_published(cache.blob_path(f), cache.record_path(f), f)
 
 
 def download_verified(
@@ -103,54 +59,60 @@ def download_verified(
     url: str,
     headers: dict[str, str],
     f: RemoteFile,
-    incomplete: Path,
-    blob: Path,
+    cache: RepoCache,
+    partial: Path,
     progress: FileProgress,
     settings: DownloaderSettings,
 ) -> None:
-    """Fetch ``f`` into ``blob``, verified, or raise a typed error naming the repo and file."""
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    while True:
-        progress.state = "downloading"
-        try:
-            with hub_errors(repo_id, f.path):
-                digest = _attempt(url, headers, f, incomplete, progress)
-        except DownloadError:
-            raise
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise OutOfDisk(repo_id, f.path, "disk filled up during the transfer") from None
-            cause = f"{type(e).__name__}: {e}"
-        except HfHubHTTPError as e:
-            status = e.response.status_code if e.response is not None else None
-            if status not in _RETRYABLE_STATUS:
-                raise TransferFailed(repo_id, f.path, f"HTTP {status}") from None
-            cause = f"HTTP {status}"
-        except httpx2.TransportError as e:
-            cause = type(e).__name__
-        else:
-            if digest == expected_digest(f):
-                os.replace(incomplete, blob)
-                return
-            incomplete.unlink(missing_ok=True)
-            cause = f"checksum {digest[:12]}… != expected {expected_digest(f)[:12]}…"
+    """Fetch ``f`` into ``cache``, verified, or raise a typed error naming the repo and file.
+
+    ``partial`` is this transfer's own file: every attempt (and every source) resumes it.
+    """
+    with cache_errors(repo_id, f.path), cache.lock(f):
+        if verify_published(cache.blob_path(f), cache.record_path(f), f):
+            return  # another writer published it while we waited for the lock
+        cache.blobs.mkdir(parents=True, exist_ok=True)
+        failures = 0
+        while True:
+            progress.state = "downloading"
+            try:
+                with hub_errors(repo_id, f.path):
+                    _attempt(url, headers, f, partial, progress)
+                digest = publish(partial, cache.blob_path(f), cache.record_path(f), f)
+            except DownloadError:
+                raise
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise OutOfDisk(repo_id, f.path, "disk filled up during the transfer") from None
+                cause = f"{type(e).__name__}: {e}"
+            except HfHubHTTPError as e:
+                status = e.response.status_code if e.response is not None else None
+                if status not in _RETRYABLE_STATUS:
+                    raise TransferFailed(repo_id, f.path, f"HTTP {status}") from None
+                cause = f"HTTP {status}"
+            except httpx2.TransportError as e:
+                cause = type(e).__name__
+            else:
+                if digest == expected_digest(f):
+                    return
+                partial.unlink(missing_ok=True)
+                cause = f"checksum {digest[:12]}… != expected {expected_digest(f)[:12]}…"
+                failures += 1
+                if failures >= settings.max_attempts:
+                    raise IntegrityError(repo_id, f.path, f"{cause} on {failures} attempts")
+                logger.warning("%s/%s: %s, downloading again", repo_id, f.path, cause)
+                continue
             failures += 1
             if failures >= settings.max_attempts:
-                raise IntegrityError(repo_id, f.path, f"{cause} on {failures} attempts")
-            logger.warning("%s/%s: %s, downloading again", repo_id, f.path, cause)
-            continue
-        failures += 1
-        if failures >= settings.max_attempts:
-            raise TransferFailed(repo_id, f.path, f"{cause} after {failures} attempts")
-        delay = settings.backoff(failures)
-        logger.warning(
-            "%s/%s: %s, retrying in %.1fs (attempt %d/%d)",
-            repo_id,
-            f.path,
-            cause,
-            delay,
-            failures + 1,
-            settings.max_attempts,
-        )
-        time.sleep(delay)
+                raise TransferFailed(repo_id, f.path, f"{cause} after {failures} attempts")
+            delay = settings.backoff(failures)
+            logger.warning(
+                "%s/%s: %s, retrying in %.1fs (attempt %d/%d)",
+                repo_id,
+                f.path,
+                cause,
+                delay,
+                failures + 1,
+                settings.max_attempts,
+            )
+            time.sleep(delay)
