@@ -189,9 +189,9 @@ async def test_actor_answers_while_a_large_transfer_runs(hub: TestHub, make_repo
     while not transfer.done():
         await downloader.ping.remote()
         (repo,) = await downloader.progress.remote(repo_name)
-        (weights,) = [f for f in repo["files"] if f["path"] == "model.safetensors"]
-        if weights["state"] == "downloading" and 0 < weights["bytes_done"] < 200 * MB:
-            answered_mid_transfer.add(weights["bytes_done"])
+        (weights,) = [f for f in repo.files if f.path == "model.safetensors"]
+        if weights.state == "downloading" and 0 < weights.bytes_done < 200 * MB:
+            answered_mid_transfer.add(weights.bytes_done)
         await asyncio.sleep(0.005)
     await transfer
     assert len(answered_mid_transfer) >= 10, sorted(answered_mid_transfer)
