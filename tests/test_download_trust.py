@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candle.download import DownloadError, DownloaderSettings, RepoNotFound, UnsafeListing, fetch
+from candle.download.cache_layout import RepoCache
 from candle.download.client import make_request
-from candle.download.listing import list_repo
+from candle.download.listing import list_repo, storage_folder
 from candle.download.progress import FileProgress
 from candle.download.redact import redact_text, redact_url
 from candle.download.safe_names import check_commit, check_revision, path_problem
@@ -193,17 +194,18 @@ def test_transfer_retry_logs_carry_no_credentials(hub: TestHub, make_repo: RepoF
     (weights,) = [f for f in listing.files if f.path == "model.safetensors"]
     hub.state.add_fault(Fault("drop", path="model.safetensors"))
     caplog.set_level(logging.DEBUG)
+    cache = RepoCache(storage_folder(make_request(repo_name, cache_dir=tmp_path)))
     download_verified(
         repo_id=repo_name,
         url=hf_hub_url(repo_name, weights.path, revision=listing.commit, endpoint=endpoint),
         headers={},
         f=weights,
-        incomplete=tmp_path / "blob.incomplete",
-        blob=tmp_path / "blob",
+        cache=cache,
+        partial=cache.partial_path(weights),
         progress=FileProgress(weights.path, weights.size),
         settings=DownloaderSettings(),
     )
-    assert (tmp_path / "blob").read_bytes() == source["model.safetensors"].read_bytes()
+    assert cache.blob_path(weights).read_bytes() == source["model.safetensors"].read_bytes()
     assert hub.stats.faults == {(repo_name, "model.safetensors", "drop"): 1}
     assert [r for r in caplog.records if "Error while downloading from" in r.getMessage()]
     assert not [r for r in caplog.records if SECRET in r.getMessage()]
