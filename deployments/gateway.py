@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from candle.api import responses
 from candle.api.errors import APIError, bad_request, model_not_found, wrong_capability
@@ -31,6 +32,7 @@ from candle.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ErrorResponse,
     ImageGenerationRequest,
     SamplingFields,
     new_id,
@@ -55,6 +57,8 @@ DEPLOYMENT_NAMES: dict[Capability, str] = {
 STATUS_REFRESH_S = 1.0
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_IMAGE_SIZE = 1024
+# What the API's routes may answer besides success, for the OpenAPI schema (all in OpenAI's shape).
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 503)}
 
 
 class GatewaySettings(BaseModel):
@@ -75,6 +79,13 @@ app = FastAPI(title="candle", description="OpenAI-compatible API for models serv
 @app.exception_handler(APIError)
 async def _api_error(request: Request, error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (unknown route, wrong method, an unreadable body) in OpenAI's shape too."""
+    code = "not_found" if error.status_code == 404 else None
+    return await _api_error(request, APIError(error.status_code, str(error.detail), code=code))
 
 
 @app.exception_handler(RequestValidationError)
@@ -184,11 +195,11 @@ class Gateway:
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=ERRORS)
     async def list_models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._model_card(name) for name in self.specs]}
 
-    @app.get("/v1/models/{name:path}")
+    @app.get("/v1/models/{name:path}", responses=ERRORS)
     async def get_model(self, name: str) -> dict[str, Any]:
         if name not in self.specs:
             raise model_not_found(name)
@@ -207,7 +218,7 @@ class Gateway:
             "status": status.as_dict(),
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/chat/completions", "text-to-text", "vision")
         check_input_chars(body.input_chars(), spec.limits.max_input_chars, "messages")
@@ -226,7 +237,7 @@ class Gateway:
         choices, prompt_tokens, completion_tokens = await self._collect(run, body.n)
         return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=ERRORS)
     async def completions(self, body: CompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/completions", "text-to-text")
         params = self._params(body, body.token_budget, spec)
@@ -248,7 +259,7 @@ class Gateway:
             prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
         return responses.text_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", responses=ERRORS)
     async def embeddings(self, body: EmbeddingRequest) -> Any:
         spec = self._model(body.model, "/v1/embeddings", "text-embedding", "image-embedding")
         inputs = body.inputs()
@@ -269,7 +280,7 @@ class Gateway:
         # A response object skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
         return responses.FastJSONResponse(responses.embeddings(spec.name, vectors, tokens, body.encoding_format))
 
-    @app.post("/v1/images/generations")
+    @app.post("/v1/images/generations", responses=ERRORS)
     async def images_generations(self, body: ImageGenerationRequest) -> Any:
         spec = self._model(body.model, "/v1/images/generations", "text-to-image")
         if body.response_format != "b64_json":

@@ -183,8 +183,11 @@ class ChatCompletionRequest(Request, SamplingFields):
         return [tool.model_dump(exclude_none=True) for tool in self.tools], choice
 
 
+Prompt = Annotated[str, Field(min_length=1)]  # an empty prompt gives a model nothing to continue from
+
+
 class CompletionRequest(Request, SamplingFields):
-    prompt: str | list[str]
+    prompt: Prompt | list[Prompt] = Field(min_length=1)
     echo: bool = False
 
     @property
@@ -239,6 +242,19 @@ class ImageGenerationRequest(Request):
 
 
 # -- responses -------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, as every non-2xx answer carries it (documented in the OpenAPI schema)."""
+
+    error: ErrorDetail
 
 
 def new_id(prefix: str) -> str:
