@@ -2,15 +2,14 @@
 
 It validates and bounds every request before a model sees it (OpenAI error shapes throughout),
 refuses requests to models that are not ready with 503 + progress + ``Retry-After`` instead of
-letting them queue behind a download, streams chat and completions as SSE, and guards every
-route but ``/health`` with API keys when keys are configured.
+letting them queue behind a download, and streams chat and completions as SSE. What must be
+decided before a body is parsed (API keys, body size, the request deadline) is in ``guards``.
 
 (No ``from __future__ import annotations`` here: FastAPI must see real types, e.g. ``Request``,
 on the routes that ``serve.ingress`` rewraps.)
 """
 
 import asyncio
-import hmac
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -23,15 +22,17 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from candle.api import responses
-from candle.api.errors import APIError, bad_request, model_not_found, too_large, unauthorized, wrong_capability
+from candle.api.errors import APIError, bad_request, model_not_found, wrong_capability
 from candle.api.images import is_image_reference, load_image_bytes
+from candle.api.limits import check_input_chars, sampling_temperature
 from candle.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ErrorResponse,
     ImageGenerationRequest,
     SamplingFields,
     new_id,
@@ -42,6 +43,7 @@ from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCa
 from candle.engines.errors import InvalidInput
 from candle.raycluster import unwrap_error
 
+from . import guards
 from .model_status import ModelStatus, collect
 
 logger = logging.getLogger("ray.serve")
@@ -49,6 +51,8 @@ logger = logging.getLogger("ray.serve")
 STATUS_REFRESH_S = 1.0
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_IMAGE_SIZE = 1024
+# What the API's routes may answer besides success, for the OpenAPI schema (all in OpenAI's shape).
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 503)}
 
 
 class GatewaySettings(BaseModel):
@@ -59,40 +63,8 @@ class GatewaySettings(BaseModel):
     allow_remote_images: bool = False
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     retry_after_s: int = 5
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over the limit, declared or streamed, before anything parses them."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, too_large(f"Request body is larger than {self.max_bytes} bytes."))
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise APIError(413, f"Request body is larger than {self.max_bytes} bytes.", code="request_too_large")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-async def _send_error(send: Send, error: APIError) -> None:
-    response = JSONResponse(error.body(), status_code=error.status, headers=error.headers())
-    await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
+    # Every request ends by then (503, or an error event in a started stream), and its model call is cancelled.
+    request_timeout_s: float = Field(default=300.0, gt=0)
 
 
 app = FastAPI(title="candle", description="OpenAI-compatible API for models served by candle on Ray Serve.")
@@ -103,11 +75,19 @@ async def _api_error(request: Request, error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (unknown route, wrong method, an unreadable body) in OpenAI's shape too."""
+    code = "not_found" if error.status_code == 404 else None
+    return await _api_error(request, APIError(error.status_code, str(error.detail), code=code))
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0] if error.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    message = f"Invalid request: {first.get('msg', 'malformed body')}" + (f" (at '{where}')" if where else "")
+    where = (first.get("ctx") or {}).get("param") or ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    reason = str(first.get("msg", "malformed body")).removeprefix("Value error, ")
+    message = f"Invalid request: {reason}" + (f" (at '{where}')" if where else "")
     return await _api_error(request, bad_request(message, param=where or None))
 
 
@@ -126,12 +106,6 @@ def _client_error(error: BaseException) -> APIError:
     return APIError(500, "The model failed to process the request.", type="server_error", code="internal_error")
 
 
-def add_body_limit(max_bytes: int) -> None:
-    """Install the body-size guard (once; the app object is module-level, as ``serve.ingress`` needs)."""
-    if not any(m.cls is BodyLimit for m in app.user_middleware):
-        app.add_middleware(BodyLimit, max_bytes=max_bytes)
-
-
 # Module-level helpers stay above the class: Serve ships the class by value, with the globals
 # that exist when it is decorated.
 @serve.deployment
@@ -140,9 +114,14 @@ class Gateway:
     async def __init__(self, models: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> None:
         self.specs = {m.name: m for m in (ModelSpec.model_validate(raw) for raw in models)}
         self.settings = GatewaySettings.model_validate(settings or {})
-        add_body_limit(self.settings.max_body_bytes)
         keys = os.environ.get(self.settings.api_keys_env, "").split(",") + self.settings.api_keys
-        self.api_keys = [k.strip() for k in keys if k.strip()]  # none configured: the API is open
+        guards.install(
+            app,
+            max_body_bytes=self.settings.max_body_bytes,
+            api_keys=[k.strip() for k in keys if k.strip()],
+            deadline_s=self.settings.request_timeout_s,
+            retry_after_s=self.settings.retry_after_s,
+        )
         self.handles: dict[str, DeploymentHandle] = {
             name: serve.get_deployment_handle(REGISTRY[spec.capability].deployment, app_name=name)
             for name, spec in self.specs.items()
@@ -165,17 +144,8 @@ class Gateway:
         """The last collected status; before the first collection, the model is starting up."""
         return self.status.get(name, ModelStatus("loading", "starting up"))
 
-    def _authorize(self, request: Request) -> None:
-        if not self.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not any(hmac.compare_digest(token.encode(), key.encode()) for key in self.api_keys):
-            raise unauthorized()
-
-    def _model(self, request: Request, name: str, endpoint: str) -> ModelSpec:
+    def _model(self, name: str, endpoint: str) -> ModelSpec:
         """The ready model named ``name`` that can serve ``endpoint``, or the right error."""
-        self._authorize(request)
         spec = self.specs.get(name)
         if spec is None:
             raise model_not_found(name)
@@ -207,7 +177,7 @@ class Gateway:
             raise bad_request(f"n must be at most {limits.max_n}, got {body.n}", "n")
         return GenerationParams(
             max_tokens=max_tokens,
-            temperature=body.temperature,
+            temperature=sampling_temperature(body.temperature),
             top_p=body.top_p,
             stop=tuple(body.stop_list()),
             seed=body.seed,
@@ -219,14 +189,12 @@ class Gateway:
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
-    async def list_models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+    @app.get("/v1/models", responses=ERRORS)
+    async def list_models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._model_card(name) for name in self.specs]}
 
-    @app.get("/v1/models/{name:path}")
-    async def get_model(self, name: str, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+    @app.get("/v1/models/{name:path}", responses=ERRORS)
+    async def get_model(self, name: str) -> dict[str, Any]:
         if name not in self.specs:
             raise model_not_found(name)
         return self._model_card(name)
@@ -244,9 +212,10 @@ class Gateway:
             "status": status.as_dict(),
         }
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=ERRORS)
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        spec = self._model(body.model, "/v1/chat/completions")
+        check_input_chars(body.input_chars(), spec.limits.max_input_chars, "messages")
         params = self._params(body, body.token_budget, spec)
         messages, images = self._conversation(body, spec)
         tools, tool_choice = body.tool_request()
@@ -264,13 +233,14 @@ class Gateway:
         choices, prompt_tokens, completion_tokens = await self._collect(run, body.n)
         return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
 
-    @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/completions")
+    @app.post("/v1/completions", responses=ERRORS)
+    async def completions(self, body: CompletionRequest) -> Any:
+        spec = self._model(body.model, "/v1/completions")
         params = self._params(body, body.token_budget, spec)
         prompts = body.prompts()
         if len(prompts) > spec.limits.max_input_items:
             raise bad_request(f"prompt must have at most {spec.limits.max_input_items} items", "prompt")
+        check_input_chars(body.input_chars(), spec.limits.max_input_chars, "prompt")
         handle = self.handles[spec.name].options(stream=True)
         runs = [(lambda p=p: handle.complete.remote(CompletionCall(p, params))) for p in prompts for _ in range(body.n)]
         completion_id = new_id("cmpl")
@@ -285,15 +255,15 @@ class Gateway:
             prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
         return responses.text_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/embeddings")
+    @app.post("/v1/embeddings", responses=ERRORS)
+    async def embeddings(self, body: EmbeddingRequest) -> Any:
+        spec = self._model(body.model, "/v1/embeddings")
         inputs = body.inputs()
         limits = spec.limits
         if len(inputs) > limits.max_input_items:
             raise bad_request(f"input must have at most {limits.max_input_items} items, got {len(inputs)}", "input")
-        if sum(len(i) for i in inputs if not is_image_reference(i)) > limits.max_input_chars:
-            raise too_large(f"input is longer than {limits.max_input_chars} characters in total", "input")
+        text = [i for i in inputs if spec.capability == "text-embedding" or not is_image_reference(i)]
+        check_input_chars(sum(len(i) for i in text), limits.max_input_chars, "input")
         items: list[str | bytes] = list(inputs)
         if spec.capability == "image-embedding":
             images = [i for i in inputs if is_image_reference(i)]
@@ -306,11 +276,12 @@ class Gateway:
         # A response object skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
         return responses.FastJSONResponse(responses.embeddings(spec.name, vectors, tokens, body.encoding_format))
 
-    @app.post("/v1/images/generations")
-    async def images_generations(self, body: ImageGenerationRequest, request: Request) -> Any:
-        spec = self._model(request, body.model, "/v1/images/generations")
+    @app.post("/v1/images/generations", responses=ERRORS)
+    async def images_generations(self, body: ImageGenerationRequest) -> Any:
+        spec = self._model(body.model, "/v1/images/generations")
         if body.response_format != "b64_json":
             raise bad_request("Only response_format 'b64_json' is supported.", "response_format")
+        check_input_chars(len(body.prompt), spec.limits.max_input_chars, "prompt")
         if body.n > spec.limits.max_n:
             raise bad_request(f"n must be at most {spec.limits.max_n}, got {body.n}", "n")
         default = int(spec.defaults.get("size", DEFAULT_IMAGE_SIZE))
@@ -372,8 +343,6 @@ class Gateway:
             messages.append(entry)
         if len(images) > spec.limits.max_images_per_request:
             raise bad_request(f"at most {spec.limits.max_images_per_request} images per request", "messages")
-        if sum(len(str(m.get("content", ""))) for m in messages) > spec.limits.max_input_chars:
-            raise too_large(f"messages are longer than {spec.limits.max_input_chars} characters", "messages")
         return messages, images
 
     async def _call(self, response: Any) -> Any:

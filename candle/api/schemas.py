@@ -6,17 +6,38 @@ servers do, so newer SDKs keep working. Responses are plain dicts in OpenAI's sh
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .limits import unencodable_text
+
+# OpenAI's limit on stop sequences; their length is ours (each one is searched in every decoded piece).
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256
+# Seeds reach torch.manual_seed / torch.Generator (and vLLM, which bounds them the same way): 64-bit signed.
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if path := unencodable_text(data):
+            raise PydanticCustomError(
+                "unencodable_text",
+                "text at '{param}' is not valid Unicode (it has a lone surrogate)",
+                {"param": path},
+            )
+        return data
 
 
 # -- chat and completions --------------------------------------------------------------------
@@ -50,6 +71,11 @@ class ChatMessage(BaseModel):
             return self.content or ""
         return "".join(part.text or "" for part in self.content if part.type == "text")
 
+    def input_chars(self) -> int:
+        """Characters the chat template renders from this message: text, name, tool calls and their id."""
+        calls = len(json.dumps(self.tool_calls, ensure_ascii=False)) if self.tool_calls else 0
+        return len(self.text()) + len(self.name or "") + len(self.tool_call_id or "") + calls
+
     def image_urls(self) -> list[str]:
         if not isinstance(self.content, list):
             return []
@@ -65,10 +91,35 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Annotated[
+        str | list[str] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "maxLength": MAX_STOP_CHARS},
+                    {
+                        "type": "array",
+                        "items": {"type": "string", "maxLength": MAX_STOP_CHARS},
+                        "maxItems": MAX_STOP_STRINGS,
+                    },
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
+    seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop must have at most {MAX_STOP_STRINGS} strings, got {len(stops)}")
+        if longest := max((len(s) for s in stops if len(s) > MAX_STOP_CHARS), default=0):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_CHARS} characters, got one of {longest}")
+        return stop
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -107,6 +158,13 @@ class ChatCompletionRequest(Request, SamplingFields):
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def input_chars(self) -> int:
+        """Characters the model reads: every message, and the tool definitions rendered as JSON."""
+        tools = sum(
+            len(json.dumps(tool.model_dump(exclude_none=True), ensure_ascii=False)) for tool in self.tools or ()
+        )
+        return sum(message.input_chars() for message in self.messages) + tools
+
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
         if self.tool_choice not in (None, "none") and not self.tools:
@@ -125,8 +183,11 @@ class ChatCompletionRequest(Request, SamplingFields):
         return [tool.model_dump(exclude_none=True) for tool in self.tools], choice
 
 
+Prompt = Annotated[str, Field(min_length=1)]  # an empty prompt gives a model nothing to continue from
+
+
 class CompletionRequest(Request, SamplingFields):
-    prompt: str | list[str]
+    prompt: Prompt | list[Prompt] = Field(min_length=1)
     echo: bool = False
 
     @property
@@ -135,6 +196,9 @@ class CompletionRequest(Request, SamplingFields):
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def input_chars(self) -> int:
+        return sum(len(prompt) for prompt in self.prompts())
 
 
 # -- embeddings and images -------------------------------------------------------------------
@@ -163,7 +227,7 @@ class ImageGenerationRequest(Request):
     n: int = Field(default=1, ge=1)
     size: str | None = None
     response_format: Literal["b64_json", "url"] = "b64_json"
-    seed: int | None = None  # candle extension, for reproducible images
+    seed: Seed | None = None  # candle extension, for reproducible images
     num_inference_steps: int | None = Field(default=None, ge=1, le=100)  # candle extension
     guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)  # candle extension
 
@@ -178,6 +242,19 @@ class ImageGenerationRequest(Request):
 
 
 # -- responses -------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, as every non-2xx answer carries it (documented in the OpenAPI schema)."""
+
+    error: ErrorDetail
 
 
 def new_id(prefix: str) -> str:

@@ -16,7 +16,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_models(base: str, expected: Mapping[str, str], timeout: float = 600) -> dict[str, dict[str, Any]]:
+def wait_for_models(
+    base: str, expected: Mapping[str, str], timeout: float = 600, headers: Mapping[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Poll the gateway at ``base`` until each named model's ``/v1/models`` state is the expected one
     (e.g. ``{"qwen3": "ready"}``); return the listing by model id. A model that failed, or a timeout,
     raises with the states seen, so a test says what went wrong instead of hanging."""
@@ -24,7 +26,7 @@ def wait_for_models(base: str, expected: Mapping[str, str], timeout: float = 600
     cards: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         try:
-            cards = {m["id"]: m for m in httpx.get(f"{base}/v1/models", timeout=10).json()["data"]}
+            cards = {m["id"]: m for m in httpx.get(f"{base}/v1/models", headers=headers, timeout=10).json()["data"]}
         except (httpx.HTTPError, KeyError, ValueError):  # the gateway is not up yet
             time.sleep(1)
             continue

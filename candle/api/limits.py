@@ -1,0 +1,56 @@
+"""Pure checks that keep hostile values away from the engines: text they cannot encode, input past
+the character limit, and temperatures their samplers cannot divide by.
+
+Pydantic bounds what a field's type can say (seed range, stop count); these cover what spans fields
+or needs the model's limits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import too_large
+
+# vLLM's sampler: below _SAMPLING_EPS a request is greedy, and positive temperatures under
+# _MAX_TEMP are raised to it (logits divided by 5e-324 are inf, and sampling from inf is NaN).
+GREEDY_BELOW_TEMPERATURE = 1e-5
+MIN_SAMPLING_TEMPERATURE = 1e-2
+
+
+def sampling_temperature(temperature: float) -> float:
+    """The temperature an engine can sample with: 0 (greedy) for vanishing ones, else at least 0.01."""
+    if temperature < GREEDY_BELOW_TEMPERATURE:
+        return 0.0
+    return max(temperature, MIN_SAMPLING_TEMPERATURE)
+
+
+def unencodable_text(value: Any, path: str = "") -> str | None:
+    """The path (``messages.0.content``) of the first string in parsed JSON that is not valid Unicode.
+
+    JSON's ``\\ud800`` escapes parse to lone surrogates, which tokenizers and UTF-8 encoders reject
+    deep inside a replica; found here, they are a 400 naming the field.
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if (found := unencodable_text(key, path)) or (found := unencodable_text(item, f"{path}.{key}".lstrip("."))):
+            return found
+    return None
+
+
+def check_input_chars(count: int, limit: int, param: str) -> None:
+    """413 when a request's text for the model is longer than the model's ``max_input_chars``."""
+    if count > limit:
+        raise too_large(f"{param} is longer than {limit} characters in total (got {count})", param)
