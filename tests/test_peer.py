@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from candle.download.peer import PeerServer
 
 SECRET = "peer-secret-for-tests"
 ETAG = "a" * 64
+OUTSIDE = "not a blob: a file next to the cache folder"
 
 
 @pytest.fixture
@@ -20,7 +22,7 @@ def served(tmp_path: Path) -> Iterator[tuple[PeerServer, str, bytes]]:
     blob.parent.mkdir(parents=True)
     data = bytes(range(256)) * 64
     blob.write_bytes(data)
-    (tmp_path / "secret.txt").write_text("not a blob")
+    (tmp_path / "secret.txt").write_text(OUTSIDE)
     server = PeerServer("127.0.0.1", SECRET)
     server.add_root(str(tmp_path / "cache"))
     try:
@@ -45,17 +47,32 @@ def test_without_the_secret_nothing_is_served(served, headers):
     assert response.status_code == 401 and response.content == b""
 
 
+def raw_get(server: PeerServer, path: str) -> tuple[int, bytes]:
+    """GET ``path`` exactly as written: httpx would resolve ``..`` before sending it."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {SECRET}"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize(
     "path",
     [
         "/blobs/0000000000000000/models--org--name/" + ETAG,
-        "/blobs/{root}/models--org--name/../../secret.txt",
+        "/blobs/{root}/models--org--name/../../../secret.txt",  # blobs/../../../ is the cache's parent
+        "/blobs/{root}/models--org--name/%2e%2e/%2e%2e/%2e%2e/secret.txt",
         "/blobs/{root}/models--org--name/" + "b" * 64,
+        "/blobs/{root}/models--org--name/" + "a" * 50,  # hex, but neither a sha1 nor a sha256
         "/etc/passwd",
     ],
 )
 def test_only_blobs_of_exposed_caches_can_be_named(served, path):
     server, url, _ = served
     root = url.split("/blobs/")[1].split("/")[0]
-    response = httpx.get(server.url + path.format(root=root), headers={"Authorization": f"Bearer {SECRET}"})
-    assert response.status_code == 404
+    status, body = raw_get(server, path.format(root=root))
+    assert status == 404
+    assert OUTSIDE.encode() not in body
