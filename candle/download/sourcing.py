@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # transfer(url, headers, settings): bring the blob in from that URL, verified (see transfer.py).
 Transfer = Callable[[str, dict[str, str], DownloaderSettings], Awaitable[None]]
-_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
 
 class ClusterSources:
@@ -98,7 +97,7 @@ class ClusterSources:
         decision = await self._call("claim", key, self.node_id, tuple(tried))
         if decision is not None and decision["epoch"] != self._epoch:
             # A coordinator we have not told about our blobs (new, or restarted): tell it now.
-            holdings = await asyncio.to_thread(self.holdings)  # a directory walk: off the actor's loop
+            holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop
             self._epoch = await self._call("register", self.node_id, holdings)
         return decision
 
@@ -112,20 +111,6 @@ class ClusterSources:
             logger.warning("download coordinator unreachable (%s); continuing without it", type(e).__name__)
             self._coordinator = None
             return None
-
-    def holdings(self) -> list[tuple[BlobKey, str]]:
-        """Every verified blob under the exposed cache folders, with the URL peers read it from."""
-        found = []
-        for root in self.server.roots.values():
-            for repo_dir in root.glob("*--*"):
-                kind, _, name = repo_dir.name.partition("--")
-                if kind not in _REPO_TYPES or not (repo_dir / "blobs").is_dir():
-                    continue
-                for blob in (repo_dir / "blobs").iterdir():
-                    if not blob.name.endswith(".incomplete"):
-                        key = (_REPO_TYPES[kind], name.replace("--", "/"), blob.name)
-                        found.append((key, self.server.blob_url(str(root), repo_dir.name, blob.name)))
-        return found
 
     def close(self) -> None:
         self.server.close()
