@@ -6,7 +6,8 @@ For a blob (repo, etag) a node's downloader asks ``claim``. The answer is one of
   as the one doing so);
 - ``peer``: these nodes hold a verified copy: copy it from one of them (then, if they all fail,
   claim again with them excluded);
-- ``wait``: another node is downloading it: wait for that (``wait``), then claim again;
+- ``wait``: another node is downloading it: wait for that (``wait`` with the answer's ``version``,
+  so a download that ends between the two calls is not missed), then claim again;
 - ``shared``: the cache is shared (``HF_HOME`` on a network filesystem): the blob is already in it.
 
 With a shared cache the first claimant downloads and everybody else waits, then links. The
@@ -35,6 +36,7 @@ class _Blob:
     holders: dict[str, str] = field(default_factory=dict)  # node id -> URL of its verified copy
     downloader: str | None = None  # node fetching it from the hub
     since: float = 0.0
+    version: int = 0  # bumped at every settle: a waiter passes the one it saw, so no change is missed
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -54,7 +56,8 @@ class DownloadCoordinator:
         return self.epoch
 
     async def claim(self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = ()) -> dict[str, object]:
-        return {**self._decide(self._blob(key), node_id, exclude), "epoch": self.epoch}
+        blob = self._blob(key)
+        return {**self._decide(blob, node_id, exclude), "epoch": self.epoch, "version": blob.version}
 
     def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...]) -> dict[str, object]:
         if self.shared_cache and blob.holders:
@@ -74,11 +77,12 @@ class DownloadCoordinator:
         if blob.downloader == node_id:
             blob.since = time.monotonic()
 
-    async def wait(self, key: BlobKey, timeout_s: float) -> None:
-        """Return when the blob's state changes (done or failed), or after ``timeout_s``."""
+    async def wait(self, key: BlobKey, version: int, timeout_s: float) -> None:
+        """Return once the blob's state is past ``version`` (done or failed since), or after ``timeout_s``."""
         blob = self._blob(key)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(blob.changed.wait(), timeout_s)
+        if blob.version == version:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(blob.changed.wait(), timeout_s)
 
     async def done(self, key: BlobKey, node_id: str, url: str) -> None:
         self._settle(key, node_id).holders[node_id] = url
@@ -97,6 +101,7 @@ class DownloadCoordinator:
         blob = self._blob(key)
         if blob.downloader == node_id:
             blob.downloader = None
+        blob.version += 1
         blob.changed.set()
         blob.changed = asyncio.Event()
         return blob

@@ -60,7 +60,7 @@ class ClusterSources:
             if action == "shared" and cache.has_blob(f):
                 return "shared"
             if action == "wait":
-                await self._call("wait", key, self.settings.stall_timeout * 3)
+                await self._call("wait", key, decision["version"], self.settings.stall_timeout * 3)
                 continue
             if action == "peer":
                 node, url = next(iter(decision["peers"].items()))
