@@ -2,7 +2,8 @@
 
 ``ClusterSources`` is the downloader's side of the coordinator (see ``coordinator.py``): it asks
 where to fetch each blob, copies from peers with the same verified, resumable transfer used for
-the hub (falling back to another peer, then the hub, when a peer dies or stalls), keeps its claim
+the hub (falling back to another peer, then the hub, when a peer dies or stalls; only a peer that
+caused the failure is forgotten cluster-wide, never one a local error interrupted), keeps its claim
 on a hub download alive, serves its own blobs to peers, and re-registers them with a coordinator
 that was restarted. If the coordinator cannot be reached at all, the node carries on alone.
 """
@@ -15,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 from ray.exceptions import RayActorError
 
 from .cache_layout import RepoCache
 from .config import DownloaderSettings
 from .coordinator import BlobKey, coordinator, peer_secret
-from .errors import DownloadError
+from .errors import DownloadError, IntegrityError, OutOfDisk
 from .listing import RemoteFile
 from .peer import PeerServer
 
@@ -68,15 +70,31 @@ class ClusterSources:
                     await transfer(
                         url, {"Authorization": f"Bearer {self.secret}"}, replace(self.settings, max_attempts=1)
                     )
+                except OutOfDisk:
+                    raise  # ours, not the peer's: no other source has more room
                 except DownloadError as e:
                     logger.warning("%s: peer %s could not serve it (%s); trying elsewhere", f.path, node[:12], e.detail)
                     tried.append(node)
-                    await self._call("forget", key, node)
+                    if isinstance(e, IntegrityError) or not await asyncio.to_thread(self._serves, url):
+                        await self._call("forget", key, node)  # the peer is to blame: nobody else should try it
                     continue
             else:
                 await self._from_hub(key, hub, transfer)
             await self._call("done", key, self.node_id, self.blob_url(cache, f))
             return "peer" if action == "peer" else "hub"
+
+    def _serves(self, url: str) -> bool:
+        """Whether a peer answers for its blob: a failed copy from one that does was this node's doing.
+
+        Refused or reset connections, time-outs and 401/404 (the blob or the secret is gone) blame
+        the peer; a 503 means it is busy, not broken.
+        """
+        headers = {"Authorization": f"Bearer {self.secret}", "Range": "bytes=0-0"}
+        try:
+            status = httpx.get(url, headers=headers, timeout=self.settings.stall_timeout).status_code
+        except httpx.TransportError:
+            return False
+        return status < 400 or status == 503
 
     async def _from_hub(self, key: BlobKey, hub: tuple[str, dict[str, str]], transfer: Transfer) -> None:
         keepalive = asyncio.create_task(self._keep_claim(key))
