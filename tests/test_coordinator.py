@@ -32,3 +32,30 @@ async def test_a_wait_returns_when_the_download_it_waits_for_ends():
     await coordinator.failed(KEY, "a")
     await asyncio.wait_for(waiting, timeout=5)
     assert (await coordinator.claim(KEY, "b"))["action"] == "hub"
+
+
+async def test_a_shared_answer_names_the_holders_a_node_forgets_when_the_blob_is_gone():
+    coordinator = DownloadCoordinator(shared_cache=True)
+    await coordinator.claim(KEY, "a")
+    await coordinator.done(KEY, "a", URL)
+    answer = await coordinator.claim(KEY, "b")
+    assert answer["action"] == "shared" and answer["holders"] == ["a"]
+
+    await coordinator.forget(KEY, "a")  # b found no blob in the shared cache
+    assert (await coordinator.claim(KEY, "b"))["action"] == "hub"
+    assert (await coordinator.claim(KEY, "c")) | {"epoch": None, "version": None} == {
+        "action": "wait",
+        "node": "b",
+        "epoch": None,
+        "version": None,
+    }
+
+
+async def test_a_restarted_coordinator_hands_out_no_download_until_running_ones_reclaim():
+    coordinator = DownloadCoordinator(takeover_after_s=6, restarted=True)
+    # a was downloading under the coordinator that died; b asks before a's next keep-alive.
+    assert (await coordinator.claim(KEY, "b"))["action"] == "wait"
+    await coordinator.progress(KEY, "a")
+    assert (await coordinator.claim(KEY, "b"))["node"] == "a"
+    await coordinator.done(KEY, "a", URL)
+    assert (await coordinator.claim(KEY, "b"))["action"] == "peer"

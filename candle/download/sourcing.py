@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -59,8 +60,12 @@ class ClusterSources:
         while True:
             decision = await self._claim(key, tried)
             action = decision["action"] if decision else "hub"
-            if action == "shared" and cache.has_blob(f):
-                return "shared"
+            if action == "shared":
+                if cache.has_blob(f):
+                    return "shared"
+                for node in decision["holders"]:  # the recorded copy is gone from the shared cache
+                    await self._call("forget", key, node)
+                continue
             if action == "wait":
                 await self._call("wait", key, decision["version"], self.settings.stall_timeout * 3)
                 continue
@@ -112,7 +117,18 @@ class ClusterSources:
             await self._call("progress", key, self.node_id)
 
     async def _claim(self, key: BlobKey, tried: list[str]) -> dict | None:
-        decision = await self._call("claim", key, self.node_id, tuple(tried))
+        """The coordinator's answer; None (go alone) only if it stays unreachable ``takeover_after_s``.
+
+        It restarts by itself, and a node that went to the hub without it would download a blob
+        another node may be fetching already (into the very same files, with a shared cache).
+        """
+        give_up = time.monotonic() + self.settings.takeover_after_s
+        failures = 0
+        while (decision := await self._call("claim", key, self.node_id, tuple(tried))) is None:
+            failures += 1
+            if time.monotonic() >= give_up:
+                return None
+            await asyncio.sleep(self.settings.backoff(failures))
         if decision is not None and decision["epoch"] != self._epoch:
             # A coordinator we have not told about our blobs (new, or restarted): tell it now.
             holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop
