@@ -117,18 +117,7 @@ class ClusterSources:
             await self._call("progress", key, self.node_id)
 
     async def _claim(self, key: BlobKey, tried: list[str]) -> dict | None:
-        """The coordinator's answer; None (go alone) only if it stays unreachable ``takeover_after_s``.
-
-        It restarts by itself, and a node that went to the hub without it would download a blob
-        another node may be fetching already (into the very same files, with a shared cache).
-        """
-        give_up = time.monotonic() + self.settings.takeover_after_s
-        failures = 0
-        while (decision := await self._call("claim", key, self.node_id, tuple(tried))) is None:
-            failures += 1
-            if time.monotonic() >= give_up:
-                return None
-            await asyncio.sleep(self.settings.backoff(failures))
+        decision = await self._call("claim", key, self.node_id, tuple(tried))
         if decision is not None and decision["epoch"] != self._epoch:
             # A coordinator we have not told about our blobs (new, or restarted): tell it now.
             holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop
@@ -136,15 +125,25 @@ class ClusterSources:
         return decision
 
     async def _call(self, method: str, *args: object) -> object | None:
-        """A coordinator call, or None when it cannot be reached (the node then carries on alone)."""
-        try:
-            if self._coordinator is None:
-                self._coordinator = coordinator(self.settings.shared_cache, self.settings.takeover_after_s)
-            return await getattr(self._coordinator, method).remote(*args)
-        except (RayActorError, ValueError) as e:
-            logger.warning("download coordinator unreachable (%s); continuing without it", type(e).__name__)
-            self._coordinator = None
-            return None
+        """A coordinator call, retried while it restarts; None if it stays unreachable ``takeover_after_s``.
+
+        The node then carries on alone. Retrying first matters: a claim answered by nobody would
+        start a download another node may be running, and a lost ``done`` hides a holder.
+        """
+        give_up = time.monotonic() + self.settings.takeover_after_s
+        failures = 0
+        while True:
+            try:
+                if self._coordinator is None:
+                    self._coordinator = coordinator(self.settings.shared_cache, self.settings.takeover_after_s)
+                return await getattr(self._coordinator, method).remote(*args)
+            except (RayActorError, ValueError) as e:
+                self._coordinator = None
+                failures += 1
+                if time.monotonic() >= give_up:
+                    logger.warning("download coordinator unreachable (%s); continuing without it", type(e).__name__)
+                    return None
+            await asyncio.sleep(self.settings.backoff(failures))
 
     def close(self) -> None:
         self.server.close()
