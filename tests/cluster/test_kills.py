@@ -48,46 +48,50 @@ def start(ids: dict[str, str], node: str, repo_id: str, concurrent: int = 1) -> 
     return fetch_on_node.options(scheduling_strategy=on(ids[node])).remote(repo_id, concurrent)
 
 
+def assert_every_fetch_exact(fetches: list[ray.ObjectRef], source: dict[str, Path]) -> None:
+    for snapshot in [path for paths in ray.get(fetches, timeout=180) for path in paths]:
+        assert_copy(snapshot, source)
+
+
+def first_and_waiters(
+    hub: TestHub, ids: dict[str, str], repo_id: str, first: str, others: list[str]
+) -> tuple[dict[str, Path], ray.ObjectRef, list[ray.ObjectRef]]:
+    """A fetch on ``first`` that is receiving hub bytes, and fetches on ``others`` that have asked too."""
+    source = slow_repo(hub, repo_id)
+    first_fetch = start(ids, first, repo_id)
+    wait_for_bytes(ids[first], repo_id)
+    waiters = [start(ids, node, repo_id) for node in others]
+    for node in set(others) - {first}:
+        wait_for_progress_entry(ids[node], repo_id)
+    return source, first_fetch, waiters
+
+
 def hub_bytes(hub: TestHub, repo_id: str) -> int:
     return hub.stats.body_bytes[(repo_id, "model.safetensors")]
 
 
 def test_killing_the_downloading_node_s_downloader(hub: TestHub, ids: dict[str, str]):
-    source = slow_repo(hub, "kill/downloader")
-    downloading = start(ids, "a", "kill/downloader")
-    wait_for_bytes(ids["a"], "kill/downloader")
-    waiters = [start(ids, "b", "kill/downloader"), start(ids, "head", "kill/downloader")]
+    source, downloading, waiters = first_and_waiters(hub, ids, "kill/downloader", "a", ["b", "head"])
     ray.kill(ray.get_actor(downloader_name(ids["a"]), namespace="candle"), no_restart=True)
 
-    for snapshot in [path for paths in ray.get([downloading, *waiters], timeout=180) for path in paths]:
-        assert_copy(snapshot, source)
+    assert_every_fetch_exact([downloading, *waiters], source)
     # a's new downloader resumed the hub transfer; b and head copied from a.
     assert SIZE <= hub_bytes(hub, "kill/downloader") < 2 * SIZE
 
 
 def test_killing_the_coordinator_while_others_wait(hub: TestHub, ids: dict[str, str]):
-    source = slow_repo(hub, "kill/coordinator")
-    downloading = start(ids, "a", "kill/coordinator")
-    wait_for_bytes(ids["a"], "kill/coordinator")
-    waiters = [start(ids, "b", "kill/coordinator"), start(ids, "head", "kill/coordinator")]
-    wait_for_progress_entry(ids["b"], "kill/coordinator")
+    source, downloading, waiters = first_and_waiters(hub, ids, "kill/coordinator", "a", ["b", "head"])
     ray.kill(ray.get_actor(COORDINATOR, namespace="candle"), no_restart=False)
 
-    for snapshot in [path for paths in ray.get([downloading, *waiters], timeout=180) for path in paths]:
-        assert_copy(snapshot, source)
+    assert_every_fetch_exact([downloading, *waiters], source)
     assert hub_bytes(hub, "kill/coordinator") == SIZE, "the waiters copied from a, none went to the hub"
 
 
 def test_killing_a_caller_leaves_the_transfer_to_the_others(hub: TestHub, ids: dict[str, str]):
-    source = slow_repo(hub, "kill/caller")
-    doomed = start(ids, "b", "kill/caller")
-    wait_for_bytes(ids["b"], "kill/caller")
-    waiters = [start(ids, "b", "kill/caller"), start(ids, "a", "kill/caller")]
-    wait_for_progress_entry(ids["a"], "kill/caller")
+    source, doomed, waiters = first_and_waiters(hub, ids, "kill/caller", "b", ["b", "a"])
     ray.cancel(doomed, force=True)  # its worker process is killed, as a replica that dies
 
-    for snapshot in [path for paths in ray.get(waiters, timeout=180) for path in paths]:
-        assert_copy(snapshot, source)
+    assert_every_fetch_exact(waiters, source)
     assert hub_bytes(hub, "kill/caller") == SIZE, "b's one transfer went on; a copied from b"
 
 
