@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +16,8 @@ from candle.download.peer import PeerServer
 
 SECRET = "peer-secret-for-tests"
 ETAG = "a" * 64
+MAX_CONNECTIONS = 8
+OUTSIDE = "not a blob: a file next to the cache folder"
 
 
 @pytest.fixture
@@ -20,8 +26,8 @@ def served(tmp_path: Path) -> Iterator[tuple[PeerServer, str, bytes]]:
     blob.parent.mkdir(parents=True)
     data = bytes(range(256)) * 64
     blob.write_bytes(data)
-    (tmp_path / "secret.txt").write_text("not a blob")
-    server = PeerServer("127.0.0.1", SECRET)
+    (tmp_path / "secret.txt").write_text(OUTSIDE)
+    server = PeerServer("127.0.0.1", SECRET, idle_timeout_s=1.0, max_connections=MAX_CONNECTIONS)
     server.add_root(str(tmp_path / "cache"))
     try:
         yield server, server.blob_url(str(tmp_path / "cache"), "models--org--name", ETAG), data
@@ -45,17 +51,114 @@ def test_without_the_secret_nothing_is_served(served, headers):
     assert response.status_code == 401 and response.content == b""
 
 
+def test_holdings_are_the_verified_blobs_only(served, tmp_path: Path):
+    server, url, _ = served
+    blobs = tmp_path / "cache" / "models--org--name" / "blobs"
+    sha1 = "b" * 40
+    others = [f"{ETAG}.incomplete", f"{sha1}.verified.json", f".{ETAG}.tmp-1234", "A" * 64, "c" * 50, "c" * 65]
+    for name in [sha1, *others]:
+        (blobs / name).write_bytes(b"x")
+    (tmp_path / "cache" / "not-a-repo").mkdir()
+
+    holdings = sorted(server.holdings())
+
+    assert holdings == sorted(
+        [
+            (("model", "org/name", ETAG), url),
+            (("model", "org/name", sha1), server.blob_url(str(tmp_path / "cache"), "models--org--name", sha1)),
+        ]
+    )
+
+
+def raw_get(server: PeerServer, path: str) -> tuple[int, bytes]:
+    """GET ``path`` exactly as written: httpx would resolve ``..`` before sending it."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {SECRET}"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize(
     "path",
     [
         "/blobs/0000000000000000/models--org--name/" + ETAG,
-        "/blobs/{root}/models--org--name/../../secret.txt",
+        "/blobs/{root}/models--org--name/../../../secret.txt",  # blobs/../../../ is the cache's parent
+        "/blobs/{root}/models--org--name/%2e%2e/%2e%2e/%2e%2e/secret.txt",
         "/blobs/{root}/models--org--name/" + "b" * 64,
+        "/blobs/{root}/models--org--name/" + "a" * 50,  # hex, but neither a sha1 nor a sha256
         "/etc/passwd",
     ],
 )
 def test_only_blobs_of_exposed_caches_can_be_named(served, path):
     server, url, _ = served
     root = url.split("/blobs/")[1].split("/")[0]
-    response = httpx.get(server.url + path.format(root=root), headers={"Authorization": f"Bearer {SECRET}"})
-    assert response.status_code == 404
+    status, body = raw_get(server, path.format(root=root))
+    assert status == 404
+    assert OUTSIDE.encode() not in body
+
+
+def idle_socket(server: PeerServer) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.settimeout(60)  # a guard against a hang, not a measurement
+    return connection
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (raises if it never does)."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def test_an_idle_connection_is_closed_by_the_server(served):
+    server, _, _ = served
+    with idle_socket(server) as connection:
+        assert read_until_closed(connection) == b""
+
+
+def request_on(connection: socket.socket, path: str, *headers: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: peer", f"Authorization: Bearer {SECRET}", *headers]
+    connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return read_until_closed(connection)
+
+
+def test_a_kept_alive_connection_is_closed_once_idle(served):
+    server, url, data = served
+    with idle_socket(server) as connection:
+        response = request_on(connection, url.removeprefix(server.url))
+    assert response.startswith(b"HTTP/1.1 200") and response.endswith(data)
+
+
+def test_many_idle_connections_hold_a_bounded_number_of_threads(served, tmp_path: Path):
+    _, url, data = served
+    # Idle connections are not timed out during this test: the bound alone must hold the threads.
+    server = PeerServer("127.0.0.1", SECRET, idle_timeout_s=600, max_connections=MAX_CONNECTIONS)
+    server.add_root(str(tmp_path / "cache"))
+    url = server.url + "/blobs/" + url.split("/blobs/")[1]
+    before = threading.active_count()
+    idle = [idle_socket(server) for _ in range(100)]
+    try:
+        # Connections are accepted in order: once this one is answered, all 100 before it were taken.
+        with idle_socket(server) as last:
+            assert request_on(last, url.removeprefix(server.url), "Connection: close").startswith(b"HTTP/1.1 503")
+        assert threading.active_count() - before <= MAX_CONNECTIONS
+        refused = [read_until_closed(c)[:12] for c in idle[MAX_CONNECTIONS:]]
+        assert refused == [b"HTTP/1.1 503"] * (100 - MAX_CONNECTIONS)
+    finally:
+        for connection in idle:
+            connection.close()
+    for _ in range(600):  # the handlers see the closed connections and give their slots back
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.05)
+    try:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {SECRET}"})
+        assert response.status_code == 200 and response.content == data
+    finally:
+        server.close()

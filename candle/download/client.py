@@ -8,12 +8,14 @@ share one, and it outlives the replica that created it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypedDict
 
 import ray
 from ray.actor import ActorHandle
+from ray.exceptions import ActorDiedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from typing_extensions import Unpack
 
@@ -22,7 +24,10 @@ from candle.contracts import RepoProgressRecord
 from .config import FetchRequest
 from .downloader import NodeDownloader
 
+logger = logging.getLogger(__name__)
+
 NAMESPACE = "candle"
+_ATTEMPTS = 3  # downloaders a fetch tries before it gives up (each one resumes the last one's work)
 
 
 def downloader_name(node_id: str) -> str:
@@ -85,8 +90,23 @@ ProgressCallback = Callable[[RepoProgressRecord], None]
 async def fetch_request(
     request: FetchRequest, on_progress: ProgressCallback | None = None, progress_interval_s: float = 1.0
 ) -> Path:
-    """Run ``request`` on this node's downloader; ``on_progress`` gets its progress while it runs."""
-    downloader = node_downloader()
+    """Run ``request`` on this node's downloader; ``on_progress`` gets its progress while it runs.
+
+    If the downloader dies (killed, or its process crashed), the next one is created and asked
+    again: it resumes what the dead one left in the cache, so the caller only sees a delay.
+    """
+    for attempt in range(1, _ATTEMPTS):
+        try:
+            return await _fetch_once(node_downloader(), request, on_progress, progress_interval_s)
+        except ActorDiedError:
+            logger.warning("%s: this node's downloader died; asking its successor", request.repo_id)
+            await asyncio.sleep(0.5 * attempt)
+    return await _fetch_once(node_downloader(), request, on_progress, progress_interval_s)
+
+
+async def _fetch_once(
+    downloader: ActorHandle, request: FetchRequest, on_progress: ProgressCallback | None, progress_interval_s: float
+) -> Path:
     result = asyncio.ensure_future(downloader.fetch.remote(request))
     while on_progress is not None and not result.done():
         await asyncio.wait({result}, timeout=progress_interval_s)

@@ -6,14 +6,19 @@ For a blob (repo, etag) a node's downloader asks ``claim``. The answer is one of
   as the one doing so);
 - ``peer``: these nodes hold a verified copy: copy it from one of them (then, if they all fail,
   claim again with them excluded);
-- ``wait``: another node is downloading it: wait for that (``wait``), then claim again;
-- ``shared``: the cache is shared (``HF_HOME`` on a network filesystem): the blob is already in it.
+- ``wait``: another node is downloading it: wait for that (``wait`` with the answer's ``version``,
+  so a download that ends between the two calls is not missed), then claim again;
+- ``shared``: the cache is shared (``HF_HOME`` on a network filesystem): the blob is already in it,
+  written by ``holders`` (a node that finds it missing there forgets them and claims again).
 
 With a shared cache the first claimant downloads and everybody else waits, then links. The
 coordinator holds only soft state: every answer carries its ``epoch``, and a downloader that sees
 a new one (the coordinator was restarted) registers its verified blobs again, so the new coordinator
-rebuilds its view and no download is lost with the old one. Peers authenticate with a secret kept
-in the cluster's GCS key-value store, not in the coordinator, so it survives restarts too.
+rebuilds its view and no download is lost with the old one. A restarted coordinator also hands out
+no hub download for ``takeover_after_s / 2``: downloads still running re-claim their blob with their
+next keep-alive (every ``takeover_after_s / 3``), so nobody starts a second one meanwhile. Peers
+authenticate with a secret kept in the cluster's GCS key-value store, not in the coordinator, so it
+survives restarts too.
 """
 
 from __future__ import annotations
@@ -35,17 +40,23 @@ class _Blob:
     holders: dict[str, str] = field(default_factory=dict)  # node id -> URL of its verified copy
     downloader: str | None = None  # node fetching it from the hub
     since: float = 0.0
+    version: int = 0  # bumped at every settle: a waiter passes the one it saw, so no change is missed
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class DownloadCoordinator:
     """Cluster-wide view of who holds or is fetching each blob (an async Ray actor)."""
 
-    def __init__(self, shared_cache: bool = False, takeover_after_s: float = 60.0) -> None:
+    def __init__(
+        self, shared_cache: bool = False, takeover_after_s: float = 60.0, restarted: bool | None = None
+    ) -> None:
         self.epoch = secrets.token_hex(8)
         self.shared_cache = shared_cache
         self.takeover_after_s = takeover_after_s  # a hub download silent this long is handed to another node
         self._blobs: dict[BlobKey, _Blob] = {}
+        if restarted is None:  # None: ask Ray whether this actor is a restart of one that died
+            restarted = ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+        self._grace_until = time.monotonic() + takeover_after_s / 2 if restarted else 0.0
 
     async def register(self, node_id: str, holdings: list[tuple[BlobKey, str]]) -> str:
         """A downloader (re)connects with the blobs it holds (key, URL); returns the epoch it joined."""
@@ -54,31 +65,37 @@ class DownloadCoordinator:
         return self.epoch
 
     async def claim(self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = ()) -> dict[str, object]:
-        return {**self._decide(self._blob(key), node_id, exclude), "epoch": self.epoch}
+        blob = self._blob(key)
+        return {**self._decide(blob, node_id, exclude), "epoch": self.epoch, "version": blob.version}
 
     def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...]) -> dict[str, object]:
         if self.shared_cache and blob.holders:
-            return {"action": "shared"}
+            return {"action": "shared", "holders": list(blob.holders)}
         peers = {n: url for n, url in blob.holders.items() if n != node_id and n not in exclude}
         if peers:  # never with a shared cache: there any holder already answered "shared"
             return {"action": "peer", "peers": peers}
         stale = blob.downloader is not None and time.monotonic() - blob.since > self.takeover_after_s
         if blob.downloader not in (None, node_id) and not stale and blob.downloader not in exclude:
             return {"action": "wait", "node": blob.downloader}
+        if time.monotonic() < self._grace_until:
+            return {"action": "wait", "node": None}  # a download the previous coordinator knew may still run
         blob.downloader, blob.since = node_id, time.monotonic()
         return {"action": "hub"}
 
     async def progress(self, key: BlobKey, node_id: str) -> None:
-        """The hub downloader is alive and moving: keep others from taking over."""
+        """The hub downloader is alive and moving: keep others from taking over (or, after a restart, re-claim)."""
         blob = self._blob(key)
-        if blob.downloader == node_id:
-            blob.since = time.monotonic()
+        if blob.downloader in (None, node_id):
+            blob.downloader, blob.since = node_id, time.monotonic()
 
-    async def wait(self, key: BlobKey, timeout_s: float) -> None:
-        """Return when the blob's state changes (done or failed), or after ``timeout_s``."""
+    async def wait(self, key: BlobKey, version: int, timeout_s: float) -> None:
+        """Return once the blob's state is past ``version`` (done or failed since), or after ``timeout_s``."""
         blob = self._blob(key)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(blob.changed.wait(), timeout_s)
+        if time.monotonic() < self._grace_until:
+            timeout_s = min(timeout_s, self._grace_until - time.monotonic())
+        if blob.version == version:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(blob.changed.wait(), timeout_s)
 
     async def done(self, key: BlobKey, node_id: str, url: str) -> None:
         self._settle(key, node_id).holders[node_id] = url
@@ -97,6 +114,7 @@ class DownloadCoordinator:
         blob = self._blob(key)
         if blob.downloader == node_id:
             blob.downloader = None
+        blob.version += 1
         blob.changed.set()
         blob.changed = asyncio.Event()
         return blob

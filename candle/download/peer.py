@@ -5,22 +5,31 @@ with ``Range`` support (huggingface_hub's ``http_get`` resumes against it exactl
 hub) for callers that present the cluster's peer secret. Only verified blobs under cache folders
 this node's downloader was asked to use are reachable: ``<root>`` is an opaque id of such a folder,
 names are checked against the HF cache layout, and nothing else on disk can be named.
+
+A connection costs a thread, so the server bounds both: a connection silent for ``idle_timeout_s``
+is closed, and past ``max_connections`` a new one gets an immediate 503 (peers then copy from
+another source) instead of a thread of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+_ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git blob sha1 or an LFS sha256: names of verified blobs
 _PATH = re.compile(
-    r"^/blobs/(?P<root>[0-9a-f]{16})/(?P<repo>(?:models|datasets|spaces)--[\w.-]+)/(?P<etag>[0-9a-f]{40,64})$"
+    rf"^/blobs/(?P<root>[0-9a-f]{{16}})/(?P<repo>(?:models|datasets|spaces)--[\w.-]+)/(?P<etag>{_ETAG.pattern})$"
 )
+_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _CHUNK = 1024 * 1024
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def root_id(cache_dir: str) -> str:
@@ -55,10 +64,48 @@ def send_file_range(
         return sent
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, up to ``max_connections``; beyond that a 503 from the accepting thread."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of peers is queued by the kernel, not dropped
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            request.settimeout(1.0)  # never let a peer that does not read block the accepting thread
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class PeerServer:
     """Serves this node's verified blobs to authenticated peers, from a background thread."""
 
-    def __init__(self, host: str, secret: str, bytes_per_s: float | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        secret: str,
+        bytes_per_s: float | None = None,
+        *,
+        idle_timeout_s: float = 60.0,
+        max_connections: int = 64,
+    ) -> None:
         self.secret = secret
         self.bytes_per_s = bytes_per_s  # a cap, for tests of slow or dying peers
         self.roots: dict[str, Path] = {}
@@ -67,6 +114,7 @@ class PeerServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = idle_timeout_s  # socket time-out: an idle (or stalled) connection is closed
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
                 """Quiet: peer copies are logged by the downloader that asked."""
@@ -74,8 +122,7 @@ class PeerServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self._http = ThreadingHTTPServer((host, 0), Handler)
-        self._http.daemon_threads = True
+        self._http = _BoundedHTTPServer((host, 0), Handler, max_connections)
         threading.Thread(target=self._http.serve_forever, name="candle-peer-server", daemon=True).start()
 
     @property
@@ -91,6 +138,24 @@ class PeerServer:
 
     def blob_url(self, cache_dir: str, repo_folder: str, etag: str) -> str:
         return f"{self.url}/blobs/{root_id(cache_dir)}/{repo_folder}/{etag}"
+
+    def holdings(self) -> list[tuple[tuple[str, str, str], str]]:
+        """Every verified blob this server can serve: ((repo type, repo id, etag), its URL).
+
+        Blocking (a directory walk). Names that are not an etag (``.incomplete`` transfers, temp
+        files, sidecars of other writers) are never reported: peers could not fetch them anyway.
+        """
+        found = []
+        for root in self.roots.values():
+            for repo_dir in root.glob("*--*"):
+                kind, _, name = repo_dir.name.partition("--")
+                if kind not in _REPO_TYPES or not (repo_dir / "blobs").is_dir():
+                    continue
+                for blob in (repo_dir / "blobs").iterdir():
+                    if _ETAG.fullmatch(blob.name):
+                        key = (_REPO_TYPES[kind], name.replace("--", "/"), blob.name)
+                        found.append((key, self.blob_url(str(root), repo_dir.name, blob.name)))
+        return found
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         header = request.headers.get("Authorization", "")

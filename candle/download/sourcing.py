@@ -2,7 +2,8 @@
 
 ``ClusterSources`` is the downloader's side of the coordinator (see ``coordinator.py``): it asks
 where to fetch each blob, copies from peers with the same verified, resumable transfer used for
-the hub (falling back to another peer, then the hub, when a peer dies or stalls), keeps its claim
+the hub (falling back to another peer, then the hub, when a peer dies or stalls; only a peer that
+caused the failure is forgotten cluster-wide, never one a local error interrupted), keeps its claim
 on a hub download alive, serves its own blobs to peers, and re-registers them with a coordinator
 that was restarted. If the coordinator cannot be reached at all, the node carries on alone.
 """
@@ -11,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 from ray.exceptions import RayActorError
 
 from .cache_layout import RepoCache
 from .config import DownloaderSettings
 from .coordinator import BlobKey, coordinator, peer_secret
-from .errors import DownloadError
+from .errors import DownloadError, IntegrityError, OutOfDisk
 from .listing import RemoteFile
 from .peer import PeerServer
 
@@ -28,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 # transfer(url, headers, settings): bring the blob in from that URL, verified (see transfer.py).
 Transfer = Callable[[str, dict[str, str], DownloaderSettings], Awaitable[None]]
-_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 
 
 class ClusterSources:
@@ -58,10 +60,14 @@ class ClusterSources:
         while True:
             decision = await self._claim(key, tried)
             action = decision["action"] if decision else "hub"
-            if action == "shared" and cache.has_blob(f):
-                return "shared"
+            if action == "shared":
+                if cache.has_blob(f):
+                    return "shared"
+                for node in decision["holders"]:  # the recorded copy is gone from the shared cache
+                    await self._call("forget", key, node)
+                continue
             if action == "wait":
-                await self._call("wait", key, self.settings.stall_timeout * 3)
+                await self._call("wait", key, decision["version"], self.settings.stall_timeout * 3)
                 continue
             if action == "peer":
                 node, url = next(iter(decision["peers"].items()))
@@ -69,15 +75,31 @@ class ClusterSources:
                     await transfer(
                         url, {"Authorization": f"Bearer {self.secret}"}, replace(self.settings, max_attempts=1)
                     )
+                except OutOfDisk:
+                    raise  # ours, not the peer's: no other source has more room
                 except DownloadError as e:
                     logger.warning("%s: peer %s could not serve it (%s); trying elsewhere", f.path, node[:12], e.detail)
                     tried.append(node)
-                    await self._call("forget", key, node)
+                    if isinstance(e, IntegrityError) or not await asyncio.to_thread(self._serves, url):
+                        await self._call("forget", key, node)  # the peer is to blame: nobody else should try it
                     continue
             else:
                 await self._from_hub(key, hub, transfer)
             await self._call("done", key, self.node_id, self.blob_url(cache, f))
             return "peer" if action == "peer" else "hub"
+
+    def _serves(self, url: str) -> bool:
+        """Whether a peer answers for its blob: a failed copy from one that does was this node's doing.
+
+        Refused or reset connections, time-outs and 401/404 (the blob or the secret is gone) blame
+        the peer; a 503 means it is busy, not broken.
+        """
+        headers = {"Authorization": f"Bearer {self.secret}", "Range": "bytes=0-0"}
+        try:
+            status = httpx.get(url, headers=headers, timeout=self.settings.stall_timeout).status_code
+        except httpx.TransportError:
+            return False
+        return status < 400 or status == 503
 
     async def _from_hub(self, key: BlobKey, hub: tuple[str, dict[str, str]], transfer: Transfer) -> None:
         keepalive = asyncio.create_task(self._keep_claim(key))
@@ -98,34 +120,30 @@ class ClusterSources:
         decision = await self._call("claim", key, self.node_id, tuple(tried))
         if decision is not None and decision["epoch"] != self._epoch:
             # A coordinator we have not told about our blobs (new, or restarted): tell it now.
-            holdings = await asyncio.to_thread(self.holdings)  # a directory walk: off the actor's loop
+            holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop
             self._epoch = await self._call("register", self.node_id, holdings)
         return decision
 
     async def _call(self, method: str, *args: object) -> object | None:
-        """A coordinator call, or None when it cannot be reached (the node then carries on alone)."""
-        try:
-            if self._coordinator is None:
-                self._coordinator = coordinator(self.settings.shared_cache, self.settings.takeover_after_s)
-            return await getattr(self._coordinator, method).remote(*args)
-        except (RayActorError, ValueError) as e:
-            logger.warning("download coordinator unreachable (%s); continuing without it", type(e).__name__)
-            self._coordinator = None
-            return None
+        """A coordinator call, retried while it restarts; None if it stays unreachable ``takeover_after_s``.
 
-    def holdings(self) -> list[tuple[BlobKey, str]]:
-        """Every verified blob under the exposed cache folders, with the URL peers read it from."""
-        found = []
-        for root in self.server.roots.values():
-            for repo_dir in root.glob("*--*"):
-                kind, _, name = repo_dir.name.partition("--")
-                if kind not in _REPO_TYPES or not (repo_dir / "blobs").is_dir():
-                    continue
-                for blob in (repo_dir / "blobs").iterdir():
-                    if not blob.name.endswith(".incomplete"):
-                        key = (_REPO_TYPES[kind], name.replace("--", "/"), blob.name)
-                        found.append((key, self.server.blob_url(str(root), repo_dir.name, blob.name)))
-        return found
+        The node then carries on alone. Retrying first matters: a claim answered by nobody would
+        start a download another node may be running, and a lost ``done`` hides a holder.
+        """
+        give_up = time.monotonic() + self.settings.takeover_after_s
+        failures = 0
+        while True:
+            try:
+                if self._coordinator is None:
+                    self._coordinator = coordinator(self.settings.shared_cache, self.settings.takeover_after_s)
+                return await getattr(self._coordinator, method).remote(*args)
+            except (RayActorError, ValueError) as e:
+                self._coordinator = None
+                failures += 1
+                if time.monotonic() >= give_up:
+                    logger.warning("download coordinator unreachable (%s); continuing without it", type(e).__name__)
+                    return None
+            await asyncio.sleep(self.settings.backoff(failures))
 
     def close(self) -> None:
         self.server.close()

@@ -1,0 +1,126 @@
+"""Which failures of a peer copy make the coordinator forget that peer: only what the peer caused.
+
+A node's ``ClusterSources`` runs in-process here against the session's coordinator and a real peer
+server; the transfer callback is where a copy's outcome is decided, so each test gives one that
+fails the way the case at hand does (a disk that fills up cannot be made on this machine).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+
+from candle.download.cache_layout import RepoCache
+from candle.download.config import DownloaderSettings
+from candle.download.coordinator import BlobKey, coordinator, peer_secret
+from candle.download.errors import DownloadError, IntegrityError, OutOfDisk, TransferFailed
+from candle.download.listing import RemoteFile
+from candle.download.peer import PeerServer
+from candle.download.sourcing import ClusterSources
+
+DATA = b"verified weights" * 1024
+FILE = RemoteFile("model.safetensors", len(DATA), "b" * 40, "e" * 64)
+HUB = ("http://hub.invalid/model.safetensors", {})
+
+
+@dataclass
+class Holder:
+    """Node 'a': holds the blob, serves it, and is registered with the coordinator as its holder."""
+
+    server: PeerServer
+    key: BlobKey
+    node: str
+    blob: Path
+
+
+@pytest.fixture
+def holder(ray_cluster, tmp_path: Path) -> Iterator[Holder]:
+    key = ("model", f"sourcing/{uuid.uuid4().hex[:12]}", FILE.etag)
+    blob = tmp_path / "a" / f"models--{key[1].replace('/', '--')}" / "blobs" / FILE.etag
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(DATA)
+    server = PeerServer("127.0.0.1", peer_secret())
+    server.add_root(str(tmp_path / "a"))
+    node = "a-" + uuid.uuid4().hex
+    ray.get(coordinator(False, 60).register.remote(node, server.holdings()))
+    try:
+        yield Holder(server, key, node, blob)
+    finally:
+        server.close()
+
+
+def copier(holder: Holder, tmp_path: Path) -> tuple[ClusterSources, RepoCache]:
+    """Node 'b', which copies the blob; its own cache folder."""
+    sources = ClusterSources(DownloaderSettings(), "b-" + uuid.uuid4().hex, "127.0.0.1")
+    return sources, RepoCache(tmp_path / "b" / f"models--{holder.key[1].replace('/', '--')}")
+
+
+async def holders(holder: Holder) -> set[str]:
+    """Whom the coordinator sends a third node to."""
+    answer = await coordinator(False, 60).claim.remote(holder.key, "c-" + uuid.uuid4().hex)
+    return set(answer.get("peers", ()))
+
+
+def fetch_or_raise(error: DownloadError | None):
+    """A transfer that reads from the URL it is given (peer or hub) and then fails with ``error``."""
+    urls: list[str] = []
+
+    async def transfer(url: str, headers: dict[str, str], _: DownloaderSettings) -> None:
+        urls.append(url)
+        if url == HUB[0]:
+            return
+        try:
+            response = httpx.get(url, headers=headers)
+        except httpx.TransportError as e:
+            raise TransferFailed("sourcing", FILE.path, type(e).__name__) from None
+        if response.status_code != 200:
+            raise TransferFailed("sourcing", FILE.path, f"HTTP {response.status_code}")
+        if error is not None:
+            raise error
+
+    return transfer, urls
+
+
+async def test_a_disk_that_fills_up_while_copying_keeps_the_peer(holder: Holder, tmp_path: Path):
+    sources, cache = copier(holder, tmp_path)
+    transfer, urls = fetch_or_raise(OutOfDisk("sourcing", FILE.path, "disk filled up during the transfer"))
+    try:
+        with pytest.raises(OutOfDisk):
+            await sources.obtain(holder.key, cache, FILE, HUB, transfer)
+    finally:
+        sources.close()
+    assert urls == [urls[0]] and urls[0] != HUB[0], "a full disk is not a reason to try the hub"
+    assert holder.node in await holders(holder)
+
+
+async def test_a_local_error_while_copying_keeps_the_peer(holder: Holder, tmp_path: Path):
+    sources, cache = copier(holder, tmp_path)
+    transfer, urls = fetch_or_raise(TransferFailed("sourcing", FILE.path, "IsADirectoryError: [Errno 21]"))
+    try:
+        assert await sources.obtain(holder.key, cache, FILE, HUB, transfer) == "hub"
+    finally:
+        sources.close()
+    assert urls == [holder.server.holdings()[0][1], HUB[0]], "from the peer first, then from the hub"
+    assert holder.node in await holders(holder)
+
+
+@pytest.mark.parametrize("fault", ["gone", "blob removed", "wrong bytes"])
+async def test_a_peer_that_fails_the_copy_is_forgotten(holder: Holder, tmp_path: Path, fault: str):
+    sources, cache = copier(holder, tmp_path)
+    error = IntegrityError("sourcing", FILE.path, "checksum mismatch") if fault == "wrong bytes" else None
+    transfer, _ = fetch_or_raise(error)
+    if fault == "gone":
+        holder.server.close()
+    elif fault == "blob removed":
+        holder.blob.unlink()
+    try:
+        assert await sources.obtain(holder.key, cache, FILE, HUB, transfer) == "hub"
+    finally:
+        sources.close()
+    assert holder.node not in await holders(holder)
