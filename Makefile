@@ -47,10 +47,11 @@ test: $(STAMP) $(PARSERS_STAMP) $(VLLM_STAMP)  ## the README's test command: mai
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m cluster tests/cluster
 	# The vLLM files skip where vLLM is missing: import first, so a broken install fails instead.
+	# test_engines.py runs in the vLLM venv too: the CPU engines must not import an installed vLLM.
 	$(PARSERS_VENV)/bin/python -c "import vllm.parser.parser_manager"
 	$(PARSERS_VENV)/bin/python -m pytest -q tests/test_vllm_parsing.py
 	$(VLLM_VENV)/bin/python -c "import vllm.v1.engine.async_llm, vllm.parser.parser_manager"
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_serving.py tests/test_vllm_parsing.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_engine.py tests/test_vllm_serving.py tests/test_vllm_parsing.py tests/test_engines.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

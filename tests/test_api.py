@@ -16,9 +16,11 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 from PIL import Image
 from ray import serve
 from ray.serve.api import RunTarget
+from transformers import AutoConfig, AutoTokenizer
 
 from candle.catalog import load_catalog
 from candle.testing import catalog_apps, wait_for_models
@@ -144,11 +146,16 @@ def test_tools_reach_the_chat_template_unless_tool_choice_is_none(client: openai
 
 
 def test_chat_n_and_seed_sampling(client: openai.OpenAI):
-    kwargs = {"model": "qwen3-coder-tiny", "messages": CHAT, "max_tokens": 8, "temperature": 1.0, "seed": 7}
-    first = client.chat.completions.create(n=2, **kwargs)
-    assert len(first.choices) == 2 and [c.index for c in first.choices] == [0, 1]
-    again = client.chat.completions.create(n=1, **kwargs)
-    assert again.choices[0].message.content == first.choices[0].message.content
+    def answer(seed: int, temperature: float = 1.0, n: int = 1) -> list[str]:
+        kwargs = {"model": "qwen3-coder-tiny", "messages": CHAT, "max_tokens": 8}
+        result = client.chat.completions.create(n=n, temperature=temperature, seed=seed, **kwargs)
+        assert [c.index for c in result.choices] == list(range(n))
+        return [c.message.content for c in result.choices]
+
+    first = answer(7, n=2)
+    assert answer(7) == first[:1]  # the seed fixes the sample
+    assert answer(8) != first[:1]  # sampled: another seed, another answer
+    assert answer(7, temperature=0) == answer(8, temperature=0)  # greedy: the seed has nothing to draw
 
 
 def test_stop_strings_cut_the_output(client: openai.OpenAI):
@@ -226,30 +233,53 @@ def test_image_generation_returns_pngs_of_the_requested_size(client: openai.Open
     )
     images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in result.data]
     assert [(i.format, i.size) for i in images] == [("PNG", (64, 32))] * 2
-    again = client.images.generate(
-        model="sd3.5-turbo-tiny", prompt="a lighthouse", n=1, size="64x32", extra_body={"seed": 3}
-    )
-    assert again.data[0].b64_json == result.data[0].b64_json
+
+    def first_image(seed: int) -> str:
+        again = client.images.generate(
+            model="sd3.5-turbo-tiny", prompt="a lighthouse", n=1, size="64x32", extra_body={"seed": seed}
+        )
+        return again.data[0].b64_json
+
+    assert first_image(3) == result.data[0].b64_json
+    assert first_image(4) != result.data[0].b64_json  # the seed reaches the pipeline's noise
 
 
-def test_vision_answers_about_a_data_url_image(client: openai.OpenAI):
-    image = data_url(Image.new("RGB", (48, 48), "green"))
-    answer = client.chat.completions.create(
-        model="llava-tiny",
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": image}},
-                    {"type": "text", "text": "What is in the picture?"},
-                ],
-            }
-        ],
-        max_tokens=6,
-        temperature=0,
-    )
+VISION_QUESTION = {"type": "text", "text": "What is in the picture?"}
+
+
+def image_growth(llava_folder: Path) -> int:
+    """Tokens one image adds to a LLaVA prompt: its patch grid (the CLS token dropped) in place of
+    the ``<image>`` placeholder, plus the text the chat template puts around the placeholder."""
+    config = AutoConfig.from_pretrained(llava_folder)
+    assert config.vision_feature_select_strategy == "default"  # "full" would keep the CLS token too
+    grid = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    tokenizer = AutoTokenizer.from_pretrained(llava_folder)
+
+    def prompt_tokens(content: list[dict]) -> int:
+        messages = [{"role": "user", "content": content}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    placeholder = 1  # "<image>" is one token, which the grid replaces
+    return grid - placeholder + prompt_tokens([{"type": "image"}, VISION_QUESTION]) - prompt_tokens([VISION_QUESTION])
+
+
+def assert_the_image_is_read(client: openai.OpenAI, model: str, hub_store: Path) -> None:
+    """A vision model answers about a data-URL image, and its prompt is the image's tokens longer
+    than the same question without it (an image dropped on the way would leave them equal)."""
+
+    def ask(*parts: dict) -> ChatCompletion:
+        messages = [{"role": "user", "content": [*parts, VISION_QUESTION]}]
+        return client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0)
+
+    answer = ask({"type": "image_url", "image_url": {"url": data_url(Image.new("RGB", (48, 48), "green"))}})
     assert answer.choices[0].finish_reason in ("stop", "length")
-    assert answer.usage.prompt_tokens > 10  # the image tokens were in the prompt
+    grown = answer.usage.prompt_tokens - ask().usage.prompt_tokens
+    assert grown == image_growth(hub_store / TINY_MODELS["llava"])
+
+
+def test_vision_answers_about_a_data_url_image(client: openai.OpenAI, hub_store: Path):
+    assert_the_image_is_read(client, "llava-tiny", hub_store)
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -394,9 +424,10 @@ def test_a_downloading_model_reports_progress_and_503(api: str, hub_server: Test
             error = error_of(refused)
             assert error["code"] == "model_not_ready" and error["model_status"]["state"] == "downloading"
 
-            started = time.perf_counter()
-            assert httpx.get(f"{slow}/health").status_code == 200
-            assert time.perf_counter() - started < 0.5
+            # Health does not wait on the models: answered while the download still runs.
+            assert httpx.get(f"{slow}/health", timeout=READY_TIMEOUT_S).status_code == 200
+            card = httpx.get(f"{slow}/v1/models/slow-minilm", timeout=5).json()
+            assert card["status"]["state"] == "downloading", card
         finally:
             hub_server.state.throttles.clear()
         wait_for_models(slow, {"slow-minilm": "ready"}, timeout=180)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from ray.serve import Application
+from ray.serve._private.build_app import build_app
 from ray.serve.schema import ServeDeploySchema
 
 from candle.catalog import CAPABILITIES, load_catalog
 from candle.placement import deployment_options
 from candle.serve_config import build, render
-from deployments.app import build_gateway_app, build_model_app
+from deployments.app import GATEWAY_CPUS, build_gateway_app, build_model_app
+from tests.repo_files import CODE, CONFIG, SAFETENSORS, selected
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION = load_catalog("production")
@@ -49,9 +53,14 @@ def test_remote_code_models_fetch_their_code():
         "gte-qwen2-1.5b-instruct",
     }
     for spec in remote:
-        patterns = spec.fetch_allow_patterns()
-        assert patterns is None or "*.py" in patterns, spec.name
-        assert "*.py" not in (spec.ignore_patterns or ()), spec.name
+        kept = selected(spec.fetch_allow_patterns(), spec.ignore_patterns)
+        assert kept == {*CODE, *SAFETENSORS, *CONFIG}, spec.name  # code and config, weights in one format
+
+
+def test_an_allow_list_of_a_remote_code_model_still_fetches_its_code():
+    spec = PRODUCTION.get("nv-embed-v2").model_copy(update={"allow_patterns": ("*.json", "*.safetensors")})
+    kept = selected(spec.fetch_allow_patterns(), spec.ignore_patterns)
+    assert kept == {*CODE, *SAFETENSORS, *(f for f in CONFIG if f.endswith(".json"))}
 
 
 def test_committed_serve_config_matches_the_catalog():
@@ -60,10 +69,44 @@ def test_committed_serve_config_matches_the_catalog():
     ServeDeploySchema.model_validate(yaml.safe_load(committed))
 
 
+def served_options(app: Application) -> dict[str, Any]:
+    """What Serve deploys for an app's one deployment, in ``deployment_options``' terms.
+
+    ``build_app`` is what ``serve build`` and ``serve run`` turn an application into; Serve keeps the
+    placement-group options on the deployment's replica config (one label selector per bundle).
+    """
+    (deployment,) = build_app(app, name="app").deployments
+    replica = deployment._replica_config
+    options: dict[str, Any] = {
+        "num_replicas": deployment.num_replicas,
+        "max_ongoing_requests": deployment.max_ongoing_requests,
+        "max_queued_requests": deployment.max_queued_requests,
+        "ray_actor_options": deployment.ray_actor_options,
+    }
+    if replica.placement_group_bundles:
+        options["placement_group_bundles"] = replica.placement_group_bundles
+        options["placement_group_strategy"] = replica.placement_group_strategy
+    if replica.placement_group_bundle_label_selector:
+        options["placement_group_bundle_label_selector"] = replica.placement_group_bundle_label_selector
+    return options
+
+
+def per_bundle(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with a single bundle label selector repeated for every bundle, as Serve stores it."""
+    selectors = options.get("placement_group_bundle_label_selector")
+    if selectors and len(selectors) == 1:
+        return {**options, "placement_group_bundle_label_selector": selectors * len(options["placement_group_bundles"])}
+    return options
+
+
 def test_every_production_app_builds_with_its_resources():
     for app in yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"]:
-        builder = build_gateway_app if app["name"] == "gateway" else build_model_app
-        assert builder(app["args"]) is not None
+        if app["name"] == "gateway":
+            served = served_options(build_gateway_app(app["args"]))
+            assert (served["num_replicas"], served["ray_actor_options"]) == (2, {"num_cpus": GATEWAY_CPUS})
+            continue
+        expected = deployment_options(PRODUCTION.get(app["args"]["model"]))
+        assert served_options(build_model_app(app["args"])) == per_bundle(expected), app["name"]
     sd3 = deployment_options(PRODUCTION.get("sd3.5-large-turbo"))["ray_actor_options"]
     assert sd3["num_gpus"] == 2 and sd3["label_selector"] == {"candle.io/node-class": "multi-gpu"}
     kimi = deployment_options(PRODUCTION.get("kimi-k2"))

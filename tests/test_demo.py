@@ -6,19 +6,46 @@ the session's tiny-model store, so it builds only the models no earlier test bui
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import psutil
+from PIL import Image
 
 from candle.catalog import load_catalog
 from candle.testing import free_port, wait_for_models
+from tests.test_api import CHAT, assert_the_image_is_read, data_url
 
 READY_TIMEOUT_S = 300
+
+
+def answer_one_request_per_capability(base_url: str, hub_store: Path) -> None:
+    """What the README tells a user to try on the demo, one request per capability, with the answers' shapes."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+    chat = client.chat.completions.create(model="qwen3-coder-tiny", messages=CHAT, max_tokens=4)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
+    completion = client.completions.create(model="qwen3-coder-tiny", prompt="def add(a, b):", max_tokens=4)
+    assert completion.choices[0].finish_reason in ("stop", "length") and completion.usage.completion_tokens > 0
+
+    texts = client.embeddings.create(model="all-minilm-l6-v2", input=["a cat sits on the mat", "a kitten"]).data
+    assert [len(d.embedding) for d in texts] == [384, 384]
+    red, blue = (data_url(Image.new("RGB", (32, 32), color)) for color in ("red", "blue"))
+    pictures = client.embeddings.create(model="clip-vit-tiny", input=[red, blue]).data
+    assert len(pictures) == 2 and len(pictures[0].embedding) == len(pictures[1].embedding) > 0
+    assert pictures[0].embedding != pictures[1].embedding
+
+    generated = client.images.generate(model="sd3.5-turbo-tiny", prompt="a lighthouse", size="64x32")
+    image = Image.open(io.BytesIO(base64.b64decode(generated.data[0].b64_json)))
+    assert (image.format, image.size) == ("PNG", (64, 32))
+
+    assert_the_image_is_read(client, "llava-tiny", hub_store)
 
 
 def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_store: Path, tmp_path: Path):
@@ -45,6 +72,7 @@ def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_st
             raise AssertionError(f"{e}\n{(tmp_path / 'demo.log').read_text()[-3000:]}") from None
         capabilities = {card["capability"] for card in cards.values()}
         assert capabilities == {"text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"}
+        answer_one_request_per_capability(f"http://127.0.0.1:{port}/v1", hub_store)
         spawned = psutil.Process(demo.pid).children(recursive=True)
         assert any("raylet" in p.name() for p in spawned)  # the demo's own cluster, not the session's
 

@@ -10,11 +10,12 @@ import os
 
 import pytest
 
-from candle.catalog import ModelSpec, load_catalog
+from candle.catalog import Catalog, ModelSpec, load_catalog
 from candle.jobs.prefetch import plan
 from candle.placement import can_host, deployment_options, hosting_nodes, label_matches, replica_resources
 from deployments.base import hide_gpus_from_cpu_replicas
 from deployments.model_status import pending_reason
+from tests.repo_files import CODE, OTHER_FORMATS, SAFETENSORS, selected
 
 PRODUCTION = load_catalog("production")
 CLASS = "candle.io/node-class"
@@ -104,9 +105,13 @@ def test_prefetch_plan_refuses_a_model_no_node_can_host():
         plan(["kimi-k2"], PRODUCTION, NODES[:3])
 
 
-def test_remote_code_models_prefetch_their_code():
-    (target,) = plan(["nv-embed-v2"], PRODUCTION, NODES)
-    assert target.request.allow_patterns == PRODUCTION.get("nv-embed-v2").fetch_allow_patterns()
+@pytest.mark.parametrize("allow_patterns", [None, ("*.json", "*.safetensors")])
+def test_remote_code_models_prefetch_their_code(allow_patterns: tuple[str, ...] | None):
+    spec = PRODUCTION.get("nv-embed-v2").model_copy(update={"allow_patterns": allow_patterns})
+    (target,) = plan([spec.name], Catalog(models=(spec,)), NODES)
+    kept = selected(target.request.allow_patterns, target.request.ignore_patterns)
+    assert set(CODE) <= kept and set(SAFETENSORS) <= kept
+    assert not kept & set(OTHER_FORMATS)  # the weights in one format, as the replica fetches them
 
 
 # What Serve 2.60 puts in a deployment's message once a replica has waited for a node (verbatim).

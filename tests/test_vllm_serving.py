@@ -7,6 +7,7 @@ as on a GPU node, and streams through Serve, the gateway and SSE like any other 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ from tests.test_vllm_engine import tiny_engine_args
 MODEL = "qwen3-coder-vllm"
 CHAT = [{"role": "user", "content": "Write a function."}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+# strict: vLLM holds the arguments to the schema, here none at all, so the forced call ends.
+NO_ARGUMENTS_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "strict": True,
+        "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +84,15 @@ def test_tools_go_through_the_catalog_parser(client: openai.OpenAI):
     plain = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=0)
     with_tools = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=0, tools=TOOLS)
     assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens
-    assert with_tools.choices[0].message.tool_calls is None  # a random model writes no <tool_call>
+    # A random model writes no <tool_call> by itself: naming the tool makes vLLM's decoding write one
+    # (constrained to the parser's format), which the catalog's qwen3_coder parser turns into a call.
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    forced = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=32, temperature=0, tools=[NO_ARGUMENTS_TOOL], tool_choice=named
+    )
+    (call,) = forced.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {})
+    assert "<function=" not in (forced.choices[0].message.content or "")  # the call left the text
 
 
 def test_completions_through_the_gateway(client: openai.OpenAI):
