@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import socket
 import struct
 import threading
@@ -29,11 +30,12 @@ from PIL import Image
 
 from candle.api.errors import APIError
 from candle.api.images import load_image_bytes
-from candle.catalog import load_catalog
+from candle.catalog import ModelSpec, load_catalog
 from candle.engines import load_engine
+from candle.placement import deployment_options
 from candle.testing import catalog_apps, wait_for_models
 from candle.testing.hub import TestHub
-from candle.testing.tiny_models import build_tiny_store
+from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.embeddings import EmbedCall, EmbeddingReplica
 
 DEMO = load_catalog("demo")
@@ -288,15 +290,31 @@ def test_credentials_in_image_urls_are_refused_and_never_echoed():
     assert error.status == 400 and "s3cret" not in error.message
 
 
-# -- through the gateway: off the event loop, 400s -----------------------------------
+# -- through the gateway: off the event loop, 400s, queueing -----------------------------------
+
+QUEUE_BUDGET_S = 60.0
+QUEUE_REQUEST_S = 0.5
+TIGHT_BUDGET_S = 2.0  # queues 4 requests
+SLOW_INPUT = [f"sentence {i} " + "word " * 60 for i in range(64)]  # makes each request take a while
+
+
+def queue_model(name: str, budget_s: float) -> ModelSpec:
+    """MiniLM working one request at a time, with a queue derived from ``budget_s``."""
+    limits = DEMO.get("all-minilm-l6-v2").limits.model_copy(
+        update={"queue_latency_budget_s": budget_s, "request_time_s": QUEUE_REQUEST_S}
+    )
+    return DEMO.get("all-minilm-l6-v2").model_copy(update={"name": name, "max_ongoing_requests": 1, "limits": limits})
 
 
 @pytest.fixture(scope="module")
 def guarded(serve_base: str, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
-    """A gateway at /guard with remote images on (loopback allowed) before CLIP."""
-    build_tiny_store(hub_store, ["clip"])
+    """A gateway at /guard with remote images on (loopback allowed) before CLIP and two queued MiniLMs."""
+    build_tiny_store(hub_store, ["clip", "minilm"])
+    assert TINY_MODELS["minilm"] == DEMO.get("all-minilm-l6-v2").repo_id
     models = [
         DEMO.get("clip-vit-tiny").model_copy(update={"name": "guard-clip"}),
+        queue_model("queue-minilm", QUEUE_BUDGET_S),
+        queue_model("tight-minilm", TIGHT_BUDGET_S),
     ]
     catalog = {"models": [m.model_dump() for m in models]}
     gateway = {"allow_remote_images": True, "remote_image_allowed_networks": ["127.0.0.0/8"]}
@@ -342,3 +360,36 @@ def test_remote_fetches_run_off_the_gateway_event_loop(guarded: str):
     assert fetched.status_code == 200, fetched.text
     inline = httpx.post(f"{guarded}/v1/embeddings", json={"model": "guard-clip", "input": [data_url(PNG)]}, timeout=60)
     np.testing.assert_allclose(fetched.json()["data"][0]["embedding"], inline.json()["data"][0]["embedding"], atol=1e-5)
+
+
+def burst(url: str, model: str, n: int) -> list[httpx.Response]:
+    with ThreadPoolExecutor(n) as pool:
+        body = {"model": model, "input": SLOW_INPUT}
+        return list(pool.map(lambda _: httpx.post(url, json=body, timeout=300), range(n)))
+
+
+def test_the_queue_bound_is_derived_from_the_latency_budget():
+    """budget / time per request x concurrent requests x replicas: the requests one caller may queue."""
+    spec = queue_model("queue-minilm", QUEUE_BUDGET_S)
+    options = deployment_options(spec)
+    assert options["max_queued_requests"] == math.ceil(QUEUE_BUDGET_S / QUEUE_REQUEST_S) == 120
+    assert options["backpressure_config"] == {"retry_after_s": QUEUE_BUDGET_S}
+    scaled = spec.model_copy(update={"num_replicas": 2, "max_ongoing_requests": 4})
+    assert deployment_options(scaled)["max_queued_requests"] == 960
+
+
+def test_a_burst_over_the_old_fixed_bound_is_queued_not_refused(guarded: str):
+    """80 concurrent requests to a replica that works one at a time: the old 64-request queue refused
+    the rest with 503; the derived queue of 120 holds them all."""
+    responses = burst(f"{guarded}/v1/embeddings", "queue-minilm", 80)
+    assert [r.status_code for r in responses] == [200] * 80, {r.status_code: r.text[:200] for r in responses}
+
+
+def test_past_the_bound_a_burst_gets_503_with_retry_after(guarded: str):
+    """A two-second budget queues 4 requests: the rest of a burst of 20 hear when to come back (once
+    the budget has passed, the queue has been worked off)."""
+    responses = burst(f"{guarded}/v1/embeddings", "tight-minilm", 20)
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    for response in (r for r in responses if r.status_code == 503):
+        assert error_of(response)["code"] == "overloaded" and response.headers["Retry-After"] == "2"
