@@ -10,7 +10,7 @@ PARSERS_STAMP := $(PARSERS_VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test lint bench-fetch bench-embeddings bench-cluster clean
+.PHONY: demo test lint bench-fetch bench-embeddings bench-cluster load-test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-embeddings: $(STAMP)  ## benchmarks/bench_embeddings.py: /v1/embeddings vs
 
 bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: hub bytes per cluster, peer vs hub throughput
 	$(BIN)/python benchmarks/bench_cluster.py
+
+load-test: $(STAMP)  ## benchmarks/load: the demo under 2,000 embedding requests at concurrency 100 + chat stream bursts
+	$(BIN)/python benchmarks/load/run.py $(if $(LOAD_PORT),--port $(LOAD_PORT))
 
 clean:
 	rm -rf $(VENV) $(PARSERS_VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -16,6 +16,9 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import numpy as np
 
 StreamKind = Literal["sync", "async"]
+# The image formats candle reads (PIL's names): the gateway checks clients' images against them and
+# replicas decode with nothing else, so no other PIL plugin (EPS runs Ghostscript) ever sees input.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,12 @@ are checked against, and where Serve really schedules a replica cannot disagree.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from candle.catalog import ModelSpec
-
-# Requests a replica queues before the gateway answers 503 + Retry-After instead of waiting.
-MAX_QUEUED_REQUESTS = 64
 
 # A node as ``ray.nodes()`` describes it: "NodeID", "Alive", "Labels", "Resources" (totals).
 NodeInfo = Mapping[str, Any]
@@ -39,7 +37,9 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     options: dict[str, Any] = {
         "num_replicas": spec.num_replicas,
         "max_ongoing_requests": spec.max_ongoing_requests,
-        "max_queued_requests": MAX_QUEUED_REQUESTS,
+        "max_queued_requests": max_queued_requests(spec),
+        # Past the queue the gateway answers 503 with this Retry-After: by then the queue has drained.
+        "backpressure_config": {"retry_after_s": spec.limits.queue_latency_budget_s},
         "ray_actor_options": actor,
     }
     if resources.tensor_parallel_size > 1:
@@ -51,6 +51,22 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     else:
         actor["num_gpus"] = resources.num_gpus
     return options
+
+
+def max_queued_requests(spec: ModelSpec) -> int:
+    """Requests each caller (each gateway replica) queues for ``spec`` before answering 503.
+
+    When every slot is busy the deployment finishes ``max_ongoing_requests x num_replicas`` requests
+    per ``request_time_s``, so the last of ``Q`` queued requests waits about
+    ``Q x request_time_s / (max_ongoing_requests x num_replicas)``. Holding that to the latency budget:
+
+        Q = ceil(queue_latency_budget_s / request_time_s x max_ongoing_requests x num_replicas)
+
+    Serve keeps this queue per caller: with G gateway replicas up to G x Q requests wait in all.
+    """
+    limits = spec.limits
+    slots = spec.max_ongoing_requests * spec.num_replicas
+    return max(1, math.ceil(limits.queue_latency_budget_s / limits.request_time_s * slots))
 
 
 def replica_resources(spec: ModelSpec) -> dict[str, float]:

@@ -42,21 +42,38 @@ class EmbeddingReplica(ModelReplica):
 
     @serve.batch(max_batch_size=MAX_BATCH_ITEMS, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _embed_batched(self, calls: list[EmbedCall]) -> list[tuple[np.ndarray, int] | Exception]:
+        return self.embed_calls(calls)
+
+    def embed_calls(self, calls: list[EmbedCall]) -> list[tuple[np.ndarray, int] | Exception]:
+        """One batch: a forward pass per (prompt, dimensions) group; each call's result or error.
+
+        A group whose pass fails is run again one call at a time, so one bad input (a corrupt
+        image sent to the replica directly, a group with too many dimensions) fails its own
+        request and not the good ones batched with it.
+        """
         groups: dict[tuple[str | None, int | None], list[int]] = defaultdict(list)
         for index, call in enumerate(calls):
             groups[(call.prompt_name, call.dimensions)].append(index)
         results: list[tuple[np.ndarray, int] | Exception] = [ValueError("not computed")] * len(calls)
-        for (prompt_name, dimensions), members in groups.items():
-            flat = [item for i in members for item in calls[i].items]
+        for members in groups.values():
             try:
-                vectors, tokens = self.engine.embed_items(flat, prompt_name, dimensions)
-            except Exception as e:  # one bad group (e.g. too many dimensions) fails its own requests only
+                for i, result in zip(members, self._embed_group([calls[i] for i in members]), strict=True):
+                    results[i] = result
+            except Exception as e:
+                if len(members) == 1:
+                    results[members[0]] = e
+                    continue
                 for i in members:
-                    results[i] = e
-                continue
-            start = 0
-            for i in members:
-                end = start + len(calls[i].items)
-                results[i] = (vectors[start:end], sum(tokens[start:end]))
-                start = end
+                    results[i] = self.embed_calls([calls[i]])[0]
+        return results
+
+    def _embed_group(self, calls: list[EmbedCall]) -> list[tuple[np.ndarray, int]]:
+        """Calls of one (prompt, dimensions) in one forward pass, split back per call."""
+        flat = [item for call in calls for item in call.items]
+        vectors, tokens = self.engine.embed_items(flat, calls[0].prompt_name, calls[0].dimensions)
+        results, start = [], 0
+        for call in calls:
+            end = start + len(call.items)
+            results.append((vectors[start:end], sum(tokens[start:end])))
+            start = end
         return results

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, IPvAnyNetwork
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -61,6 +61,8 @@ class GatewaySettings(BaseModel):
     api_keys_env: str = "CANDLE_API_KEYS"  # env var of comma-separated keys (preferred: keeps keys out of configs)
     api_keys: list[str] = Field(default_factory=list, repr=False)  # more keys, from the Serve config
     allow_remote_images: bool = False
+    # Non-public networks remote images may come from anyway (an internal image store); never metadata.
+    remote_image_allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     retry_after_s: int = 5
     # Every request ends by then (503, or an error event in a started stream), and its model call is cancelled.
@@ -98,9 +100,13 @@ def _client_error(error: BaseException) -> APIError:
         return cause
     if isinstance(cause, InvalidInput):
         return bad_request(str(cause))
-    if isinstance(cause, BackPressureError):
+    if isinstance(cause, BackPressureError):  # past the model's queue: Retry-After is its latency budget
         return APIError(
-            503, "The model is overloaded; retry later.", type="service_unavailable", code="overloaded", retry_after=1
+            503,
+            "The model is overloaded; retry later.",
+            type="service_unavailable",
+            code="overloaded",
+            retry_after=cause.retry_after_s or 1,
         )
     logger.error("model call failed: %s", cause)
     return APIError(500, "The model failed to process the request.", type="server_error", code="internal_error")
@@ -217,7 +223,7 @@ class Gateway:
         spec = self._model(body.model, "/v1/chat/completions")
         check_input_chars(body.input_chars(), spec.limits.max_input_chars, "messages")
         params = self._params(body, body.token_budget, spec)
-        messages, images = self._conversation(body, spec)
+        messages, images = await self._conversation(body, spec)
         tools, tool_choice = body.tool_request()
         handle = self.handles[spec.name].options(stream=True)
 
@@ -269,7 +275,9 @@ class Gateway:
             images = [i for i in inputs if is_image_reference(i)]
             if len(images) > limits.max_images_per_request:
                 raise bad_request(f"at most {limits.max_images_per_request} images per request", "input")
-            items = [self._image(i, f"input[{n}]", spec) if is_image_reference(i) else i for n, i in enumerate(inputs)]
+            items = [
+                await self._image(i, f"input[{n}]", spec) if is_image_reference(i) else i for n, i in enumerate(inputs)
+            ]
         vectors, tokens = await self._call(
             self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions)
         )
@@ -308,16 +316,21 @@ class Gateway:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _image(self, url: str, param: str, spec: ModelSpec) -> bytes:
-        return load_image_bytes(
+    async def _image(self, url: str, param: str, spec: ModelSpec) -> bytes:
+        """Fetching and decoding block: in a thread, so the event loop keeps serving other requests."""
+        return await asyncio.to_thread(
+            load_image_bytes,
             url,
             param=param,
             max_pixels=spec.limits.max_image_pixels,
             max_bytes=self.settings.max_body_bytes,
             allow_remote=self.settings.allow_remote_images,
+            allowed_networks=self.settings.remote_image_allowed_networks,
         )
 
-    def _conversation(self, body: ChatCompletionRequest, spec: ModelSpec) -> tuple[list[dict[str, Any]], list[bytes]]:
+    async def _conversation(
+        self, body: ChatCompletionRequest, spec: ModelSpec
+    ) -> tuple[list[dict[str, Any]], list[bytes]]:
         """Messages for the chat template, images as ``{"type": "image"}`` parts, and the images' bytes."""
         messages: list[dict[str, Any]] = []
         images: list[bytes] = []
@@ -330,7 +343,7 @@ class Gateway:
                 parts: list[dict[str, Any]] = []
                 for p, part in enumerate(message.content or []):
                     if part.type == "image_url" and part.image_url:
-                        images.append(self._image(part.image_url.url, f"messages[{m}].content[{p}]", spec))
+                        images.append(await self._image(part.image_url.url, f"messages[{m}].content[{p}]", spec))
                         parts.append({"type": "image"})
                     elif part.text:
                         parts.append({"type": "text", "text": part.text})

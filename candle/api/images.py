@@ -1,8 +1,12 @@
 """Images sent by clients: base64 data URLs (always) or remote URLs (only when configured).
 
-Checked before any model sees them: valid base64, a format PIL can read, and at most
-``max_pixels`` pixels (read from the header, before decoding the pixels). Remote fetches are off
-by default so the gateway cannot be used to reach arbitrary addresses.
+Checked before any model sees them: a declared type and a decoded format among PNG, JPEG, WebP
+and GIF (PIL is never asked to try its other plugins: EPS would run Ghostscript where installed,
+and every extra decoder is more attack surface), at most ``max_pixels`` pixels (read from the
+header, before decoding the pixels), then one full decode, so truncated or corrupt files are
+refused here rather than failing a model's batch. Decoding is blocking CPU work: callers on an
+event loop run ``load_image_bytes`` in a thread. Remote fetches are off by default (see
+``remote_images`` for what they may reach).
 """
 
 from __future__ import annotations
@@ -11,22 +15,41 @@ import base64
 import binascii
 import io
 import re
+import struct
+from collections.abc import Sequence
 
-import httpx
 from PIL import Image, UnidentifiedImageError
 
-from .errors import APIError, bad_request, too_large
+from candle.contracts import IMAGE_FORMATS
 
-_DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,(?P<data>.*)$", re.DOTALL)
-REMOTE_FETCH_TIMEOUT_S = 10.0
+from .errors import bad_request, too_large
+from .remote_images import REMOTE_FETCH_DEADLINE_S, IPNetwork, fetch_remote
+
+# The data-URL subtypes that declare each format candle reads.
+DECLARED_TYPES = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP", "gif": "GIF"}
+ACCEPTED = "PNG, JPEG, WebP or GIF"
+
+_DATA_URL = re.compile(r"^data:image/(?P<type>[A-Za-z0-9.+-]{1,40});base64,(?P<data>.*)$", re.DOTALL)
+# What PIL's decoders raise on malformed input besides OSError (which covers truncation).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
 
 
 def is_image_reference(value: str) -> bool:
     return value.startswith(("data:image/", "http://", "https://"))
 
 
-def load_image_bytes(url: str, *, param: str, max_pixels: int, max_bytes: int, allow_remote: bool) -> bytes:
-    """The image's encoded bytes, validated; raises an ``APIError`` that says what is wrong."""
+def load_image_bytes(
+    url: str,
+    *,
+    param: str,
+    max_pixels: int,
+    max_bytes: int,
+    allow_remote: bool,
+    allowed_networks: Sequence[IPNetwork] = (),
+    deadline_s: float = REMOTE_FETCH_DEADLINE_S,
+) -> bytes:
+    """The image's encoded bytes, fully decoded once to check them; raises an ``APIError`` that says
+    what is wrong. Blocking (network, decoding): run it off the event loop."""
     if url.startswith(("http://", "https://")):
         if not allow_remote:
             raise bad_request(
@@ -35,8 +58,14 @@ def load_image_bytes(url: str, *, param: str, max_pixels: int, max_bytes: int, a
                 param=param,
                 code="remote_images_disabled",
             )
-        data = _fetch_remote(url, param=param, max_bytes=max_bytes)
+        data = fetch_remote(url, param=param, max_bytes=max_bytes, allowed=allowed_networks, deadline_s=deadline_s)
     elif match := _DATA_URL.match(url):
+        if match["type"].lower() not in DECLARED_TYPES:
+            raise bad_request(
+                f"Images must be {ACCEPTED}; the data URL declares image/{match['type']}.",
+                param=param,
+                code="unsupported_image_type",
+            )
         try:
             data = base64.b64decode(match["data"], validate=True)
         except (binascii.Error, ValueError):
@@ -45,33 +74,29 @@ def load_image_bytes(url: str, *, param: str, max_pixels: int, max_bytes: int, a
             ) from None
     else:
         raise bad_request("Images must be base64 data URLs like data:image/png;base64,....", param=param)
-    check_image(data, param=param, max_pixels=max_pixels)
+    open_image(data, param=param, max_pixels=max_pixels).close()
     return data
 
 
-def check_image(data: bytes, *, param: str, max_pixels: int) -> tuple[int, int]:
+def open_image(data: bytes, *, param: str | None, max_pixels: int) -> Image.Image:
+    """``data`` decoded (first frame of an animation), once its format and pixel count passed."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError):
-        raise bad_request(
-            "The image could not be decoded (unsupported or corrupt format).", param=param, code="invalid_image"
-        ) from None
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise bad_request(f"The image is not {ACCEPTED} (or is corrupt).", param=param, code="invalid_image") from None
+    except Image.DecompressionBombError as e:  # declares far more pixels than PIL will decode
+        raise bad_request(f"The image is too large to decode: {e}", param=param, code="invalid_image") from None
+    except _DECODE_ERRORS:
+        raise bad_request("The image header is corrupt.", param=param, code="invalid_image") from None
+    width, height = image.size
     if width * height > max_pixels:
+        image.close()
         raise too_large(f"The image has {width}x{height} pixels; the limit is {max_pixels} pixels.", param=param)
-    return width, height
-
-
-def _fetch_remote(url: str, *, param: str, max_bytes: int) -> bytes:
     try:
-        with httpx.stream("GET", url, timeout=REMOTE_FETCH_TIMEOUT_S, follow_redirects=False) as response:
-            if response.status_code != 200:
-                raise bad_request(f"Fetching the image failed with HTTP {response.status_code}.", param=param)
-            data = b""
-            for chunk in response.iter_bytes():
-                data += chunk
-                if len(data) > max_bytes:
-                    raise too_large(f"The remote image is larger than {max_bytes} bytes.", param=param)
-            return data
-    except httpx.HTTPError as e:
-        raise APIError(400, f"Fetching the image failed: {type(e).__name__}.", param=param) from None
+        image.load()
+    except _DECODE_ERRORS:
+        image.close()
+        raise bad_request(
+            "The image could not be decoded: it is truncated or corrupt.", param=param, code="invalid_image"
+        ) from None
+    return image

@@ -33,7 +33,8 @@ class Resources(Strict):
 
 
 class Limits(Strict):
-    """Per-request bounds the gateway enforces before a request reaches the model."""
+    """Per-request bounds the gateway enforces before a request reaches the model, and how long a
+    request may queue for it (``candle.placement.max_queued_requests`` derives the queue from these)."""
 
     max_tokens: int = 4096
     max_n: int = 4
@@ -41,6 +42,10 @@ class Limits(Strict):
     max_input_chars: int = 100_000
     max_image_pixels: int = 4096 * 4096
     max_images_per_request: int = 8
+    # How long a request may wait for a free slot of the model before the gateway answers 503 instead.
+    queue_latency_budget_s: float = Field(default=10.0, gt=0)
+    # Seconds a typical request holds one of a replica's ``max_ongoing_requests`` slots when all are busy.
+    request_time_s: float = Field(default=1.0, gt=0)
 
 
 class ModelSpec(Strict):

@@ -40,10 +40,13 @@ def wait_for_models(
 
 
 @contextmanager
-def catalog_apps(catalog: Mapping[str, Any], gateway: str, route_prefix: str) -> Iterator[None]:
-    """Each model of ``catalog`` as its own Serve app behind a gateway app named ``gateway`` at
-    ``route_prefix``, as serve_config.yaml lays them out, on the running Serve instance; deleted on
-    exit. Returns without waiting for the models: callers wait for the states they expect."""
+def catalog_apps(
+    catalog: Mapping[str, Any], gateway: str, route_prefix: str, settings: Mapping[str, Any] | None = None
+) -> Iterator[None]:
+    """Each model of ``catalog`` as its own Serve app behind a gateway app named ``gateway`` (with the
+    gateway ``settings`` given) at ``route_prefix``, as serve_config.yaml lays them out, on the running
+    Serve instance; deleted on exit. Returns without waiting for the models: callers wait for the
+    states they expect."""
     from ray import serve
     from ray.serve.api import RunTarget
 
@@ -51,7 +54,8 @@ def catalog_apps(catalog: Mapping[str, Any], gateway: str, route_prefix: str) ->
 
     names = [model["name"] for model in catalog["models"]]
     apps = [RunTarget(build_model_app({"catalog": catalog, "model": n}), name=n, route_prefix=None) for n in names]
-    apps.append(RunTarget(build_gateway_app({"catalog": catalog}), name=gateway, route_prefix=route_prefix))
+    gateway_app = build_gateway_app({"catalog": catalog, "gateway": dict(settings or {})})
+    apps.append(RunTarget(gateway_app, name=gateway, route_prefix=route_prefix))
     serve.run_many(apps, wait_for_applications_running=False)
     try:
         yield
