@@ -53,7 +53,8 @@ class Report:
         commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         command = " ".join(["python", *sys.argv])
-        machine = f"{os.cpu_count()} CPUs ({platform.machine()}), load average {self.load:.1f} at the start"
+        load = f"load average {self.load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+        machine = f"{os.cpu_count()} CPUs ({platform.machine()}), {load}"
         body = "\n".join(self.lines)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
