@@ -86,6 +86,7 @@ async def actor_pings(hub: TestHub, cache_dir: Path, warmup: int) -> tuple[list[
 
 
 def health_latencies(http: httpx.Client, base: str, count: int) -> list[float]:
+    """``count`` round trips of ``GET /health``, one every ``HEALTH_EVERY_S``."""
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
@@ -96,32 +97,33 @@ def health_latencies(http: httpx.Client, base: str, count: int) -> list[float]:
 
 
 @contextmanager
-def embedding_load(base: str, clients: int) -> Iterator[list[int]]:
-    """``clients`` threads posting 16-text embedding requests back to back until the block ends; yields
-    the list of answered requests' count, so the caller can show the model really was busy."""
+def embedding_load(base: str, clients: int) -> Iterator[list[None]]:
+    """``clients`` threads posting 16-text embedding requests back to back until the block ends, from their
+    first answer on; yields a list that grows by one per answer, so the caller can show the model was busy."""
     stop = threading.Event()
-    answered = [0]
+    answers: list[None] = []
     texts = [f"a sentence about load number {i}" for i in range(16)]
 
     def client() -> None:
         with httpx.Client(timeout=120) as http:
             while not stop.is_set():
                 http.post(f"{base}/v1/embeddings", json={"model": MODEL, "input": texts}).raise_for_status()
-                answered[0] += 1
+                answers.append(None)
 
     with ThreadPoolExecutor(clients) as pool:
         futures = [pool.submit(client) for _ in range(clients)]
-        while not answered[0]:  # the first answer: the load reached the model
+        while not answers and not any(f.done() for f in futures):  # a client that failed ends the wait
             time.sleep(0.01)
         try:
-            yield answered
+            yield answers
         finally:
             stop.set()
             for future in futures:
                 future.result()
 
 
-def gateway_health(hub: TestHub, workdir: Path, requests: int, report: Report) -> None:
+def gateway_health(hub: TestHub, requests: int, report: Report) -> None:
+    """MiniLM behind the gateway, as the demo serves it: /health while it downloads, idle, and serving."""
     from ray import serve
 
     from candle.catalog import load_catalog
@@ -142,10 +144,10 @@ def gateway_health(hub: TestHub, workdir: Path, requests: int, report: Report) -
         hub.state.throttles.clear()
         wait_for_models(base, {MODEL: "ready"})
         idle = health_latencies(http, base, requests)
-        with embedding_load(base, clients=8) as answered:
-            before = answered[0]
+        with embedding_load(base, clients=8) as answers:
+            before = len(answers)
             serving = health_latencies(http, base, requests)
-            served = answered[0] - before
+            served = len(answers) - before
     serve.shutdown()
     report(f"/health while the model downloads vs idle: {summary(downloading, idle)} (model then: {state})")
     report(f"/health while the model serves vs idle:    {summary(serving, idle)} ({served} requests served meanwhile)")
@@ -155,6 +157,7 @@ def gateway_health(hub: TestHub, workdir: Path, requests: int, report: Report) -
 
 
 def stream_close(workdir: Path, trials: int, max_tokens: int, report: Report) -> None:
+    """Uncut generations, then streams closed after their first chunk, on one in-process engine."""
     from candle.catalog import ModelSpec
     from candle.engines.chat_types import GenerationParams
     from candle.engines.text import TransformersTextEngine
@@ -218,7 +221,7 @@ def main() -> None:
                 hub.state.throttles[TRANSFER_REPO] = args.bandwidth_mb * MB
                 busy, idle = asyncio.run(actor_pings(hub, workdir / "transfer-cache", warmup=args.requests // 10))
                 report(f"download actor ping during a {args.transfer_mb} MB transfer vs idle: {summary(busy, idle)}")
-                gateway_health(hub, workdir, args.requests, report)
+                gateway_health(hub, args.requests, report)
             finally:
                 ray.shutdown()
         stream_close(workdir, args.trials, args.max_tokens, report)

@@ -42,6 +42,7 @@ class Report:
         self.title = title
         self.lines: list[str] = []
         self.load = os.getloadavg()[0]  # the machine may be shared: say how busy it was when the run began
+        self.commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout
 
     def __call__(self, line: str = "") -> None:
         print(line, flush=True)
@@ -50,7 +51,6 @@ class Report:
     def save(self, path: Path | None) -> None:
         if path is None:
             return
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         command = " ".join(["python", *sys.argv])
         load = f"load average {self.load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
@@ -58,6 +58,6 @@ class Report:
         body = "\n".join(self.lines)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            f"# {self.title}\n\n`{command}`, {when}, commit {commit.strip() or 'unknown'}, {machine}.\n\n"
+            f"# {self.title}\n\n`{command}`, {when}, commit {self.commit.strip() or 'unknown'}, {machine}.\n\n"
             f"```\n{body}\n```\n"
         )
