@@ -46,6 +46,7 @@ test: $(STAMP) $(PARSERS_STAMP) $(VLLM_STAMP)  ## the README's test command: mai
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m cluster tests/cluster
+	$(MAKE) bench-smoke
 	# The vLLM files skip where vLLM is missing: import first, so a broken install fails instead.
 	# test_engines.py runs in the vLLM venv too: the CPU engines must not import an installed vLLM.
 	$(PARSERS_VENV)/bin/python -c "import vllm.parser.parser_manager"
@@ -57,14 +58,27 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The full benchmark runs; each writes its output to benchmarks/results/<name>.md, committed.
+.PHONY: bench-responsiveness bench-smoke
+
 bench-fetch: $(STAMP)  ## benchmarks/bench_fetch.py: candle fetch vs snapshot_download over loopback
-	$(BIN)/python benchmarks/bench_fetch.py
+	$(BIN)/python benchmarks/bench_fetch.py --results benchmarks/results/fetch.md
 
 bench-embeddings: $(STAMP)  ## benchmarks/bench_embeddings.py: /v1/embeddings vs in-process encode
-	$(BIN)/python benchmarks/bench_embeddings.py
+	$(BIN)/python benchmarks/bench_embeddings.py --results benchmarks/results/embeddings.md
 
 bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: hub bytes per cluster, peer vs hub throughput
-	$(BIN)/python benchmarks/bench_cluster.py
+	$(BIN)/python benchmarks/bench_cluster.py --results benchmarks/results/cluster.md
+
+bench-responsiveness: $(STAMP)  ## benchmarks/bench_responsiveness.py: actor ping, /health, stream close: busy vs idle
+	$(BIN)/python benchmarks/bench_responsiveness.py --results benchmarks/results/responsiveness.md
+
+# Part of `make test`: every benchmark at a tiny scale, so none rots. A crash fails; numbers are only printed.
+bench-smoke: $(STAMP)
+	$(BIN)/python benchmarks/bench_fetch.py --smoke
+	$(BIN)/python benchmarks/bench_embeddings.py --smoke
+	$(BIN)/python benchmarks/bench_cluster.py --smoke
+	$(BIN)/python benchmarks/bench_responsiveness.py --smoke
 
 load-test: $(STAMP)  ## benchmarks/load: the demo under 2,000 embedding requests at concurrency 100 + chat stream bursts
 	$(BIN)/python benchmarks/load/run.py $(if $(LOAD_PORT),--port $(LOAD_PORT))

@@ -10,7 +10,7 @@ Two simulated clusters of 3 nodes (own cache folder each) in turn, the test hub 
 Then, on cluster 1, one node fetches a second model alone from the hub, and another node copies it
 from that peer: the throughput of each over loopback, and their ratio.
 
-    python benchmarks/bench_cluster.py [--shards 8] [--shard-mb 32]
+    python benchmarks/bench_cluster.py [--shards 8] [--shard-mb 32] [--smoke] [--results FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import ray
+from benchlib import Report, parse_args
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from candle.download import fetch
@@ -61,7 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--shard-mb", type=int, default=32)
-    args = parser.parse_args()
+    args = parse_args(parser, smoke={"shards": 2, "shard_mb": 1})
+    report = Report("bench_cluster: hub bytes per cluster, peer vs hub throughput")
 
     workdir = Path(tempfile.mkdtemp(prefix="candle-bench-cluster-"))
     store = workdir / "store"
@@ -82,12 +84,13 @@ def main() -> None:
         with simulated_cluster(NODES, uncoordinated_env, cache_root=workdir / "caches-2") as (_, ids):
             uncoordinated, uncoordinated_s = hub_ratio(hub, "bench/uncoordinated", model_bytes, ids)
 
-    print(f"model: {args.shards} x {args.shard_mb} MB; 3 nodes x {REPLICAS_PER_NODE} replicas, cache per node")
-    print(f"hub bytes / model bytes, candle (coordinator):    {coordinated:.2f}   ({coordinated_s:.1f} s)   goal 1.00")
-    print(f"hub bytes / model bytes, per-node locking only:   {uncoordinated:.2f}   ({uncoordinated_s:.1f} s)")
+    report(f"model: {args.shards} x {args.shard_mb} MB; 3 nodes x {REPLICAS_PER_NODE} replicas, cache per node")
+    report(f"hub bytes / model bytes, candle (coordinator):    {coordinated:.2f}   ({coordinated_s:.1f} s)   goal 1.00")
+    report(f"hub bytes / model bytes, per-node locking only:   {uncoordinated:.2f}   ({uncoordinated_s:.1f} s)")
     hub_rate, peer_rate = model_bytes / from_hub / MB, model_bytes / from_peer / MB
-    print(f"one node from the hub: {hub_rate:.0f} MB/s; the next from a peer: {peer_rate:.0f} MB/s")
-    print(f"peer / hub throughput: {peer_rate / hub_rate:.2f}")
+    report(f"one node from the hub: {hub_rate:.0f} MB/s; the next from a peer: {peer_rate:.0f} MB/s (one fetch each)")
+    report(f"peer / hub throughput: {peer_rate / hub_rate:.2f}")
+    report.save(args.results)
 
 
 if __name__ == "__main__":
