@@ -25,9 +25,9 @@ import ray
 from benchlib import Report, parse_args
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from candle.demo.hub import LocalHub, write_random_file
 from candle.download import fetch
 from candle.testing.cluster import NodeSpec, simulated_cluster
-from candle.testing.hub import TestHub, write_random_file
 
 MB = 1024 * 1024
 NODES = [NodeSpec("head", num_cpus=2), NodeSpec("a", num_cpus=2), NodeSpec("b", num_cpus=2)]
@@ -49,7 +49,7 @@ def on(node_id: str) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node_id, soft=False)
 
 
-def hub_ratio(hub: TestHub, repo_id: str, model_bytes: int, ids: dict[str, str]) -> tuple[float, float]:
+def hub_ratio(hub: LocalHub, repo_id: str, model_bytes: int, ids: dict[str, str]) -> tuple[float, float]:
     """(hub bytes / model bytes, wall seconds) for every node's replicas fetching at once."""
     started = time.perf_counter()
     ray.get(
@@ -73,7 +73,7 @@ def main() -> None:
             write_random_file(store / repo_id / name, size, seed=seed)
     model_bytes = sum(shards.values())
 
-    with TestHub(store) as hub:
+    with LocalHub(store) as hub:
         env = {**ENV, "HF_ENDPOINT": hub.endpoint}
         with simulated_cluster(NODES, env, cache_root=workdir / "caches-1") as (_, ids):
             coordinated, coordinated_s = hub_ratio(hub, "bench/cluster", model_bytes, ids)

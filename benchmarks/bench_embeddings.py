@@ -147,9 +147,9 @@ def main() -> None:
     formats = args.encoding_format or ["base64", "float"]
 
     from candle.catalog import Resources, load_catalog
+    from candle.demo.hub import LocalHub
+    from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
     from candle.testing import free_port, wait_for_models
-    from candle.testing.hub import TestHub
-    from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
     workdir = Path(tempfile.mkdtemp(prefix="candle-bench-emb-"))
     store = workdir / "store"
@@ -169,7 +169,7 @@ def main() -> None:
         }
         layouts = dict(cpu_layouts[key] for key in args.layout or CPU_LAYOUTS)
 
-    with TestHub(store) as hub:
+    with LocalHub(store) as hub:
         os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_XET="1")
         import ray
         from ray import serve

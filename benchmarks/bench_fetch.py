@@ -37,7 +37,7 @@ WARMUP_REPO = "bench/warmup"
 
 def build_store(root: Path, scale: float) -> dict[str, int]:
     """Write the benchmark's repos (and the small warm-up repo); return each benchmarked repo's size."""
-    from candle.testing.hub import write_random_file
+    from candle.demo.hub import write_random_file
 
     repos = {"bench/single-1gb": {"model.safetensors": int(1024 * MB * scale)}}
     repos["bench/sharded-16x64mb"] = {f"model-{i:05d}-of-00016.safetensors": int(64 * MB * scale) for i in range(1, 17)}
@@ -54,7 +54,7 @@ def build_store(root: Path, scale: float) -> dict[str, int]:
 
 
 def start_hub(root: Path) -> tuple[subprocess.Popen, str]:
-    hub = subprocess.Popen([sys.executable, "-m", "candle.testing.hub", str(root)], stdout=subprocess.PIPE, text=True)
+    hub = subprocess.Popen([sys.executable, "-m", "candle.demo.hub", str(root)], stdout=subprocess.PIPE, text=True)
     endpoint = hub.stdout.readline().strip()
     return hub, endpoint
 

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 from benchlib import Report, parse_args, percentile
 
-from candle.testing.hub import TestHub, write_random_file
+from candle.demo.hub import LocalHub, write_random_file
 
 MB = 1024 * 1024
 PING_EVERY_S = 0.005
@@ -67,7 +67,7 @@ async def ping_round_trips(downloader: Any, more: Callable[[int], bool]) -> list
     return latencies
 
 
-async def actor_pings(hub: TestHub, cache_dir: Path, warmup: int) -> tuple[list[float], list[float]]:
+async def actor_pings(hub: LocalHub, cache_dir: Path, warmup: int) -> tuple[list[float], list[float]]:
     """Pings while the actor transfers ``TRANSFER_REPO`` (from its first byte to the end), then as many idle."""
     from candle.download import fetch, node_downloader
 
@@ -122,13 +122,13 @@ def embedding_load(base: str, clients: int) -> Iterator[list[None]]:
                 future.result()
 
 
-def gateway_health(hub: TestHub, requests: int, report: Report) -> None:
+def gateway_health(hub: LocalHub, requests: int, report: Report) -> None:
     """MiniLM behind the gateway, as the demo serves it: /health while it downloads, idle, and serving."""
     from ray import serve
 
     from candle.catalog import load_catalog
+    from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
     from candle.testing import catalog_apps, free_port, wait_for_models
-    from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
     build_tiny_store(hub.state.root, ["minilm"])
     port = free_port()
@@ -158,10 +158,11 @@ def gateway_health(hub: TestHub, requests: int, report: Report) -> None:
 
 def stream_close(workdir: Path, trials: int, max_tokens: int, report: Report) -> None:
     """Uncut generations, then streams closed after their first chunk, on one in-process engine."""
-    from candle.catalog import ModelSpec
     from candle.engines.chat_types import GenerationParams
+
+    from candle.catalog import ModelSpec
+    from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
     from candle.engines.text import TransformersTextEngine
-    from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
     folder = build_tiny_store(workdir / "engine-store", ["qwen3"])["qwen3"]
     engine = TransformersTextEngine(
@@ -211,7 +212,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="candle-bench-resp-"))
     write_random_file(workdir / "store" / TRANSFER_REPO / "model.safetensors", args.transfer_mb * MB)
     try:
-        with TestHub(workdir / "store") as hub:
+        with LocalHub(workdir / "store") as hub:
             # For the Ray workers (download actor, replicas), which read the environment of their node.
             os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_XET="1")
             import ray

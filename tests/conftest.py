@@ -16,8 +16,8 @@ import pytest
 import ray
 from ray import serve
 
+from candle.demo.hub import LocalHub, write_random_file, write_repo
 from candle.testing import free_port
-from candle.testing.hub import TestHub, write_random_file, write_repo
 
 HUB_TOKEN = "hf_candle_test_secret_token_1234"
 GATED_REPO = "gated/model"
@@ -39,21 +39,21 @@ def hub_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def hub_server(hub_store: Path) -> Iterator[TestHub]:
+def hub_server(hub_store: Path) -> Iterator[LocalHub]:
     write_repo(hub_store, GATED_REPO, {"config.json": b'{"gated": true}'})
-    with TestHub(hub_store, gated={GATED_REPO}, tokens={HUB_TOKEN}) as hub:
+    with LocalHub(hub_store, gated={GATED_REPO}, tokens={HUB_TOKEN}) as hub:
         yield hub
 
 
 @pytest.fixture
-def hub(hub_server: TestHub) -> Iterator[TestHub]:
+def hub(hub_server: LocalHub) -> Iterator[LocalHub]:
     hub_server.reset()
     yield hub_server
     hub_server.reset()
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def ray_cluster(hub_server: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     # Replicas fetch into the node's default cache: keep it in the session's temp folder.
     hf_cache = tmp_path_factory.mktemp("hf-cache")
     env = {**TEST_ENV, "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_CACHE": str(hf_cache)}

@@ -16,8 +16,8 @@ from ray import serve
 from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
+from candle.demo.tiny_models import build_tiny_store
 from candle.testing import wait_for_models
-from candle.testing.tiny_models import build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
 
 DEMO = load_catalog("demo")

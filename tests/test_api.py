@@ -23,9 +23,9 @@ from ray.serve.api import RunTarget
 from transformers import AutoConfig, AutoTokenizer
 
 from candle.catalog import load_catalog
+from candle.demo.hub import LocalHub
+from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.testing import catalog_apps, wait_for_models
-from candle.testing.hub import TestHub
-from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_gateway_app, build_model_app
 
 DEMO = load_catalog("demo")
@@ -41,7 +41,7 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
 
 
 @pytest.fixture(scope="session")
-def api(serve_base: str, hub_server: TestHub, hub_store: Path) -> str:
+def api(serve_base: str, hub_server: LocalHub, hub_store: Path) -> str:
     """The demo catalog deployed as in serve_config: one app per model, the gateway at '/'."""
     build_tiny_store(hub_store)
     minilm = hub_store / TINY_MODELS["minilm"]
@@ -394,7 +394,7 @@ def test_api_keys_guard_every_route_but_health(api: str):
     assert API_KEY not in httpx.get(f"{secure}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).text
 
 
-def test_a_downloading_model_reports_progress_and_503(api: str, hub_server: TestHub):
+def test_a_downloading_model_reports_progress_and_503(api: str, hub_server: LocalHub):
     """A model whose weights crawl in: listed as downloading, requests get 503 + Retry-After, health is fast."""
     hub_server.state.throttles[SLOW_REPO] = 1024 * 1024  # 1 MB/s: the 90 MB of MiniLM take a while
     spec = DEMO.get("all-minilm-l6-v2").model_copy(update={"name": "slow-minilm", "repo_id": SLOW_REPO})

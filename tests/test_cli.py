@@ -11,7 +11,7 @@ import sys
 import termios
 from pathlib import Path
 
-from candle.testing.hub import TestHub, write_repo
+from candle.demo.hub import LocalHub, write_repo
 from tests.conftest import RepoFactory
 
 MB = 1024 * 1024
@@ -28,7 +28,7 @@ def run_cli(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Comple
     )
 
 
-def test_prefetch_prints_the_snapshot_folder(ray_cluster, hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+def test_prefetch_prints_the_snapshot_folder(ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 2 * MB}, {"config.json": b"{}", "README.md": b"# card"})
     done = run_cli(["prefetch", repo_name, "--cache-dir", str(tmp_path), "--exclude", "*.md"], ray_cluster)
     assert done.returncode == 0, done.stderr
@@ -39,7 +39,7 @@ def test_prefetch_prints_the_snapshot_folder(ray_cluster, hub: TestHub, make_rep
     assert hub.stats.bodies_for(repo_name) == {"config.json": 1, "model.safetensors": 1}
 
 
-def test_prefetch_of_unknown_repo_fails_with_one_line(ray_cluster, hub: TestHub, tmp_path):
+def test_prefetch_of_unknown_repo_fails_with_one_line(ray_cluster, hub: LocalHub, tmp_path):
     done = run_cli(["prefetch", "nobody/no-such-model", "--cache-dir", str(tmp_path)], ray_cluster)
     assert done.returncode == 1
     assert done.stdout == ""
@@ -48,11 +48,11 @@ def test_prefetch_of_unknown_repo_fails_with_one_line(ray_cluster, hub: TestHub,
     assert lines[0].startswith("candle prefetch: error: nobody/no-such-model: repository not found")
 
 
-def test_prefetch_uses_the_callers_hub_and_token(ray_cluster, hub: TestHub, tmp_path):
+def test_prefetch_uses_the_callers_hub_and_token(ray_cluster, hub: LocalHub, tmp_path):
     """A mirror and token set where the CLI runs win over the hub the cluster's nodes were started with."""
     repo, token = "mirror-only/gated", "hf_caller_secret_token_5678"
     write_repo(tmp_path / "mirror", repo, {"config.json": b'{"from": "mirror"}'})
-    with TestHub(tmp_path / "mirror", gated={repo}, tokens={token}) as mirror:
+    with LocalHub(tmp_path / "mirror", gated={repo}, tokens={token}) as mirror:
         caller = {**ray_cluster, "HF_ENDPOINT": mirror.endpoint}
         done = run_cli(["prefetch", repo, "--cache-dir", str(tmp_path / "cache")], {**caller, "HF_TOKEN": token})
         assert done.returncode == 0, done.stderr
@@ -68,7 +68,7 @@ def test_prefetch_uses_the_callers_hub_and_token(ray_cluster, hub: TestHub, tmp_
         assert "access denied" in refused.stderr and "hf_wrong" not in refused.stderr
 
 
-def test_prefetch_shows_a_progress_bar_on_a_terminal(ray_cluster, hub: TestHub, make_repo, repo_name, tmp_path):
+def test_prefetch_shows_a_progress_bar_on_a_terminal(ray_cluster, hub: LocalHub, make_repo, repo_name, tmp_path):
     make_repo({"model.safetensors": 8 * MB})
     hub.state.bandwidth = 8 * MB
     controller, terminal = pty.openpty()
@@ -93,7 +93,7 @@ def test_prefetch_shows_a_progress_bar_on_a_terminal(ray_cluster, hub: TestHub, 
     assert repo_name.encode() in drawn and b"100%" in drawn and b"8.00M/8.00M" in drawn
 
 
-def test_status_lists_downloads_per_node(ray_cluster, hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+def test_status_lists_downloads_per_node(ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     make_repo({"model.safetensors": 3 * MB})
     assert run_cli(["prefetch", repo_name, "--cache-dir", str(tmp_path)], ray_cluster).returncode == 0
     done = run_cli(["status", repo_name], ray_cluster)

@@ -13,6 +13,7 @@ import pytest
 import ray
 from huggingface_hub import scan_cache_dir, snapshot_download
 
+from candle.demo.hub import Fault, LocalHub
 from candle.download import (
     AccessDenied,
     IntegrityError,
@@ -24,7 +25,6 @@ from candle.download import (
     node_downloader,
 )
 from candle.download.client import make_request
-from candle.testing.hub import Fault, TestHub
 from tests.conftest import GATED_REPO, HUB_TOKEN, RepoFactory
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -83,7 +83,7 @@ def fetch_many(gate, repo_id: str, cache_dir: str, n: int) -> list[str]:
 
 
 async def test_sixteen_concurrent_fetches_transfer_each_file_once(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
 ):
     source = make_repo(
         {"model-00001-of-00002.safetensors": 6 * MB, "model-00002-of-00002.safetensors": 4 * MB},
@@ -103,7 +103,7 @@ async def test_sixteen_concurrent_fetches_transfer_each_file_once(
 
 
 async def test_overlapping_requests_share_the_common_transfer(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
 ):
     source = make_repo({"model.safetensors": 2 * MB}, {"config.json": b"{" + b" " * (1 * MB) + b"}"})
     hub.state.bandwidth = 1 * MB
@@ -115,7 +115,7 @@ async def test_overlapping_requests_share_the_common_transfer(
     assert hub.stats.bodies_for(repo_name) == {"config.json": 1, "model.safetensors": 1}
 
 
-async def test_corrupted_transfer_is_detected_and_retried(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_corrupted_transfer_is_detected_and_retried(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 3 * MB})
     hub.state.add_fault(Fault("corrupt", path="model.safetensors", times=1))
     snapshot = await fetch(repo_name, cache_dir=tmp_path)
@@ -124,7 +124,7 @@ async def test_corrupted_transfer_is_detected_and_retried(hub: TestHub, make_rep
 
 
 async def test_corruption_on_every_try_raises_and_publishes_nothing(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
 ):
     make_repo({"model.safetensors": 1 * MB}, texts={})
     hub.state.add_fault(Fault("corrupt", path="model.safetensors", times=None))
@@ -137,7 +137,7 @@ async def test_corruption_on_every_try_raises_and_publishes_nothing(
     assert hub.stats.bodies_for(repo_name)["model.safetensors"] == 4  # CANDLE_DOWNLOAD_MAX_ATTEMPTS
 
 
-async def test_dropped_connection_resumes_where_it_stopped(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_dropped_connection_resumes_where_it_stopped(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 4 * MB})
     hub.state.add_fault(Fault("drop", path="model.safetensors", at=0.5))
     snapshot = await fetch(repo_name, cache_dir=tmp_path)
@@ -147,7 +147,7 @@ async def test_dropped_connection_resumes_where_it_stopped(hub: TestHub, make_re
     assert hub.stats.body_bytes[(repo_name, "model.safetensors")] <= 4 * MB + 1 * MB
 
 
-async def test_429_waits_for_retry_after(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_429_waits_for_retry_after(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 1 * MB})
     hub.state.add_fault(Fault("429", path="model.safetensors", retry_after=2))
     started = time.monotonic()
@@ -156,7 +156,7 @@ async def test_429_waits_for_retry_after(hub: TestHub, make_repo: RepoFactory, r
     assert_same_files(snapshot, source)
 
 
-async def test_server_errors_are_retried(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_server_errors_are_retried(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 1 * MB})
     hub.state.add_fault(Fault("500", path="model.safetensors", times=2, retry_after=None))
     snapshot = await fetch(repo_name, cache_dir=tmp_path)
@@ -165,7 +165,7 @@ async def test_server_errors_are_retried(hub: TestHub, make_repo: RepoFactory, r
     assert hub.stats.bodies_for(repo_name) == {"config.json": 1, "model.safetensors": 1}
 
 
-async def test_stalled_transfer_is_retried(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_stalled_transfer_is_retried(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 2 * MB})
     hub.state.add_fault(Fault("stall", path="model.safetensors", at=0.3, stall_seconds=60))
     started = time.monotonic()
@@ -175,7 +175,7 @@ async def test_stalled_transfer_is_retried(hub: TestHub, make_repo: RepoFactory,
     assert hub.stats.bodies[(repo_name, "model.safetensors")] == 2
 
 
-async def test_actor_answers_while_a_large_transfer_runs(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_actor_answers_while_a_large_transfer_runs(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     """Its loop is never blocked by the transfer: pings and progress calls are answered mid-transfer.
 
     (How fast it answers is measured by benchmarks, not asserted here.)
@@ -197,7 +197,7 @@ async def test_actor_answers_while_a_large_transfer_runs(hub: TestHub, make_repo
     assert len(answered_mid_transfer) >= 10, sorted(answered_mid_transfer)
 
 
-async def test_cached_fetch_downloads_no_file_bodies(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_cached_fetch_downloads_no_file_bodies(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 1 * MB}, {"config.json": b"{}", "tokenizer.json": b'{"v": 1}'})
     first = await fetch(repo_name, cache_dir=tmp_path)
     served = sum(hub.stats.bodies.values())
@@ -206,7 +206,9 @@ async def test_cached_fetch_downloads_no_file_bodies(hub: TestHub, make_repo: Re
     assert sum(hub.stats.bodies.values()) == served == len(source)
 
 
-async def test_cancelled_waiter_does_not_cancel_the_transfer(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_cancelled_waiter_does_not_cancel_the_transfer(
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
     source = make_repo({"model.safetensors": 6 * MB})
     hub.state.bandwidth = 3 * MB
     downloader = node_downloader()
@@ -222,7 +224,7 @@ async def test_cancelled_waiter_does_not_cancel_the_transfer(hub: TestHub, make_
     assert hub.stats.bodies_for(repo_name) == {"config.json": 1, "model.safetensors": 1}
 
 
-async def test_snapshot_is_a_standard_hf_cache_entry(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_snapshot_is_a_standard_hf_cache_entry(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 1 * MB}, {"config.json": b"{}", "sub/vocab.txt": b"a\nb\n"})
     snapshot = await fetch(repo_name, cache_dir=tmp_path)
     offline = snapshot_download(repo_name, cache_dir=tmp_path, local_files_only=True)
@@ -232,12 +234,12 @@ async def test_snapshot_is_a_standard_hf_cache_entry(hub: TestHub, make_repo: Re
     assert (tmp_path / f"models--{repo_name.replace('/', '--')}" / "refs" / "main").read_text() == snapshot.name
 
 
-async def test_unknown_repo_names_the_repo(hub: TestHub, tmp_path):
+async def test_unknown_repo_names_the_repo(hub: LocalHub, tmp_path):
     with pytest.raises(RepoNotFound, match="test/does-not-exist"):
         await fetch("test/does-not-exist", cache_dir=tmp_path)
 
 
-async def test_unknown_revision_and_file(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_unknown_revision_and_file(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     make_repo()
     with pytest.raises(RevisionNotFound, match=repo_name):
         await fetch(repo_name, revision="no-such-branch", cache_dir=tmp_path)
@@ -245,7 +247,7 @@ async def test_unknown_revision_and_file(hub: TestHub, make_repo: RepoFactory, r
         await fetch(repo_name, allow_patterns=["missing.bin"], cache_dir=tmp_path)
 
 
-async def test_gated_repo_needs_a_token_that_is_never_shown(hub: TestHub, tmp_path):
+async def test_gated_repo_needs_a_token_that_is_never_shown(hub: LocalHub, tmp_path):
     with pytest.raises(AccessDenied, match=GATED_REPO) as excinfo:
         await fetch(GATED_REPO, cache_dir=tmp_path, token="hf_wrong_token_abcdef")
     assert "hf_wrong_token_abcdef" not in str(excinfo.value)
@@ -256,7 +258,7 @@ async def test_gated_repo_needs_a_token_that_is_never_shown(hub: TestHub, tmp_pa
     assert HUB_TOKEN not in repr(make_request(GATED_REPO, token=HUB_TOKEN))
 
 
-async def test_out_of_disk_is_refused_before_transfer(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_out_of_disk_is_refused_before_transfer(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     make_repo({"model.safetensors": 1 * MB})
     from candle.download import DownloaderSettings
     from candle.download.downloader import NodeDownloader
@@ -269,7 +271,7 @@ async def test_out_of_disk_is_refused_before_transfer(hub: TestHub, make_repo: R
     assert os.listdir(tmp_path / f"models--{repo_name.replace('/', '--')}" / "blobs") == []
 
 
-async def test_progress_is_reported_while_a_fetch_runs(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_progress_is_reported_while_a_fetch_runs(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     make_repo({"model.safetensors": 6 * MB})
     hub.state.bandwidth = 3 * MB
     seen: list[dict] = []
@@ -293,7 +295,7 @@ def candle_series(exposition: str, repo_id: str) -> dict[str, float]:
     return series
 
 
-async def test_progress_is_exported_as_prometheus_metrics(ray_cluster, hub: TestHub, make_repo, repo_name, tmp_path):
+async def test_progress_is_exported_as_prometheus_metrics(ray_cluster, hub: LocalHub, make_repo, repo_name, tmp_path):
     make_repo({"model.safetensors": 2 * MB})
     await fetch(repo_name, cache_dir=tmp_path)
     total = float(2 * MB + len(b'{"hidden_size": 8}'))

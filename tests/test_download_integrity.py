@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants, hf_hub_download, snapshot_download
 
+from candle.demo.hub import LocalHub
 from candle.download import DownloaderSettings, NotCached
 from candle.download.cache_layout import RepoCache
 from candle.download.client import make_request
 from candle.download.downloader import NodeDownloader
 from candle.download.listing import RemoteFile
-from candle.testing.hub import TestHub
 from tests.conftest import RepoFactory
 
 MB = 1024 * 1024
@@ -69,11 +69,11 @@ def remote_file(source: dict[str, Path], rel: str) -> RemoteFile:
     return RemoteFile(rel, len(data), git, hashlib.sha256(data).hexdigest())
 
 
-async def fetch(downloader: NodeDownloader, hub: TestHub, repo: str, cache: Path) -> Path:
+async def fetch(downloader: NodeDownloader, hub: LocalHub, repo: str, cache: Path) -> Path:
     return Path(await downloader.fetch(make_request(repo, cache_dir=cache, endpoint=hub.endpoint)))
 
 
-def hf_download(hub: TestHub, repo: str, cache: Path, filename: str = WEIGHTS) -> Path:
+def hf_download(hub: LocalHub, repo: str, cache: Path, filename: str = WEIGHTS) -> Path:
     return Path(hf_hub_download(repo, filename, cache_dir=cache, endpoint=hub.endpoint))
 
 
@@ -94,7 +94,7 @@ def spelled_differently(tmp_path: Path) -> tuple[Path, Path]:
 
 
 async def test_huggingface_hub_waits_on_the_lock_candle_holds(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, monkeypatch: pytest.MonkeyPatch
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     """Pins huggingface_hub's private lock path and class: it must wait on exactly candle's lock."""
     source = make_repo({WEIGHTS: 1 * MB})
@@ -126,7 +126,7 @@ async def test_huggingface_hub_waits_on_the_lock_candle_holds(
 
 
 async def test_two_spellings_of_one_cache_share_one_transfer(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
 ):
     source = make_repo({WEIGHTS: 4 * MB})
     hub.state.bandwidth = 4 * MB
@@ -139,7 +139,7 @@ async def test_two_spellings_of_one_cache_share_one_transfer(
 
 
 async def test_two_downloaders_on_one_cache_publish_one_verified_blob(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
 ):
     """Two clusters on one cache (the second spells it differently): one writes, the other waits and reuses."""
     source = make_repo({WEIGHTS: 4 * MB})
@@ -157,7 +157,7 @@ async def test_two_downloaders_on_one_cache_publish_one_verified_blob(
 
 @pytest.mark.parametrize("first", ["candle", "huggingface_hub"])
 async def test_candle_and_hf_hub_download_race_on_one_cache(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders, first: str
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders, first: str
 ):
     """Whoever starts first writes the blob under huggingface_hub's lock; the other waits and uses it."""
     source = make_repo({WEIGHTS: 4 * MB})
@@ -179,7 +179,7 @@ async def test_candle_and_hf_hub_download_race_on_one_cache(
 
 
 async def test_blob_zeroed_in_place_is_detected_and_fetched_again(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
 ):
     source = make_repo({WEIGHTS: 2 * MB})
     downloader = downloaders()
@@ -191,7 +191,7 @@ async def test_blob_zeroed_in_place_is_detected_and_fetched_again(
 
 
 async def test_blob_written_by_hf_hub_download_is_verified_once_not_fetched_again(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
 ):
     source = make_repo({WEIGHTS: 2 * MB})
     hf_download(hub, repo_name, tmp_path)
@@ -207,7 +207,7 @@ async def test_blob_written_by_hf_hub_download_is_verified_once_not_fetched_agai
 
 
 async def test_unverified_blob_of_another_writer_that_does_not_match_is_fetched_again(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
 ):
     source = make_repo({WEIGHTS: 2 * MB})
     blob = hf_download(hub, repo_name, tmp_path).resolve()
@@ -217,7 +217,7 @@ async def test_unverified_blob_of_another_writer_that_does_not_match_is_fetched_
 
 
 async def test_offline_fetch_verifies_what_huggingface_hub_downloaded(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders, monkeypatch
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders, monkeypatch
 ):
     source = make_repo({WEIGHTS: 1 * MB})
     snapshot_download(repo_name, cache_dir=tmp_path, endpoint=hub.endpoint)

@@ -28,10 +28,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants, hf_hub_download
 
+from candle.demo.hub import Fault, LocalHub
 from candle.download import DownloadError, DownloaderSettings, OutOfDisk
 from candle.download.client import make_request
 from candle.download.downloader import NodeDownloader
-from candle.testing.hub import Fault, TestHub
 from tests.conftest import RepoFactory
 
 SEED = 20261201
@@ -142,8 +142,8 @@ class Soak:
 
     def __init__(
         self,
-        hub: TestHub,
-        clean_hub: TestHub,
+        hub: LocalHub,
+        clean_hub: LocalHub,
         repos: dict[str, list[str]],
         cache: Path,
         spellings: list[Path],
@@ -282,7 +282,7 @@ def tmpfs(path: Path, size_mb: int) -> Iterator[bool]:
 
 
 @pytest.fixture
-def soak_repos(make_repo: RepoFactory, repo_name: str, hub: TestHub) -> dict[str, list[str]]:
+def soak_repos(make_repo: RepoFactory, repo_name: str, hub: LocalHub) -> dict[str, list[str]]:
     """Three repos of LFS weights and plain text files."""
     repos = {}
     for i, weights in enumerate(([3 * MB, 2 * MB], [4 * MB], [1 * MB, 1 * MB])):
@@ -292,7 +292,7 @@ def soak_repos(make_repo: RepoFactory, repo_name: str, hub: TestHub) -> dict[str
     return repos
 
 
-async def soak(hub: TestHub, repos: dict[str, list[str]], root: Path, seconds: float, disk: Path | None) -> Counter:
+async def soak(hub: LocalHub, repos: dict[str, list[str]], root: Path, seconds: float, disk: Path | None) -> Counter:
     checksums: dict[Key, tuple[str, bool]] = {}
     for repo in repos:
         for path, f in hub.state.repo(repo).files.items():
@@ -303,7 +303,7 @@ async def soak(hub: TestHub, repos: dict[str, list[str]], root: Path, seconds: f
     invariants = Invariants(cache, checksums)
     stop = threading.Event()
     watcher = threading.Thread(target=invariants.watch, args=(stop,), daemon=True)
-    with TestHub(hub.state.root) as clean_hub:
+    with LocalHub(hub.state.root) as clean_hub:
         actors = Soak(hub, clean_hub, repos, cache, [cache, root / "alias" / ".." / "alias"], invariants)
         watcher.start()
         try:
@@ -330,7 +330,7 @@ def restore_hf_constants(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("restore_hf_constants")
-async def test_soak_faults_second_writer_and_damaged_blobs(hub: TestHub, soak_repos, tmp_path):
+async def test_soak_faults_second_writer_and_damaged_blobs(hub: LocalHub, soak_repos, tmp_path):
     seen = await soak(hub, soak_repos, tmp_path, seconds=30, disk=None)
     print(dict(seen))
     for happened in ("fetch byte-exact", "fault corrupt", "fault drop", "hf_hub_download", "blob zero"):
@@ -339,7 +339,7 @@ async def test_soak_faults_second_writer_and_damaged_blobs(hub: TestHub, soak_re
 
 
 @pytest.mark.usefixtures("restore_hf_constants")
-async def test_soak_disk_full(hub: TestHub, soak_repos, tmp_path):
+async def test_soak_disk_full(hub: LocalHub, soak_repos, tmp_path):
     with tmpfs(tmp_path / "disk", size_mb=40) as mounted:
         if not mounted:
             pytest.skip("a disk that fills up needs a small tmpfs: mounting one needs root (CAP_SYS_ADMIN)")

@@ -17,6 +17,7 @@ from huggingface_hub import HfApi, hf_hub_url
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from candle.demo.hub import Fault, ListingOverride, LocalHub
 from candle.download import DownloadError, DownloaderSettings, RepoNotFound, UnsafeListing, fetch
 from candle.download.cache_layout import RepoCache
 from candle.download.client import make_request
@@ -26,7 +27,6 @@ from candle.download.redact import redact_text, redact_url
 from candle.download.safe_names import check_commit, check_revision, path_problem
 from candle.download.transfer import download_verified
 from candle.testing import free_port
-from candle.testing.hub import Fault, ListingOverride, TestHub
 from tests.conftest import RepoFactory
 
 MB = 1024 * 1024
@@ -65,7 +65,7 @@ async def assert_refused_writing_nothing(repo_name: str, tmp_path: Path, entry: 
     ["../../../evil", "a" * 39, "A" * 40, "g" * 40, "a" * 40 + "/x"],
     ids=["traversal", "39-hex", "upper-hex", "non-hex", "suffix"],
 )
-async def test_a_hostile_commit_is_refused(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, commit):
+async def test_a_hostile_commit_is_refused(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, commit):
     make_repo({"model.safetensors": 1 * MB})
     hub.state.override_listing(repo_name, ListingOverride(commit=commit))
     message = await assert_refused_writing_nothing(repo_name, tmp_path, commit)
@@ -89,7 +89,7 @@ async def test_a_hostile_commit_is_refused(hub: TestHub, make_repo: RepoFactory,
         "file-and-folder",
     ],
 )
-async def test_a_hostile_tree_path_is_refused(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, path, named):
+async def test_a_hostile_tree_path_is_refused(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, path, named):
     make_repo({"model.safetensors": 1 * MB})
     hub.state.override_listing(repo_name, ListingOverride(aliases={path: "config.json"}))
     await assert_refused_writing_nothing(repo_name, tmp_path, named)
@@ -110,7 +110,7 @@ async def test_a_hostile_tree_path_is_refused(hub: TestHub, make_repo: RepoFacto
     ids=["non-hex-oid", "traversal-oid", "negative-size", "text-size", "short-lfs-oid", "traversal-lfs-oid"],
 )
 async def test_hostile_checksums_and_sizes_are_refused(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, path, fields, shown
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, path, fields, shown
 ):
     make_repo({"model.safetensors": 1 * MB})
     hub.state.override_listing(repo_name, ListingOverride(fields={path: fields}))
@@ -123,14 +123,14 @@ async def test_hostile_checksums_and_sizes_are_refused(
     ["../../../evil", "/main", "refs//pr", "a\\b", "v1..2"],
     ids=["escape", "absolute", "empty-segment", "backslash", "dot-dot"],
 )
-async def test_an_unsafe_revision_is_refused(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, revision):
+async def test_an_unsafe_revision_is_refused(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, revision):
     make_repo()
     await assert_refused_writing_nothing(repo_name, tmp_path, revision, revision=revision)
     assert hub.stats.api_calls[repo_name] == 0
 
 
 @pytest.mark.usefixtures("ray_cluster")
-async def test_a_poisoned_tree_cache_is_refused(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+async def test_a_poisoned_tree_cache_is_refused(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     make_repo()
     commit = HfApi(endpoint=hub.endpoint).repo_info(repo_name).sha
     listed = HfApi(endpoint=hub.endpoint).list_repo_tree(repo_name, revision=commit)
@@ -145,7 +145,7 @@ async def test_a_poisoned_tree_cache_is_refused(hub: TestHub, make_repo: RepoFac
 
 @pytest.mark.usefixtures("ray_cluster")
 async def test_an_honest_listing_with_odd_but_safe_names_is_fetched(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
 ):
     source = make_repo(texts={"config.json": b"{}", "dir.with.dots/..hidden/x y.txt": b"ok", "é/ü.json": b"[]"})
     snapshot = await fetch(repo_name, cache_dir=tmp_path)
@@ -174,7 +174,7 @@ async def test_an_unreachable_mirror_is_named_without_its_credentials(tmp_path):
 
 
 def test_listing_logs_and_errors_carry_no_credentials(
-    hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, caplog
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, caplog
 ):
     make_repo()
     hub.state.plain_mirror = True
@@ -187,7 +187,7 @@ def test_listing_logs_and_errors_carry_no_credentials(
     assert not [r for r in caplog.records if SECRET in r.getMessage()]
 
 
-def test_transfer_retry_logs_carry_no_credentials(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path, caplog):
+def test_transfer_retry_logs_carry_no_credentials(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, caplog):
     source = make_repo({"model.safetensors": 1 * MB})
     endpoint = with_credentials(hub.endpoint)
     listing = list_repo(make_request(repo_name, cache_dir=tmp_path, endpoint=endpoint))
@@ -212,7 +212,7 @@ def test_transfer_retry_logs_carry_no_credentials(hub: TestHub, make_repo: RepoF
 
 
 @pytest.mark.usefixtures("ray_cluster")
-async def test_a_plain_mirror_404_is_reported_as_such(hub: TestHub, tmp_path):
+async def test_a_plain_mirror_404_is_reported_as_such(hub: LocalHub, tmp_path):
     hub.state.plain_mirror = True
     with pytest.raises(RepoNotFound) as excinfo:
         await fetch("test/not-on-this-mirror", cache_dir=tmp_path, endpoint=with_credentials(hub.endpoint))

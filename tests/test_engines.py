@@ -26,13 +26,13 @@ from sentence_transformers.sentence_transformer.modules import Dense, Normalize,
 
 from candle.catalog import ModelSpec, load_catalog
 from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall, TextChunk
+from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.engines import engine_kind, load_engine
 from candle.engines.device import gpu_count
 from candle.engines.embeddings import SentenceEmbeddingEngine
 from candle.engines.errors import InvalidInput
 from candle.engines.images import DiffusionEngine
 from candle.engines.text import TransformersTextEngine
-from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
 # On a GPU machine load_engine picks vLLM for text and loads models in bf16 on CUDA, so these exact
 # checks of the CPU paths skip there; tests/test_gpu_engines.py covers the GPU paths.

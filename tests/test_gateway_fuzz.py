@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
 
-from candle.testing.hub import TestHub
+from candle.demo.hub import LocalHub
 from tests.demo_gateways import demo_gateway
 
 MODELS = {
@@ -36,7 +36,7 @@ MAX_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
-def fuzzed(serve_base: str, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
+def fuzzed(serve_base: str, hub_server: LocalHub, hub_store: Path) -> Iterator[str]:
     settings = {"request_timeout_s": REQUEST_TIMEOUT_S, "max_body_bytes": 1_000_000}
     with demo_gateway(serve_base, hub_store, "gateway-fuzz", "/fuzz", settings, {}) as base:
         yield base

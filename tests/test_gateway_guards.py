@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from candle.testing.hub import TestHub
+from candle.demo.hub import LocalHub
 from tests.demo_gateways import DEMO, demo_gateway
 
 API_KEY = "sk-candle-guards-key-0123456789"
@@ -29,7 +29,7 @@ CHAT = [{"role": "user", "content": "Write a function."}]
 
 
 @pytest.fixture(scope="module")
-def api(serve_base: str, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
+def api(serve_base: str, hub_server: LocalHub, hub_store: Path) -> Iterator[str]:
     settings = {"api_keys": [API_KEY], "max_body_bytes": MAX_BODY_BYTES, "request_timeout_s": REQUEST_TIMEOUT_S}
     with demo_gateway(serve_base, hub_store, "gateway-guards", "/guards", settings, AUTH) as base:
         yield base

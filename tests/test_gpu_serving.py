@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from candle.catalog import load_catalog
+from candle.demo.hub import LocalHub
+from candle.demo.tiny_models import build_tiny_store
 from candle.testing import catalog_apps, replica_processes, wait_for_models
-from candle.testing.hub import TestHub
-from candle.testing.tiny_models import build_tiny_store
 from tests.test_api import CHAT, assert_the_image_is_read, cos, data_url
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -54,7 +54,7 @@ NAMES = [entry["name"] for entry in CATALOG["models"]]
 
 
 @pytest.fixture(scope="module")
-def gpu_api(serve_base: str, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
+def gpu_api(serve_base: str, hub_server: LocalHub, hub_store: Path) -> Iterator[str]:
     build_tiny_store(hub_store)
     base = f"{serve_base}/gpu"
     with catalog_apps(CATALOG, "gateway-gpu", "/gpu"):

@@ -10,11 +10,11 @@ import pytest
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-from candle.testing.hub import Fault, ListingOverride, TestHub
+from candle.demo.hub import Fault, ListingOverride, LocalHub
 from tests.conftest import GATED_REPO, HUB_TOKEN, RepoFactory
 
 
-def test_listing_and_metadata_match_the_files(hub: TestHub, make_repo: RepoFactory, repo_name):
+def test_listing_and_metadata_match_the_files(hub: LocalHub, make_repo: RepoFactory, repo_name):
     source = make_repo({"weights.safetensors": 3000}, {"config.json": b"{}", "a/b/c.txt": b"deep"})
     api = HfApi(endpoint=hub.endpoint)
     info = api.repo_info(repo_name)
@@ -29,7 +29,7 @@ def test_listing_and_metadata_match_the_files(hub: TestHub, make_repo: RepoFacto
     assert (meta.commit_hash, meta.etag, meta.size) == (info.sha, tree["weights.safetensors"].lfs.sha256, 3000)
 
 
-def test_range_requests_and_counters(hub: TestHub, make_repo: RepoFactory, repo_name):
+def test_range_requests_and_counters(hub: LocalHub, make_repo: RepoFactory, repo_name):
     source = make_repo({"weights.bin": 1000})
     url = hf_hub_url(repo_name, "weights.bin", endpoint=hub.endpoint)
     partial = httpx.get(url, headers={"Range": "bytes=100-199"})
@@ -40,13 +40,13 @@ def test_range_requests_and_counters(hub: TestHub, make_repo: RepoFactory, repo_
     assert hub.stats.body_bytes[(repo_name, "weights.bin")] == 100
 
 
-def test_plain_huggingface_hub_download_works(hub: TestHub, make_repo: RepoFactory, repo_name, tmp_path):
+def test_plain_huggingface_hub_download_works(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
     source = make_repo({"model.safetensors": 5000})
     path = hf_hub_download(repo_name, "model.safetensors", cache_dir=tmp_path, endpoint=hub.endpoint)
     assert Path(path).read_bytes() == source["model.safetensors"].read_bytes()
 
 
-def test_errors_use_the_hub_error_codes(hub: TestHub, make_repo: RepoFactory, repo_name):
+def test_errors_use_the_hub_error_codes(hub: LocalHub, make_repo: RepoFactory, repo_name):
     make_repo()
     api = HfApi(endpoint=hub.endpoint)
     with pytest.raises(RepositoryNotFoundError):
@@ -59,7 +59,7 @@ def test_errors_use_the_hub_error_codes(hub: TestHub, make_repo: RepoFactory, re
 
 
 @pytest.mark.parametrize("kind", ["drop", "corrupt"])
-def test_body_faults_spoil_exactly_the_configured_responses(hub: TestHub, make_repo: RepoFactory, repo_name, kind):
+def test_body_faults_spoil_exactly_the_configured_responses(hub: LocalHub, make_repo: RepoFactory, repo_name, kind):
     source = make_repo({"w.bin": 4096})
     hub.state.add_fault(Fault(kind, path="w.bin", times=1))
     url = hf_hub_url(repo_name, "w.bin", endpoint=hub.endpoint)
@@ -72,7 +72,7 @@ def test_body_faults_spoil_exactly_the_configured_responses(hub: TestHub, make_r
         assert client.get(url).content == source["w.bin"].read_bytes()
 
 
-def test_rate_limit_answers_retry_after(hub: TestHub, make_repo: RepoFactory, repo_name):
+def test_rate_limit_answers_retry_after(hub: LocalHub, make_repo: RepoFactory, repo_name):
     make_repo({"w.bin": 10})
     hub.state.add_fault(Fault("429", path="w.bin", retry_after=7))
     response = httpx.get(hf_hub_url(repo_name, "w.bin", endpoint=hub.endpoint))
@@ -81,10 +81,10 @@ def test_rate_limit_answers_retry_after(hub: TestHub, make_repo: RepoFactory, re
 
 def test_hub_refuses_non_loopback_addresses(tmp_path):
     with pytest.raises(ValueError, match="loopback"):
-        TestHub(tmp_path, host="0.0.0.0")
+        LocalHub(tmp_path, host="0.0.0.0")
 
 
-def test_faults_are_counted_per_file_and_kind(hub: TestHub, make_repo: RepoFactory, repo_name):
+def test_faults_are_counted_per_file_and_kind(hub: LocalHub, make_repo: RepoFactory, repo_name):
     make_repo({"w.bin": 10})
     hub.state.add_fault(Fault("500", path="w.bin", times=2, retry_after=None))
     url = hf_hub_url(repo_name, "w.bin", endpoint=hub.endpoint)
@@ -93,7 +93,7 @@ def test_faults_are_counted_per_file_and_kind(hub: TestHub, make_repo: RepoFacto
     assert hub.stats.bodies[(repo_name, "w.bin")] == 1
 
 
-def test_plain_mirror_answers_a_bare_404(hub: TestHub, make_repo: RepoFactory, repo_name):
+def test_plain_mirror_answers_a_bare_404(hub: LocalHub, make_repo: RepoFactory, repo_name):
     make_repo()
     hub.state.plain_mirror = True
     for path in [
@@ -107,7 +107,7 @@ def test_plain_mirror_answers_a_bare_404(hub: TestHub, make_repo: RepoFactory, r
     assert httpx.get(hub.endpoint + "/api/models/nobody/nothing").headers["X-Error-Code"] == "RepoNotFound"
 
 
-def test_listing_override_is_served_through_every_endpoint(hub: TestHub, make_repo: RepoFactory, repo_name):
+def test_listing_override_is_served_through_every_endpoint(hub: LocalHub, make_repo: RepoFactory, repo_name):
     source = make_repo(texts={"config.json": b"{}"})
     hostile = ListingOverride(commit="f" * 40, aliases={"../evil": "config.json"}, fields={"config.json": {"size": -1}})
     hub.state.override_listing(repo_name, hostile)

@@ -31,12 +31,12 @@ from PIL import Image
 from candle.api.errors import APIError
 from candle.api.images import load_image_bytes
 from candle.catalog import ModelSpec, load_catalog
+from candle.demo.hub import LocalHub
+from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.engines import load_engine
 from candle.engines.errors import InvalidInput
 from candle.placement import deployment_options
 from candle.testing import catalog_apps, wait_for_models
-from candle.testing.hub import TestHub
-from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.embeddings import EmbedCall, EmbeddingReplica
 
 DEMO = load_catalog("demo")
@@ -308,7 +308,7 @@ def queue_model(name: str, budget_s: float) -> ModelSpec:
 
 
 @pytest.fixture(scope="module")
-def guarded(serve_base: str, hub_server: TestHub, hub_store: Path) -> Iterator[str]:
+def guarded(serve_base: str, hub_server: LocalHub, hub_store: Path) -> Iterator[str]:
     """A gateway at /guard with remote images on (loopback allowed) before CLIP and two queued MiniLMs."""
     build_tiny_store(hub_store, ["clip", "minilm"])
     assert TINY_MODELS["minilm"] == DEMO.get("all-minilm-l6-v2").repo_id

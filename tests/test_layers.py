@@ -32,10 +32,6 @@ LAYERS: dict[str, int] = {
 }
 # What the bottom layer must stay free of, so the gateway and the catalog import it cheaply.
 HEAVY = ("torch", "transformers", "diffusers", "vllm", "fastapi", "starlette", "ray")
-# Imports that break the rules today, each with the issue that removes it. Keep this list shrinking.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    ("candle.demo", "candle.testing"),  # the demo's hub and tiny models move under candle.demo (issue 13)
-}
 
 
 def package_of(module: str) -> str | None:
@@ -73,7 +69,7 @@ def violations(module: str, imports: set[str]) -> list[str]:
     wrong = []
     for imported in sorted(imports):
         target = package_of(imported)
-        if target is None or target == importer or (importer, target) in KNOWN_VIOLATIONS:
+        if target is None or target == importer:
             continue
         if LAYERS[target] >= LAYERS[importer]:
             wrong.append(f"{module} (layer {LAYERS[importer]}) imports {imported} (layer {LAYERS[target]})")

@@ -25,7 +25,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from candle.testing.tiny_models import STATE_DIR, TINY_MODELS, build_tiny_store
+from candle.demo.tiny_models import STATE_DIR, TINY_MODELS, build_tiny_store
 
 CHAT = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -151,7 +151,7 @@ def test_llava_answers_about_an_image(repos: dict[str, Path]):
 def test_builds_are_deterministic(tmp_path: Path, repos: dict[str, Path]):
     """A fresh process (new hash seeds, new RNG) writes the same bytes, through the command line."""
     names = [name for name in TINY_MODELS if name != "minilm"]  # minilm is a plain copy
-    command = [sys.executable, "-m", "candle.testing.tiny_models", str(tmp_path), "--only", *names]
+    command = [sys.executable, "-m", "candle.demo.tiny_models", str(tmp_path), "--only", *names]
     result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.splitlines() == [
         f"{name}\t{TINY_MODELS[name]}\t{tmp_path / TINY_MODELS[name]}" for name in names

@@ -20,9 +20,9 @@ from vllm.platforms import current_platform
 
 from candle.catalog import Resources, load_catalog
 from candle.contracts import ChatCall, CompletionCall, GenerationParams, TextChunk
+from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.engines.vllm_parsing import PARSER_KEYS
 from candle.engines.vllm_text import VLLMEngine
-from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
 CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]
 # 5% of the device's memory (of RAM on CPUs, about 1 GiB here) is far more than the tiny models

@@ -21,8 +21,8 @@ from transformers import AutoTokenizer
 from candle.api.responses import AssistantMessage
 from candle.catalog import load_catalog
 from candle.contracts import GenerationParams, TextChunk
+from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.engines.vllm_parsing import PARSER_KEYS, OutputParsers
-from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 
 TOOLS = [
     {

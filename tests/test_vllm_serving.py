@@ -20,9 +20,9 @@ pytest.importorskip("vllm.v1.engine.async_llm", reason="vLLM (the gpu extra, or 
 
 from ray import serve
 
+from candle.demo.hub import LocalHub
+from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.testing import catalog_apps, replica_processes, wait_for_models
-from candle.testing.hub import TestHub
-from candle.testing.tiny_models import TINY_MODELS, build_tiny_store
 from deployments.app import build_model_app
 from tests.test_vllm_engine import tiny_engine_args
 
@@ -56,7 +56,7 @@ def catalog(hub_store: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def client(serve_base: str, hub_server: TestHub, catalog: dict[str, Any]) -> Iterator[openai.OpenAI]:
+def client(serve_base: str, hub_server: LocalHub, catalog: dict[str, Any]) -> Iterator[openai.OpenAI]:
     base = f"{serve_base}/vllm"
     with catalog_apps(catalog, "gateway-vllm", "/vllm"):
         wait_for_models(base, {MODEL: "ready"})

@@ -1,6 +1,6 @@
 """The offline local demo: tiny models behind the real API, on CPU, with no Hub access.
 
-``candle demo`` builds the tiny model store (cached), serves it with the test hub on loopback,
+``candle demo`` builds the tiny model store (cached), serves it with the local Hub look-alike on loopback,
 points ``HF_ENDPOINT`` at it, writes a Serve config for the demo catalog and hands over to a real
 ``serve run`` of that config: every replica fetches its weights through the download service, as
 in production, and the OpenAI-compatible API comes up on ``http://127.0.0.1:PORT/v1``.
@@ -22,8 +22,8 @@ DEMO_HOME = Path(os.environ.get("CANDLE_DEMO_HOME", Path.home() / ".cache" / "ca
 
 def run(port: int = 8000, home: Path = DEMO_HOME) -> int:
     """Build, serve the hub, and ``serve run`` the demo until Ctrl-C; returns serve's exit code."""
-    from candle.testing.hub import TestHub
-    from candle.testing.tiny_models import build_tiny_store
+    from candle.demo.hub import LocalHub
+    from candle.demo.tiny_models import build_tiny_store
 
     home.mkdir(parents=True, exist_ok=True)
     print(f"candle demo: building the tiny model store in {home / 'store'} (cached after the first run)", flush=True)
@@ -33,7 +33,7 @@ def run(port: int = 8000, home: Path = DEMO_HOME) -> int:
         render(build("demo", port=port, host="127.0.0.1", proxy_location="HeadOnly", gateway_replicas=1))
     )
     serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
-    with TestHub(home / "store") as hub:
+    with LocalHub(home / "store") as hub:
         env = {
             **os.environ,
             "HF_ENDPOINT": hub.endpoint,

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from ray.cluster_utils import Cluster
 
+from candle.demo.hub import LocalHub
+from candle.demo.tiny_models import build_tiny_store
 from candle.testing.cluster import NODE_CLASS, NodeSpec, node_hub_cache, simulated_cluster
-from candle.testing.hub import TestHub
-from candle.testing.tiny_models import build_tiny_store
 from tests.conftest import TEST_ENV
 
 NODES = (
@@ -40,7 +40,7 @@ class SimCluster:
     cluster: Cluster
     node_ids: dict[str, str]  # node name -> Ray node id
     cache_root: Path
-    hub: TestHub
+    hub: LocalHub
 
     @property
     def names(self) -> dict[str, str]:
@@ -76,7 +76,7 @@ def tiny_store(hub_store: Path) -> Path:
 
 
 @pytest.fixture(scope="module")  # one per module: other modules here start clusters of their own
-def sim(tiny_store: Path, hub_server: TestHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
+def sim(tiny_store: Path, hub_server: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
     cache_root = tmp_path_factory.mktemp("node-caches")
     env = {**TEST_ENV, **SERVE_ENV, "HF_ENDPOINT": hub_server.endpoint}
     with simulated_cluster(NODES, env, cache_root=cache_root, dashboard=True) as (cluster, ids):

@@ -11,11 +11,11 @@ import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from candle.demo.hub import LocalHub, write_random_file
 from candle.download import fetch
 from candle.download.client import node_downloader
 from candle.download.coordinator import NAME as COORDINATOR
 from candle.testing.cluster import NodeSpec, node_hub_cache, simulated_cluster
-from candle.testing.hub import TestHub, write_random_file
 
 pytestmark = pytest.mark.cluster
 
@@ -56,19 +56,19 @@ def assert_copy(snapshot: str, source: dict[str, Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHub]:
-    with TestHub(tmp_path_factory.mktemp("store")) as hub:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+    with LocalHub(tmp_path_factory.mktemp("store")) as hub:
         yield hub
 
 
 @pytest.fixture(scope="module")
-def cluster(hub: TestHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict[str, str], Path]]:
+def cluster(hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict[str, str], Path]]:
     caches = tmp_path_factory.mktemp("caches")
     with simulated_cluster(NODES, {**ENV, "HF_ENDPOINT": hub.endpoint}, cache_root=caches) as (sim, ids):
         yield sim, ids, caches
 
 
-def test_three_nodes_four_fetchers_each_one_hub_transfer_per_file(hub: TestHub, cluster):
+def test_three_nodes_four_fetchers_each_one_hub_transfer_per_file(hub: LocalHub, cluster):
     _, ids, caches = cluster
     source = make_repo(hub.state.root, "multi/model", {f"shard-{i}.safetensors": 4 * MB for i in range(3)})
     results = ray.get(
@@ -92,7 +92,7 @@ def wait_for_bytes(node_id: str, repo_id: str) -> dict[str, object]:
         time.sleep(0.05)
 
 
-def test_a_peer_dying_mid_copy_does_not_stop_the_others(hub: TestHub, cluster):
+def test_a_peer_dying_mid_copy_does_not_stop_the_others(hub: LocalHub, cluster):
     sim, ids, caches = cluster
     size = 24 * MB  # 6 s from a peer at 4 MB/s
     source = make_repo(hub.state.root, "multi/dying-peer", {"model.safetensors": size})
@@ -112,7 +112,7 @@ def test_a_peer_dying_mid_copy_does_not_stop_the_others(hub: TestHub, cluster):
     assert size < served < 2 * size
 
 
-def test_losing_the_coordinator_loses_no_download(hub: TestHub, cluster):
+def test_losing_the_coordinator_loses_no_download(hub: LocalHub, cluster):
     _, ids, _ = cluster
     source = make_repo(hub.state.root, "multi/orphan", {"model.safetensors": 8 * MB})
     hub.state.throttles["multi/orphan"] = 4 * MB

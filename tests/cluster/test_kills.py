@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import ray
 
+from candle.demo.hub import LocalHub
 from candle.download.client import downloader_name, node_downloader
 from candle.download.coordinator import NAME as COORDINATOR
 from candle.testing.cluster import simulated_cluster
-from candle.testing.hub import TestHub
 from tests.cluster.test_downloads import ENV, MB, NODES, assert_copy, fetch_on_node, make_repo, on, wait_for_bytes
 
 pytestmark = pytest.mark.cluster
@@ -27,19 +27,19 @@ HUB_RATE = 4 * MB  # 4 s per blob from the hub
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHub]:
-    with TestHub(tmp_path_factory.mktemp("kill-store")) as hub:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+    with LocalHub(tmp_path_factory.mktemp("kill-store")) as hub:
         yield hub
 
 
 @pytest.fixture(scope="module")
-def ids(hub: TestHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def ids(hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     caches = tmp_path_factory.mktemp("kill-caches")
     with simulated_cluster(NODES, {**ENV, "HF_ENDPOINT": hub.endpoint}, cache_root=caches) as (_, ids):
         yield ids
 
 
-def slow_repo(hub: TestHub, repo_id: str) -> dict[str, Path]:
+def slow_repo(hub: LocalHub, repo_id: str) -> dict[str, Path]:
     hub.state.throttles[repo_id] = HUB_RATE
     return make_repo(hub.state.root, repo_id, {"model.safetensors": SIZE})
 
@@ -54,7 +54,7 @@ def assert_every_fetch_exact(fetches: list[ray.ObjectRef], source: dict[str, Pat
 
 
 def first_and_waiters(
-    hub: TestHub, ids: dict[str, str], repo_id: str, first: str, others: list[str]
+    hub: LocalHub, ids: dict[str, str], repo_id: str, first: str, others: list[str]
 ) -> tuple[dict[str, Path], ray.ObjectRef, list[ray.ObjectRef]]:
     """A fetch on ``first`` that is receiving hub bytes, and fetches on ``others`` that have asked too."""
     source = slow_repo(hub, repo_id)
@@ -66,11 +66,11 @@ def first_and_waiters(
     return source, first_fetch, waiters
 
 
-def hub_bytes(hub: TestHub, repo_id: str) -> int:
+def hub_bytes(hub: LocalHub, repo_id: str) -> int:
     return hub.stats.body_bytes[(repo_id, "model.safetensors")]
 
 
-def test_killing_the_downloading_node_s_downloader(hub: TestHub, ids: dict[str, str]):
+def test_killing_the_downloading_node_s_downloader(hub: LocalHub, ids: dict[str, str]):
     source, downloading, waiters = first_and_waiters(hub, ids, "kill/downloader", "a", ["b", "head"])
     ray.kill(ray.get_actor(downloader_name(ids["a"]), namespace="candle"), no_restart=True)
 
@@ -79,7 +79,7 @@ def test_killing_the_downloading_node_s_downloader(hub: TestHub, ids: dict[str, 
     assert SIZE <= hub_bytes(hub, "kill/downloader") < 2 * SIZE
 
 
-def test_killing_the_coordinator_while_others_wait(hub: TestHub, ids: dict[str, str]):
+def test_killing_the_coordinator_while_others_wait(hub: LocalHub, ids: dict[str, str]):
     source, downloading, waiters = first_and_waiters(hub, ids, "kill/coordinator", "a", ["b", "head"])
     ray.kill(ray.get_actor(COORDINATOR, namespace="candle"), no_restart=False)
 
@@ -87,7 +87,7 @@ def test_killing_the_coordinator_while_others_wait(hub: TestHub, ids: dict[str, 
     assert hub_bytes(hub, "kill/coordinator") == SIZE, "the waiters copied from a, none went to the hub"
 
 
-def test_killing_a_caller_leaves_the_transfer_to_the_others(hub: TestHub, ids: dict[str, str]):
+def test_killing_a_caller_leaves_the_transfer_to_the_others(hub: LocalHub, ids: dict[str, str]):
     source, doomed, waiters = first_and_waiters(hub, ids, "kill/caller", "b", ["b", "a"])
     ray.cancel(doomed, force=True)  # its worker process is killed, as a replica that dies
 

@@ -31,11 +31,11 @@ from ray.util.state import list_actors
 from ray.util.state.common import ActorState
 
 from candle.catalog import ModelSpec, load_catalog
+from candle.demo.tiny_models import TINY_MODELS
 from candle.placement import NodeInfo, hosting_nodes
 from candle.serve_config import GATEWAY_REPLICAS
 from candle.testing import free_port, wait_for_models
 from candle.testing.cluster import NODE_CLASS, node_hub_cache
-from candle.testing.tiny_models import TINY_MODELS
 from deployments.app import build_gateway_app, build_model_app
 from tests.cluster.conftest import NODES, SimCluster
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import ray
 
+from candle.demo.hub import LocalHub
 from candle.testing.cluster import simulated_cluster
-from candle.testing.hub import TestHub
 from tests.cluster.test_downloads import ENV, NODES, assert_copy, fetch_on_node, make_repo, on
 
 pytestmark = pytest.mark.cluster
@@ -18,9 +18,9 @@ MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestHub, dict[str, str], Path]]:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalHub, dict[str, str], Path]]:
     """A cluster whose nodes all use one HF cache folder: (hub, node ids, that folder)."""
-    with TestHub(tmp_path_factory.mktemp("shared-store")) as hub:
+    with LocalHub(tmp_path_factory.mktemp("shared-store")) as hub:
         folder = tmp_path_factory.mktemp("shared-hf")
         env = {
             **ENV,

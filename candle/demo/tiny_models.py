@@ -1,6 +1,6 @@
 """Tiny random stand-ins for every architecture candle serves, written as Hub repos into a store.
 
-The test hub (:mod:`candle.testing.hub`) serves ``<store>/<namespace>/<name>/...``; this module
+The test hub (:mod:`candle.demo.hub`) serves ``<store>/<namespace>/<name>/...``; this module
 fills such a store with repos that load through the real library code paths
 (``AutoModelForCausalLM``, ``StableDiffusion3Pipeline``, ``SentenceTransformer``...) but weigh
 well under a few MB and run in milliseconds on a CPU. Nothing is downloaded: tokenizers are trained
@@ -25,7 +25,7 @@ Constraints a user must know:
   ``CLIPTokenizer`` (77 tokens) for the CLIP encoders, ``T5Tokenizer`` for T5.
 * CLIP and LLaVA see 32x32 images in 8x8 patches: 16 image tokens per image for LLaVA.
 
-``python -m candle.testing.tiny_models STORE [--only NAME ...]`` builds a store from the shell.
+``python -m candle.demo.tiny_models STORE [--only NAME ...]`` builds a store from the shell.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def _build(name: str, folder: Path) -> None:
         recipe.build(folder)
     if recipe.card is not None:
         (folder / "README.md").write_text(
-            f"Random tiny {recipe.card} for candle's tests (built by candle.testing.tiny_models); "
+            f"Random tiny {recipe.card} for candle's tests (built by candle.demo.tiny_models); "
             "its outputs are meaningless.\n"
         )
 
