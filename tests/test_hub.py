@@ -119,3 +119,15 @@ def test_listing_override_is_served_through_every_endpoint(hub: LocalHub, make_r
     assert response.headers["X-Repo-Commit"] == "f" * 40 and response.content == source["config.json"].read_bytes()
     hub.reset()
     assert api.repo_info(repo_name).sha != "f" * 40
+
+
+def test_the_hub_reads_range_headers_itself():
+    from candle.demo.hub import requested_range
+
+    assert requested_range(None, 10) == (0, 10)
+    assert requested_range("bytes=2-4", 10) == (2, 5)
+    assert requested_range("bytes=7-", 10) == (7, 10)
+    assert requested_range("bytes=-3", 10) == (7, 10)  # a suffix: the last three bytes
+    assert requested_range("bytes=8-99", 10) == (8, 10)
+    assert requested_range("bytes=12-", 10) == (10, 10)
+    assert requested_range("items=1-2", 10) == (0, 10)
