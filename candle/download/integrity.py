@@ -34,10 +34,6 @@ def new_hasher(f: RemoteFile) -> hashlib._Hash:
     return hashlib.sha1(f"blob {f.size}\0".encode())
 
 
-def expected_digest(f: RemoteFile) -> str:
-    return f.sha256 or f.blob_id
-
-
 @dataclass(frozen=True)
 class Fingerprint:
     """What changes when a file's bytes are rewritten in place or the file is replaced."""
@@ -69,7 +65,7 @@ def is_recorded(blob: Path, record: Path, f: RemoteFile) -> bool:
         current = Fingerprint.of(blob.stat())
     except (OSError, ValueError):
         return False
-    return saved == {**asdict(current), "digest": expected_digest(f)}
+    return saved == {**asdict(current), "digest": f.etag}
 
 
 def _write_record(record: Path, digest: str, fingerprint: Fingerprint) -> None:
@@ -98,7 +94,7 @@ def publish(partial: Path, blob: Path, record: Path, f: RemoteFile) -> str:
     The caller holds the blob's lock: nobody else writes ``blob`` meanwhile.
     """
     digest, fingerprint = hash_on_disk(partial, f)
-    if digest == expected_digest(f):
+    if digest == f.etag:
         os.replace(partial, blob)
         _fsync_dir(blob.parent)
         _write_record(record, digest, fingerprint)
@@ -117,7 +113,7 @@ def verify_published(blob: Path, record: Path, f: RemoteFile) -> bool:
         digest, fingerprint = hash_on_disk(blob, f)
     except FileNotFoundError:
         return False
-    if digest == expected_digest(f):
+    if digest == f.etag:
         _write_record(record, digest, fingerprint)
         return True
     logger.warning("%s: cached blob %s does not match its checksum; removing it", f.path, blob.name)

@@ -57,7 +57,8 @@ class RemoteFile:
 
     @property
     def etag(self) -> str:
-        """The name of the file's blob in the HF cache (what huggingface_hub uses too)."""
+        """The file's blob name in the HF cache (as huggingface_hub names it), which is also the digest
+        the hub publishes for its bytes: the sha256 of LFS files, the git blob sha1 of the rest."""
         return self.sha256 or self.blob_id
 
 

@@ -23,7 +23,7 @@ from huggingface_hub.file_download import http_get
 from .cache_layout import RepoCache, cache_errors
 from .config import DownloaderSettings
 from .errors import DownloadError, IntegrityError, OutOfDisk, TransferFailed
-from .integrity import expected_digest, publish, verify_published
+from .integrity import publish, verify_published
 from .listing import RemoteFile, hub_errors
 from .progress import FileProgress
 
@@ -93,10 +93,10 @@ def download_verified(
             except httpx2.TransportError as e:
                 cause = type(e).__name__
             else:
-                if digest == expected_digest(f):
+                if digest == f.etag:
                     return
                 partial.unlink(missing_ok=True)
-                cause = f"checksum {digest[:12]}… != expected {expected_digest(f)[:12]}…"
+                cause = f"checksum {digest[:12]}… != expected {f.etag[:12]}…"
                 failures += 1
                 if failures >= settings.max_attempts:
                     raise IntegrityError(repo_id, f.path, f"{cause} on {failures} attempts")
