@@ -27,23 +27,14 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Literal
 
-from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision, _create_symlink
 from huggingface_hub.utils import WeakFileLock
 
 from .errors import DownloadError, OutOfDisk
+from .hf_internals import blob_lock_path, link_blob, record_ref
 from .integrity import is_recorded
 from .listing import RemoteFile
 
 BlobState = Literal["verified", "unverified", "absent"]
-
-
-def hf_lock_path(folder: Path, etag: str) -> Path:
-    """The file huggingface_hub locks while it writes blob ``etag`` of repo ``folder``.
-
-    A private detail of ``huggingface_hub.file_download._hf_hub_download_to_cache_dir``, kept here
-    only: tests/test_download_integrity.py fails if huggingface_hub moves it.
-    """
-    return folder.parent / ".locks" / folder.name / f"{etag}.lock"
 
 
 class RepoCache:
@@ -63,7 +54,7 @@ class RepoCache:
         return self.records / f.etag
 
     def lock_path(self, f: RemoteFile) -> Path:
-        return hf_lock_path(self.folder, f.etag)
+        return blob_lock_path(self.folder, f.etag)
 
     def lock(self, f: RemoteFile) -> AbstractContextManager[object]:
         """huggingface_hub's own lock of the blob (its class, its file): every writer of it waits."""
@@ -96,11 +87,11 @@ class RepoCache:
         pointer = self.pointer_path(commit, f)
         if not pointer.exists():
             pointer.parent.mkdir(parents=True, exist_ok=True)
-            _create_symlink(str(self.blob_path(f)), str(pointer), new_blob=False)
+            link_blob(self.blob_path(f), pointer)
         return pointer
 
     def write_ref(self, revision: str, commit: str) -> None:
-        _cache_commit_hash_for_specific_revision(str(self.folder), revision, commit)
+        record_ref(self.folder, revision, commit)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from candle.contracts import RepoProgressRecord
 from .cache_layout import BlobState, RepoCache, cache_errors, ensure_free_space
 from .config import DownloaderSettings, FetchRequest
 from .errors import NotCached
+from .hf_internals import tune_transfers
 from .listing import RemoteFile, RepoListing, list_repo, storage_folder
 from .metrics import DownloadMetrics
 from .progress import FileProgress, RepoProgress
@@ -48,10 +49,7 @@ class NodeDownloader:
         self.settings = settings or DownloaderSettings.from_env()
         # Hashing and writing gigabytes is background work: let replicas on the node go first.
         os.nice(self.settings.niceness)
-        # huggingface_hub reads these at every request: the read time-out is what detects a stall, and
-        # the chunk size bounds what a dropped connection loses (its default, 10 MB, is lost whole).
-        constants.HF_HUB_DOWNLOAD_TIMEOUT = self.settings.stall_timeout
-        constants.DOWNLOAD_CHUNK_SIZE = self.settings.chunk_size
+        tune_transfers(read_timeout_s=self.settings.stall_timeout, chunk_size=self.settings.chunk_size)
         self._pool = ThreadPoolExecutor(self.settings.max_concurrent_files, thread_name_prefix="candle-transfer")
         self._listings: dict[tuple[object, ...], asyncio.Task[RepoListing]] = {}
         self._transfers: dict[BlobKey, asyncio.Task[None]] = {}

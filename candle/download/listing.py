@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import HfApi, constants
-from huggingface_hub._tree_cache import TreeCacheEntry, read_tree_cache, write_tree_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -38,6 +37,7 @@ from .errors import (
     RevisionNotFound,
     UnsafeListing,
 )
+from .hf_internals import TreeCacheEntry, read_tree, write_tree
 from .redact import redact_logged_urls, redact_url
 from .safe_names import check_commit, check_revision, check_tree, shown
 
@@ -154,7 +154,7 @@ def list_repo(request: FetchRequest) -> RepoListing:
         if REGEX_COMMIT_HASH.fullmatch(revision) or constants.HF_HUB_OFFLINE
         else None
     )
-    tree = read_tree_cache(str(folder), commit) if commit else None
+    tree = read_tree(folder, commit) if commit else None
     if tree is not None:
         check_tree(request.repo_id, tree)
     else:
@@ -170,7 +170,7 @@ def list_repo(request: FetchRequest) -> RepoListing:
         with hub_answers(request.repo_id, api.endpoint):
             tree = _remote_tree(api, request, commit)
         check_tree(request.repo_id, tree)
-        write_tree_cache(str(folder), commit, tree)
+        write_tree(folder, commit, tree)
     files = [RemoteFile(path, entry.size, entry.blob_id, entry.lfs_sha256) for path, entry in sorted(tree.items())]
     selected = tuple(
         filter_repo_objects(

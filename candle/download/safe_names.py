@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from huggingface_hub._tree_cache import TreeCacheEntry
-
 from .errors import UnsafeListing
+from .hf_internals import TreeCacheEntry
 
 _SHA1_HEX = re.compile(r"[0-9a-f]{40}")  # a commit or a git blob id
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # an LFS oid

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.file_download import http_get
 
 from .cache_layout import RepoCache, cache_errors
 from .config import DownloaderSettings
 from .errors import DownloadError, IntegrityError, OutOfDisk, TransferFailed
+from .hf_internals import download_into
 from .integrity import publish, verify_published
 from .listing import RemoteFile, hub_errors
 from .progress import FileProgress
@@ -40,7 +40,7 @@ def _attempt(url: str, headers: dict[str, str], f: RemoteFile, partial: Path, pr
         resume = 0
     progress.restart(resume)
     with partial.open("ab") as out:
-        http_get(url, out, resume_size=resume, headers=headers, expected_size=f.size, _tqdm_bar=progress)  # type: ignore[arg-type]
+        download_into(url, out, resume=resume, headers=headers, size=f.size, progress=progress)
 
 
 def adopt_published(repo_id: str, cache: RepoCache, f: RemoteFile) -> bool:
