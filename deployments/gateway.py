@@ -2,8 +2,10 @@
 
 It validates and bounds every request before a model sees it (OpenAI error shapes throughout),
 refuses requests to models that are not ready with 503 + progress + ``Retry-After`` instead of
-letting them queue behind a download, and streams chat and completions as SSE. What must be
-decided before a body is parsed (API keys, body size, the request deadline) is in ``guards``.
+letting them queue behind a download, and answers chat and completions whole or as SSE. The routes
+and readiness live here; what must be decided before a body is parsed (API keys, body size, the
+request deadline) is in ``guards``, the OpenAI shape of every error in ``http_errors``, and how a
+replica's chunks become answers and events in ``streaming``.
 
 (No ``from __future__ import annotations`` here: FastAPI must see real types, e.g. ``Request``,
 on the routes that ``serve.ingress`` rewraps.)
@@ -12,17 +14,12 @@ on the routes that ``serve.ingress`` rewraps.)
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import FastAPI
 from pydantic import BaseModel, Field, IPvAnyNetwork
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from candle.api import responses
 from candle.api.errors import APIError, bad_request, model_not_found, wrong_capability
@@ -32,18 +29,16 @@ from candle.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    ErrorResponse,
     ImageGenerationRequest,
     SamplingFields,
     new_id,
 )
 from candle.catalog import ModelSpec
 from candle.catalog.capabilities import REGISTRY, capabilities_for
-from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall, TextChunk
-from candle.engines.errors import InvalidInput
-from candle.raycluster import unwrap_error
+from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall
 
-from . import guards
+from . import guards, http_errors, streaming
+from .http_errors import ERRORS
 from .model_status import ModelStatus, collect
 
 logger = logging.getLogger("ray.serve")
@@ -51,8 +46,6 @@ logger = logging.getLogger("ray.serve")
 STATUS_REFRESH_S = 1.0
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_IMAGE_SIZE = 1024
-# What the API's routes may answer besides success, for the OpenAPI schema (all in OpenAI's shape).
-ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 503)}
 
 
 class GatewaySettings(BaseModel):
@@ -70,46 +63,7 @@ class GatewaySettings(BaseModel):
 
 
 app = FastAPI(title="candle", description="OpenAI-compatible API for models served by candle on Ray Serve.")
-
-
-@app.exception_handler(APIError)
-async def _api_error(request: Request, error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own refusals (unknown route, wrong method, an unreadable body) in OpenAI's shape too."""
-    code = "not_found" if error.status_code == 404 else None
-    return await _api_error(request, APIError(error.status_code, str(error.detail), code=code))
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    first = error.errors()[0] if error.errors() else {}
-    where = (first.get("ctx") or {}).get("param") or ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    reason = str(first.get("msg", "malformed body")).removeprefix("Value error, ")
-    message = f"Invalid request: {reason}" + (f" (at '{where}')" if where else "")
-    return await _api_error(request, bad_request(message, param=where or None))
-
-
-def _client_error(error: BaseException) -> APIError:
-    """What a client sees of a replica's failure: its own mistakes as 400, overload as 503, the rest as 500."""
-    cause = unwrap_error(error)
-    if isinstance(cause, APIError):
-        return cause
-    if isinstance(cause, InvalidInput):
-        return bad_request(str(cause))
-    if isinstance(cause, BackPressureError):  # past the model's queue: Retry-After is its latency budget
-        return APIError(
-            503,
-            "The model is overloaded; retry later.",
-            type="service_unavailable",
-            code="overloaded",
-            retry_after=cause.retry_after_s or 1,
-        )
-    logger.error("model call failed: %s", cause)
-    return APIError(500, "The model failed to process the request.", type="server_error", code="internal_error")
+http_errors.install(app)
 
 
 # Module-level helpers stay above the class: Serve ships the class by value, with the globals
@@ -235,8 +189,8 @@ class Gateway:
         completion_id = new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return self._sse(self._chat_events(run, body.n, completion_id, spec.name, include_usage))
-        choices, prompt_tokens, completion_tokens = await self._collect(run, body.n)
+            return streaming.sse(streaming.chat_events(run, body.n, completion_id, spec.name, include_usage))
+        choices, prompt_tokens, completion_tokens = await streaming.collect(run, body.n)
         return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
 
     @app.post("/v1/completions", responses=ERRORS)
@@ -252,11 +206,11 @@ class Gateway:
         completion_id = new_id("cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return self._sse(self._completion_events(runs, completion_id, spec.name, include_usage))
+            return streaming.sse(streaming.completion_events(runs, completion_id, spec.name, include_usage))
         choices: list[responses.AssistantMessage] = []
         prompt_tokens = completion_tokens = 0
         for run in runs:
-            (choice,), p, c = await self._collect(run, 1)
+            (choice,), p, c = await streaming.collect(run, 1)
             choices.append(choice)
             prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
         return responses.text_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
@@ -278,7 +232,7 @@ class Gateway:
             items = [
                 await self._image(i, f"input[{n}]", spec) if is_image_reference(i) else i for n, i in enumerate(inputs)
             ]
-        vectors, tokens = await self._call(
+        vectors, tokens = await streaming.call(
             self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions)
         )
         # A response object skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
@@ -299,7 +253,7 @@ class Gateway:
             raise bad_request(str(e), "size") from None
         if width * height > spec.limits.max_image_pixels:
             raise bad_request(f"size {width}x{height} exceeds {spec.limits.max_image_pixels} pixels", "size")
-        pngs = await self._call(
+        pngs = await streaming.call(
             self.handles[spec.name].generate.remote(
                 ImageCall(
                     body.prompt,
@@ -357,73 +311,3 @@ class Gateway:
         if len(images) > spec.limits.max_images_per_request:
             raise bad_request(f"at most {spec.limits.max_images_per_request} images per request", "messages")
         return messages, images
-
-    async def _call(self, response: Any) -> Any:
-        try:
-            return await response
-        except Exception as e:
-            raise _client_error(e) from None
-
-    async def _stream(self, run: Any) -> AsyncIterator[TextChunk]:
-        try:
-            async for chunk in run():
-                yield chunk
-        except Exception as e:
-            raise _client_error(e) from None
-
-    async def _collect(self, run: Any, n: int) -> tuple[list[responses.AssistantMessage], int, int]:
-        choices: list[responses.AssistantMessage] = []
-        prompt_tokens = completion_tokens = 0
-        for _ in range(n):
-            choice = responses.AssistantMessage()
-            async for chunk in self._stream(run):
-                choice.add(chunk)
-                if chunk.finish_reason:
-                    prompt_tokens = chunk.prompt_tokens
-                    completion_tokens += chunk.completion_tokens
-            choices.append(choice)
-        return choices, prompt_tokens, completion_tokens
-
-    async def _chat_events(
-        self, run: Any, n: int, completion_id: str, model: str, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
-        prompt_tokens = completion_tokens = 0
-        for index in range(n):
-            yield responses.chat_chunk(completion_id, model, index, {"role": "assistant", "content": ""})
-            called_tools = False
-            async for chunk in self._stream(run):
-                called_tools = called_tools or bool(chunk.tool_calls)
-                if delta := responses.chat_delta(chunk):
-                    yield responses.chat_chunk(completion_id, model, index, delta)
-                if chunk.finish_reason:
-                    prompt_tokens, completion_tokens = chunk.prompt_tokens, completion_tokens + chunk.completion_tokens
-                    finish = responses.finish_reason(chunk.finish_reason, called_tools)
-                    yield responses.chat_chunk(completion_id, model, index, {}, finish)
-        if include_usage:
-            yield responses.usage_chunk(completion_id, model, "chat.completion.chunk", prompt_tokens, completion_tokens)
-
-    async def _completion_events(
-        self, runs: list[Any], completion_id: str, model: str, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
-        prompt_tokens = completion_tokens = 0
-        for index, run in enumerate(runs):
-            async for chunk in self._stream(run):
-                if chunk.text or chunk.finish_reason:
-                    yield responses.completion_chunk(completion_id, model, index, chunk.text, chunk.finish_reason)
-                if chunk.finish_reason:
-                    prompt_tokens += chunk.prompt_tokens
-                    completion_tokens += chunk.completion_tokens
-        if include_usage:
-            yield responses.usage_chunk(completion_id, model, "text_completion", prompt_tokens, completion_tokens)
-
-    @staticmethod
-    def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-        async def frames() -> AsyncIterator[str]:
-            try:
-                async for event in events:
-                    yield responses.sse(event)
-            except APIError as e:  # headers are gone: report in-band, as OpenAI does
-                yield responses.sse(e.body())
-            yield responses.sse("[DONE]")
-
-        return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
