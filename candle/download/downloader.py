@@ -38,7 +38,9 @@ from .transfer import adopt_published, download_verified
 
 logger = logging.getLogger(__name__)
 
-BlobKey = tuple[str, str]  # (repo storage folder, blob etag)
+# One transfer per blob per cache: (resolved repo cache folder, blob etag). The cluster-wide key of a
+# blob is the coordinator's BlobKey (repo type, repo id, etag).
+CachedBlob = tuple[str, str]
 METRICS_INTERVAL_S = 2.0
 
 
@@ -52,8 +54,8 @@ class NodeDownloader:
         tune_transfers(read_timeout_s=self.settings.stall_timeout, chunk_size=self.settings.chunk_size)
         self._pool = ThreadPoolExecutor(self.settings.max_concurrent_files, thread_name_prefix="candle-transfer")
         self._listings: dict[tuple[object, ...], asyncio.Task[RepoListing]] = {}
-        self._transfers: dict[BlobKey, asyncio.Task[None]] = {}
-        self._files: dict[BlobKey, FileProgress] = {}
+        self._transfers: dict[CachedBlob, asyncio.Task[None]] = {}
+        self._files: dict[CachedBlob, FileProgress] = {}
         self._repos: dict[tuple[str, str], RepoProgress] = {}
         self._sources = self._cluster_sources()
         self._metrics = DownloadMetrics() if ray.is_initialized() else None
@@ -151,7 +153,7 @@ class NodeDownloader:
             await asyncio.sleep(METRICS_INTERVAL_S)
 
     @staticmethod
-    def _key(cache: RepoCache, f: RemoteFile) -> BlobKey:
+    def _key(cache: RepoCache, f: RemoteFile) -> CachedBlob:
         return (str(cache.folder), f.etag)
 
     def _file_progress(self, cache: RepoCache, f: RemoteFile) -> FileProgress:
