@@ -64,7 +64,7 @@ def copier(holder: Holder, tmp_path: Path) -> tuple[ClusterSources, RepoCache]:
 async def holders(holder: Holder) -> set[str]:
     """Whom the coordinator sends a third node to."""
     answer = await coordinator(False, 60).claim.remote(holder.key, "c-" + uuid.uuid4().hex)
-    return set(answer.get("peers", ()))
+    return set(answer.peers)
 
 
 def fetch_or_raise(error: DownloadError | None):

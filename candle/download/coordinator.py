@@ -27,12 +27,25 @@ import asyncio
 import contextlib
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import ray
 
 BlobKey = tuple[str, str, str]  # (repo type, repo id, etag)
 NAME = "candle-download-coordinator"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to a node asking where to get a blob (see the module docstring for ``action``)."""
+
+    action: Literal["hub", "peer", "wait", "shared"]
+    peers: dict[str, str] = field(default_factory=dict)  # peer: node id -> URL of its verified copy
+    holders: tuple[str, ...] = ()  # shared: the nodes recorded as having put it in the shared cache
+    node: str | None = None  # wait: the node downloading it (None: one the previous coordinator knew)
+    epoch: str = ""  # the coordinator's; a new one means "register your blobs again"
+    version: int = 0  # the blob's; ``wait`` returns at once once it has moved past this
 
 
 @dataclass
@@ -64,23 +77,23 @@ class DownloadCoordinator:
             self._blob(key).holders[node_id] = url
         return self.epoch
 
-    async def claim(self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = ()) -> dict[str, object]:
+    async def claim(self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = ()) -> Claim:
         blob = self._blob(key)
-        return {**self._decide(blob, node_id, exclude), "epoch": self.epoch, "version": blob.version}
+        return replace(self._decide(blob, node_id, exclude), epoch=self.epoch, version=blob.version)
 
-    def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...]) -> dict[str, object]:
+    def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...]) -> Claim:
         if self.shared_cache and blob.holders:
-            return {"action": "shared", "holders": list(blob.holders)}
+            return Claim("shared", holders=tuple(blob.holders))
         peers = {n: url for n, url in blob.holders.items() if n != node_id and n not in exclude}
         if peers:  # never with a shared cache: there any holder already answered "shared"
-            return {"action": "peer", "peers": peers}
+            return Claim("peer", peers=peers)
         stale = blob.downloader is not None and time.monotonic() - blob.since > self.takeover_after_s
         if blob.downloader not in (None, node_id) and not stale and blob.downloader not in exclude:
-            return {"action": "wait", "node": blob.downloader}
+            return Claim("wait", node=blob.downloader)
         if time.monotonic() < self._grace_until:
-            return {"action": "wait", "node": None}  # a download the previous coordinator knew may still run
+            return Claim("wait")  # a download the previous coordinator knew may still run
         blob.downloader, blob.since = node_id, time.monotonic()
-        return {"action": "hub"}
+        return Claim("hub")
 
     async def progress(self, key: BlobKey, node_id: str) -> None:
         """The hub downloader is alive and moving: keep others from taking over (or, after a restart, re-claim)."""

@@ -22,7 +22,7 @@ from ray.exceptions import RayActorError
 
 from .cache_layout import RepoCache
 from .config import DownloaderSettings
-from .coordinator import BlobKey, coordinator, peer_secret
+from .coordinator import BlobKey, Claim, coordinator, peer_secret
 from .errors import DownloadError, IntegrityError, OutOfDisk
 from .listing import RemoteFile
 from .peer import PeerServer
@@ -59,18 +59,18 @@ class ClusterSources:
         tried: list[str] = []
         while True:
             decision = await self._claim(key, tried)
-            action = decision["action"] if decision else "hub"
+            action = decision.action if decision else "hub"
             if action == "shared":
                 if cache.has_blob(f):
                     return "shared"
-                for node in decision["holders"]:  # the recorded copy is gone from the shared cache
+                for node in decision.holders:  # the recorded copy is gone from the shared cache
                     await self._call("forget", key, node)
                 continue
             if action == "wait":
-                await self._call("wait", key, decision["version"], self.settings.stall_timeout * 3)
+                await self._call("wait", key, decision.version, self.settings.stall_timeout * 3)
                 continue
             if action == "peer":
-                node, url = next(iter(decision["peers"].items()))
+                node, url = next(iter(decision.peers.items()))
                 try:
                     await transfer(
                         url, {"Authorization": f"Bearer {self.secret}"}, replace(self.settings, max_attempts=1)
@@ -116,9 +116,9 @@ class ClusterSources:
             await asyncio.sleep(self.settings.takeover_after_s / 3)
             await self._call("progress", key, self.node_id)
 
-    async def _claim(self, key: BlobKey, tried: list[str]) -> dict | None:
+    async def _claim(self, key: BlobKey, tried: list[str]) -> Claim | None:
         decision = await self._call("claim", key, self.node_id, tuple(tried))
-        if decision is not None and decision["epoch"] != self._epoch:
+        if decision is not None and decision.epoch != self._epoch:
             # A coordinator we have not told about our blobs (new, or restarted): tell it now.
             holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop
             self._epoch = await self._call("register", self.node_id, holdings)
