@@ -83,6 +83,8 @@ def served_options(app: Application) -> dict[str, Any]:
         "max_queued_requests": deployment.max_queued_requests,
         "ray_actor_options": deployment.ray_actor_options,
     }
+    if deployment.backpressure_config is not None:
+        options["backpressure_config"] = {"retry_after_s": deployment.backpressure_config.retry_after_s}
     if replica.placement_group_bundles:
         options["placement_group_bundles"] = replica.placement_group_bundles
         options["placement_group_strategy"] = replica.placement_group_strategy

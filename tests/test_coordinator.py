@@ -55,3 +55,8 @@ async def test_a_restarted_coordinator_hands_out_no_download_until_running_ones_
     assert (await coordinator.claim(KEY, "b")).node == "a"
     await coordinator.done(KEY, "a", URL)
     assert (await coordinator.claim(KEY, "b")).action == "peer"
+
+
+async def test_a_coordinator_made_in_a_driver_of_a_running_cluster_hands_out_downloads(ray_cluster):
+    """Only a restarted actor holds back downloads: asking Ray that from a driver used to raise."""
+    assert (await DownloadCoordinator().claim(KEY, "a")).action == "hub"

@@ -68,7 +68,7 @@ class DownloadCoordinator:
         self.takeover_after_s = takeover_after_s  # a hub download silent this long is handed to another node
         self._blobs: dict[BlobKey, _Blob] = {}
         if restarted is None:  # None: ask Ray whether this actor is a restart of one that died
-            restarted = ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+            restarted = _is_restarted_actor()
         self._grace_until = time.monotonic() + takeover_after_s / 2 if restarted else 0.0
 
     async def register(self, node_id: str, holdings: list[tuple[BlobKey, str]]) -> str:
@@ -131,6 +131,14 @@ class DownloadCoordinator:
         blob.changed.set()
         blob.changed = asyncio.Event()
         return blob
+
+
+def _is_restarted_actor() -> bool:
+    """Whether this process is a Ray actor that Ray restarted (a plain driver or test is not one)."""
+    if not ray.is_initialized():
+        return False
+    context = ray.get_runtime_context()
+    return context.get_actor_id() is not None and context.was_current_actor_reconstructed
 
 
 def coordinator(shared_cache: bool, takeover_after_s: float) -> ray.actor.ActorHandle:
