@@ -9,6 +9,7 @@ whether its generators are plain (run in a worker thread) or async (iterated on 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -22,12 +23,36 @@ IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """The shape the answer must take: free text, any JSON object, or JSON valid against a schema.
+
+    ``schema`` is the client's JSON schema serialized (a frozen, hashable value that every backend
+    compiles itself); ``name`` and ``strict`` are kept for backends that take OpenAI's field as is.
+    """
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: str | None = None
+    name: str = ""
+    strict: bool | None = None
+
+    def as_openai(self) -> dict[str, Any] | None:
+        """OpenAI's ``response_format`` field (``None`` for free text, the default)."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        schema = {"name": self.name, "schema": json.loads(self.schema or "{}"), "strict": self.strict}
+        return {"type": "json_schema", "json_schema": schema}
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    response_format: ResponseFormat = ResponseFormat()
 
 
 @dataclass(frozen=True)

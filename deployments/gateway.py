@@ -141,6 +141,7 @@ class Gateway:
             top_p=body.top_p,
             stop=tuple(body.stop_list()),
             seed=body.seed,
+            response_format=body.output_format(),
         )
 
     # -- routes --------------------------------------------------------------------------------
@@ -189,7 +190,8 @@ class Gateway:
         completion_id = new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return streaming.sse(streaming.chat_events(run, body.n, completion_id, spec.name, include_usage))
+            started = await streaming.started(run)
+            return streaming.sse(streaming.chat_events(started, body.n, completion_id, spec.name, include_usage))
         choices, prompt_tokens, completion_tokens = await streaming.collect(run, body.n)
         return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
 
@@ -206,6 +208,7 @@ class Gateway:
         completion_id = new_id("cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            runs[0] = await streaming.started(runs[0])
             return streaming.sse(streaming.completion_events(runs, completion_id, spec.name, include_usage))
         choices: list[responses.AssistantMessage] = []
         prompt_tokens = completion_tokens = 0

@@ -35,6 +35,22 @@ async def chunks(run: Run) -> AsyncIterator[TextChunk]:
         raise client_error(e) from None
 
 
+async def started(run: Run) -> Run:
+    """``run`` already past its first chunk, replayed on its first call: a stream the replica refuses
+    before any output (an uncompilable schema) fails here, while the HTTP status can still say so."""
+    stream = chunks(run)
+    first = await anext(stream, None)
+
+    async def replay() -> AsyncIterator[TextChunk]:
+        if first is not None:
+            yield first
+        async for chunk in stream:
+            yield chunk
+
+    fresh = iter([replay()])
+    return lambda: next(fresh, None) or run()
+
+
 async def collect(run: Run, n: int) -> tuple[list[responses.AssistantMessage], int, int]:
     """``n`` whole answers, with the prompt's tokens and all completion tokens."""
     choices: list[responses.AssistantMessage] = []

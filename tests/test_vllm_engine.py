@@ -8,6 +8,7 @@ Each model gets the production catalog entry's parsers and small memory settings
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ pytest.importorskip("vllm.v1.engine.async_llm", reason="vLLM (the gpu extra, or 
 from vllm.platforms import current_platform
 
 from candle.catalog import Resources, load_catalog
-from candle.contracts import ChatCall, CompletionCall, GenerationParams, TextChunk
+from candle.contracts import ChatCall, CompletionCall, GenerationParams, ResponseFormat, TextChunk
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
+from candle.engines.errors import InvalidInput
 from candle.engines.vllm_parsing import PARSER_KEYS
 from candle.engines.vllm_text import VLLMEngine
 
@@ -149,3 +151,39 @@ async def test_phi4_reasoning_parser_reads_the_engine_output(store: Path):
     assert text(chunks) == ""
     assert "".join(c.reasoning for c in chunks) == raw
     assert raw
+
+
+PICK_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "color": {"enum": ["red", "green"]},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["color", "count", "ok"],
+    "additionalProperties": False,
+}
+
+
+async def test_response_format_constrains_vllm_decoding(store: Path):
+    """A random model writes noise; only vLLM's structured outputs make it answer the schema. vLLM
+    lets JSON carry free whitespace by default, which a random model never stops writing: the
+    catalog's engine_args turn it off, as candle's transformers engines always do."""
+    no_free_whitespace = {"structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True}}
+    engine = engine_for(store, "qwen3", "qwen3-coder", **no_free_whitespace)
+    fmt = ResponseFormat("json_schema", json.dumps(PICK_SCHEMA), "pick", True)
+    params = GenerationParams(max_tokens=64, temperature=1.0, seed=3, response_format=fmt)
+    try:
+        for stream in (engine.chat(ChatCall(CHAT, params)), engine.complete(CompletionCall("A pick:", params))):
+            chunks = await collect(stream)
+            answer = json.loads(text(chunks))
+            assert set(answer) == {"color", "count", "ok"} and answer["color"] in ("red", "green"), answer
+            assert chunks[-1].finish_reason == "stop"
+    finally:
+        engine.engine.shutdown()
+
+
+async def test_uncompilable_schema_is_invalid_input(qwen3: VLLMEngine):
+    fmt = ResponseFormat("json_schema", json.dumps({"type": "string", "pattern": "(?<=a)b"}), "bad", True)
+    with pytest.raises(InvalidInput):
+        await collect(qwen3.chat(ChatCall(CHAT, GenerationParams(max_tokens=8, response_format=fmt))))

@@ -14,7 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from candle.contracts import ResponseFormat
+
 from .limits import unencodable_text
+from .unsupported import CHAT, COMPLETIONS, refuse_unsupported
 
 # OpenAI's limit on stop sequences; their length is ours (each one is searched in every decoded piece).
 MAX_STOP_STRINGS = 4
@@ -86,6 +89,31 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class TextFormat(BaseModel):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(BaseModel):
+    type: Literal["json_object"]
+
+
+class JSONSchemaSpec(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class JSONSchemaFormat(BaseModel):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+AnyResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")]
+
+
 class SamplingFields(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -110,6 +138,15 @@ class SamplingFields(BaseModel):
     seed: Seed | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: AnyResponseFormat | None = None
+
+    def output_format(self) -> ResponseFormat:
+        """``response_format`` as the engines take it (the schema serialized, compiled by each backend)."""
+        fmt = self.response_format
+        if isinstance(fmt, JSONSchemaFormat):
+            spec = fmt.json_schema
+            return ResponseFormat("json_schema", json.dumps(spec.json_schema), spec.name, spec.strict)
+        return ResponseFormat("json_object") if isinstance(fmt, JSONObjectFormat) else ResponseFormat()
 
     @field_validator("stop")
     @classmethod
@@ -154,6 +191,12 @@ class ChatCompletionRequest(Request, SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        refuse_unsupported(data, CHAT)
+        return data
+
     @property
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -189,6 +232,12 @@ Prompt = Annotated[str, Field(min_length=1)]  # an empty prompt gives a model no
 class CompletionRequest(Request, SamplingFields):
     prompt: Prompt | list[Prompt] = Field(min_length=1)
     echo: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        refuse_unsupported(data, COMPLETIONS)
+        return data
 
     @property
     def token_budget(self) -> int | None:

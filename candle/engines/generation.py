@@ -13,7 +13,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from candle.contracts import GenerationParams, TextChunk
 
@@ -65,11 +71,13 @@ def stream_generate(
     inputs: Mapping[str, torch.Tensor],
     params: GenerationParams,
     lock: threading.Lock,
+    constraint: LogitsProcessor | None = None,
 ) -> Iterator[TextChunk]:
     """Generate from ``inputs`` (already tokenized), yielding text as it decodes.
 
     ``lock`` serialises generation on one replica: on CPU, two concurrent ``generate`` calls only
-    slow each other down, and a seed must apply to one request's sampling alone.
+    slow each other down, and a seed must apply to one request's sampling alone. ``constraint``
+    masks what may come next (a response format's grammar).
     """
     prompt_tokens = int(inputs["input_ids"].shape[-1])
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -85,6 +93,8 @@ def stream_generate(
     }
     if sampling:
         kwargs.update(temperature=params.temperature, top_p=params.top_p)
+    if constraint is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([constraint])
     if params.stop:
         kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
     outcome: dict[str, Any] = {}

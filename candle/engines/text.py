@@ -15,6 +15,7 @@ from candle.contracts import ChatCall, CompletionCall, StreamKind, TextChunk
 from .device import load_model
 from .errors import InvalidInput
 from .generation import stream_generate
+from .grammar import Grammars
 
 
 class TransformersTextEngine:
@@ -26,6 +27,7 @@ class TransformersTextEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
         self.model = load_model(AutoModelForCausalLM, folder, spec, trust_remote_code=spec.trust_remote_code)
         self._lock = threading.Lock()
+        self.grammars = Grammars(self.model, self.tokenizer)
 
     def chat(self, call: ChatCall) -> Iterator[TextChunk]:
         if call.images:
@@ -33,8 +35,12 @@ class TransformersTextEngine:
         inputs = self.tokenizer.apply_chat_template(
             call.messages, tools=call.tools, add_generation_prompt=True, return_dict=True, return_tensors="pt"
         )
-        return stream_generate(self.model, self.tokenizer, inputs.to(self.model.device), call.params, self._lock)
+        constraint = self.grammars.processor(call.params.response_format)
+        return stream_generate(
+            self.model, self.tokenizer, inputs.to(self.model.device), call.params, self._lock, constraint
+        )
 
     def complete(self, call: CompletionCall) -> Iterator[TextChunk]:
+        constraint = self.grammars.processor(call.params.response_format)
         inputs = self.tokenizer(call.prompt, return_tensors="pt").to(self.model.device)
-        return stream_generate(self.model, self.tokenizer, inputs, call.params, self._lock)
+        return stream_generate(self.model, self.tokenizer, inputs, call.params, self._lock, constraint)

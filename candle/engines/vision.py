@@ -14,6 +14,7 @@ from candle.contracts import ChatCall, StreamKind, TextChunk
 
 from .device import load_model
 from .generation import stream_generate
+from .grammar import Grammars
 
 
 class LlavaEngine:
@@ -23,11 +24,13 @@ class LlavaEngine:
         self.processor = AutoProcessor.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
         self.model = load_model(LlavaForConditionalGeneration, folder, spec, trust_remote_code=spec.trust_remote_code)
         self._lock = threading.Lock()
+        self.grammars = Grammars(self.model, self.processor.tokenizer)
 
     def chat(self, call: ChatCall) -> Iterator[TextChunk]:
         """``call.images`` are decoded images, one per ``{"type": "image"}`` placeholder, in order."""
         prompt = self.processor.apply_chat_template(call.messages, tools=call.tools, add_generation_prompt=True)
+        constraint = self.grammars.processor(call.params.response_format)
         inputs = self.processor(images=list(call.images) or None, text=prompt, return_tensors="pt")
         return stream_generate(
-            self.model, self.processor.tokenizer, inputs.to(self.model.device), call.params, self._lock
+            self.model, self.processor.tokenizer, inputs.to(self.model.device), call.params, self._lock, constraint
         )

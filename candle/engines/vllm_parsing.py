@@ -29,6 +29,7 @@ def openai_fields(params: GenerationParams) -> dict[str, Any]:
         "top_p": params.top_p,
         "stop": list(params.stop) or None,
         "seed": params.seed,
+        "response_format": params.response_format.as_openai(),  # vLLM's structured outputs (xgrammar)
     }
 
 

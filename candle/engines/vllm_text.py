@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from candle.catalog import ModelSpec
 from candle.contracts import ChatCall, CompletionCall, StreamKind, TextChunk
 
+from .errors import InvalidInput
 from .vllm_parsing import PARSER_KEYS, OutputParsers, delta_sampling, openai_fields
 
 
@@ -78,13 +79,19 @@ class VLLMEngine:
     async def _generate(self, prompt: Any, sampling: Any) -> AsyncIterator[tuple[Any, TextChunk | None]]:
         """vLLM's delta outputs (``sampling`` asks for deltas; vLLM cuts stop strings itself), each with
         the closing chunk (finish reason, token counts) once the output is the last."""
+        from vllm.exceptions import VLLMClientError
+
         prompt_tokens = completion_tokens = 0
-        async for output in self.engine.generate(request_id=uuid.uuid4().hex, prompt=prompt, sampling_params=sampling):
-            prompt_tokens = prompt_tokens or len(output.prompt_token_ids or ())
-            completion = output.outputs[0]
-            completion_tokens += len(completion.token_ids)
-            last = None
-            if output.finished:
-                finish = "length" if completion.finish_reason == "length" else "stop"
-                last = TextChunk("", finish, prompt_tokens, completion_tokens)
-            yield output, last
+        outputs = self.engine.generate(request_id=uuid.uuid4().hex, prompt=prompt, sampling_params=sampling)
+        try:
+            async for output in outputs:
+                prompt_tokens = prompt_tokens or len(output.prompt_token_ids or ())
+                completion = output.outputs[0]
+                completion_tokens += len(completion.token_ids)
+                last = None
+                if output.finished:
+                    finish = "length" if completion.finish_reason == "length" else "stop"
+                    last = TextChunk("", finish, prompt_tokens, completion_tokens)
+                yield output, last
+        except VLLMClientError as e:  # the request's fault, e.g. a schema its grammar backend cannot compile
+            raise InvalidInput(str(e)) from None
