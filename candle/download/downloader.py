@@ -14,6 +14,7 @@ threads (transfers in a bounded pool), so the actor's event loop only schedules 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -191,7 +192,12 @@ class NodeDownloader:
         key = self._key(cache, f)
         task = self._transfers.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._download(request, listing, cache, f))
+            # A context of its own: Ray links the calls a task makes (to the coordinator, to peers) to
+            # the actor call whose context it runs in, and ray.cancel of that first caller's call
+            # would cancel them too, failing the transfer that every other caller waits on.
+            task = asyncio.get_running_loop().create_task(
+                self._download(request, listing, cache, f), context=contextvars.Context()
+            )
             self._transfers[key] = task
             task.add_done_callback(lambda _: self._transfers.pop(key, None))
         return task
