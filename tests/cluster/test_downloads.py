@@ -11,6 +11,7 @@ import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from candle.contracts import RepoProgressRecord
 from candle.demo.hub import LocalHub, write_random_file
 from candle.download import fetch
 from candle.download.client import node_downloader
@@ -82,13 +83,13 @@ def test_three_nodes_four_fetchers_each_one_hub_transfer_per_file(hub: LocalHub,
         assert_copy(paths[0], source)
 
 
-def wait_for_bytes(node_id: str, repo_id: str) -> dict[str, object]:
+def wait_for_bytes(node_id: str, repo_id: str) -> RepoProgressRecord:
     """The progress of ``repo_id`` on that node once its first bytes have arrived."""
     downloader = node_downloader(node_id)
     while True:
-        (progress,) = ray.get(downloader.progress.remote(repo_id)) or [{"bytes_done": 0}]
-        if progress["bytes_done"] > 0:
-            return progress
+        records = ray.get(downloader.progress.remote(repo_id))
+        if records and records[0].bytes_done > 0:
+            return records[0]
         time.sleep(0.05)
 
 
@@ -100,7 +101,7 @@ def test_a_peer_dying_mid_copy_does_not_stop_the_others(hub: LocalHub, cluster):
     assert hub.stats.bodies_for("multi/dying-peer") == {"model.safetensors": 1}
 
     copying = fetch_on_node.options(scheduling_strategy=on(ids["b"])).remote("multi/dying-peer", 1)
-    assert wait_for_bytes(ids["b"], "multi/dying-peer")["bytes_done"] < size, "b is copying from a"
+    assert wait_for_bytes(ids["b"], "multi/dying-peer").bytes_done < size, "b is copying from a"
     node_a = next(n for n in sim.worker_nodes if n.node_id == ids["a"])
     sim.remove_node(node_a)
     (snapshot,) = ray.get(copying, timeout=120)
