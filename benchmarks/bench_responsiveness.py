@@ -158,9 +158,8 @@ def gateway_health(hub: LocalHub, requests: int, report: Report) -> None:
 
 def stream_close(workdir: Path, trials: int, max_tokens: int, report: Report) -> None:
     """Uncut generations, then streams closed after their first chunk, on one in-process engine."""
-    from candle.engines.chat_types import GenerationParams
-
     from candle.catalog import ModelSpec
+    from candle.contracts import ChatCall, GenerationParams
     from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
     from candle.engines.text import TransformersTextEngine
 
@@ -172,17 +171,17 @@ def stream_close(workdir: Path, trials: int, max_tokens: int, report: Report) ->
     params = GenerationParams(max_tokens=max_tokens, temperature=0)
     forwards = [0]
     hook = engine.model.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
-    list(engine.chat(chat, GenerationParams(max_tokens=8, temperature=0)))  # warm-up for both measurements
+    list(engine.chat(ChatCall(chat, GenerationParams(max_tokens=8, temperature=0))))  # warm-up for both
 
     token_s, tokens = [], []
     for _ in range(trials):
         started = time.perf_counter()
-        last = list(engine.chat(chat, params))[-1]
+        last = list(engine.chat(ChatCall(chat, params)))[-1]
         token_s.append((time.perf_counter() - started) / max(1, last.completion_tokens))
         tokens.append(last.completion_tokens)
     close_s, after_close = [], []
     for _ in range(trials):
-        stream = engine.chat(chat, params)
+        stream = engine.chat(ChatCall(chat, params))
         next(stream)
         started, ran = time.perf_counter(), forwards[0]
         stream.close()  # what the server does when a client goes away mid-stream
