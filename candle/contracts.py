@@ -10,6 +10,7 @@ whether its generators are plain (run in a worker thread) or async (iterated on 
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -20,6 +21,15 @@ StreamKind = Literal["sync", "async"]
 # The image formats candle reads (PIL's names): the gateway checks clients' images against them and
 # replicas decode with nothing else, so no other PIL plugin (EPS runs Ghostscript) ever sees input.
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
+# What PIL's decoders raise on malformed input: OSError (truncation, unknown formats) and the rest.
+IMAGE_DECODE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,11 @@ import base64
 import binascii
 import io
 import re
-import struct
 from collections.abc import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from candle.contracts import IMAGE_FORMATS
+from candle.contracts import IMAGE_DECODE_ERRORS, IMAGE_FORMATS
 
 from .errors import bad_request, too_large
 from .remote_images import REMOTE_FETCH_DEADLINE_S, IPNetwork, fetch_remote
@@ -30,8 +29,6 @@ DECLARED_TYPES = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP", "
 ACCEPTED = "PNG, JPEG, WebP or GIF"
 
 _DATA_URL = re.compile(r"^data:image/(?P<type>[A-Za-z0-9.+-]{1,40});base64,(?P<data>.*)$", re.DOTALL)
-# What PIL's decoders raise on malformed input besides OSError (which covers truncation).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
 
 
 def is_image_reference(value: str) -> bool:
@@ -86,7 +83,7 @@ def open_image(data: bytes, *, param: str | None, max_pixels: int) -> Image.Imag
         raise bad_request(f"The image is not {ACCEPTED} (or is corrupt).", param=param, code="invalid_image") from None
     except Image.DecompressionBombError as e:  # declares far more pixels than PIL will decode
         raise bad_request(f"The image is too large to decode: {e}", param=param, code="invalid_image") from None
-    except _DECODE_ERRORS:
+    except IMAGE_DECODE_ERRORS:
         raise bad_request("The image header is corrupt.", param=param, code="invalid_image") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -94,7 +91,7 @@ def open_image(data: bytes, *, param: str | None, max_pixels: int) -> Image.Imag
         raise too_large(f"The image has {width}x{height} pixels; the limit is {max_pixels} pixels.", param=param)
     try:
         image.load()
-    except _DECODE_ERRORS:
+    except IMAGE_DECODE_ERRORS:
         image.close()
         raise bad_request(
             "The image could not be decoded: it is truncated or corrupt.", param=param, code="invalid_image"

@@ -5,16 +5,12 @@ decompression-bomb limit."""
 from __future__ import annotations
 
 import io
-import struct
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from candle.contracts import IMAGE_FORMATS
+from candle.contracts import IMAGE_DECODE_ERRORS, IMAGE_FORMATS
 
 from .errors import InvalidInput
-
-# What PIL raises on malformed input besides OSError (which covers truncation and unknown formats).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, UnidentifiedImageError)
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -22,7 +18,7 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             return image.convert("RGB")
-    except (*_DECODE_ERRORS, Image.DecompressionBombError) as e:
+    except (*IMAGE_DECODE_ERRORS, Image.DecompressionBombError) as e:
         raise InvalidInput(
             f"the image could not be decoded ({type(e).__name__}): send a PNG, JPEG, WebP or GIF"
         ) from None
