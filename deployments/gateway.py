@@ -307,9 +307,7 @@ class Gateway:
                 entry["content"] = parts
             else:
                 entry["content"] = message.text()
-            for key in ("name", "tool_calls", "tool_call_id"):
-                if (value := getattr(message, key)) is not None:
-                    entry[key] = value
+            entry |= message.template_fields()
             messages.append(entry)
         if len(images) > spec.limits.max_images_per_request:
             raise bad_request(f"at most {spec.limits.max_images_per_request} images per request", "messages")

@@ -145,6 +145,28 @@ def test_tools_reach_the_chat_template_unless_tool_choice_is_none(client: openai
     assert answer.usage.prompt_tokens > with_tools.usage.prompt_tokens  # the tool result was read
 
 
+def _history_prompt_tokens(client: openai.OpenAI, arguments: str) -> int:
+    """Prompt tokens of a conversation whose assistant turn called get_weather with ``arguments`` (as
+    the SDK sends them: a JSON string)."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    history = [*CHAT, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    answer = client.chat.completions.create(
+        model="qwen3-coder-tiny", messages=history, tools=[WEATHER_TOOL], max_tokens=1, temperature=0
+    )
+    return answer.usage.prompt_tokens
+
+
+def test_earlier_tool_calls_reach_the_template_with_their_arguments_as_objects(client: openai.OpenAI):
+    """Chat templates iterate a call's arguments as a mapping (Qwen3-Coder's does); the SDK sends a JSON string."""
+    short = _history_prompt_tokens(client, '{"city": "Oslo"}')
+    longer = _history_prompt_tokens(client, '{"city": "Oslo", "country": "Norway", "units": "metric"}')
+    assert longer > short  # each argument is rendered
+    # Arguments a model once produced broken stay in the history of every later turn: rendered as no
+    # arguments (as vLLM does) rather than failing the conversation from then on.
+    assert _history_prompt_tokens(client, '{"city": "Os') == _history_prompt_tokens(client, "{}")
+    assert _history_prompt_tokens(client, "[1, 2]") == _history_prompt_tokens(client, "")
+
+
 def test_chat_n_and_seed_sampling(client: openai.OpenAI):
     def answer(seed: int, temperature: float = 1.0, n: int = 1) -> list[str]:
         kwargs = {"model": "qwen3-coder-tiny", "messages": CHAT, "max_tokens": 8}
@@ -327,6 +349,24 @@ def test_unknown_model_is_404(client: openai.OpenAI, api: str):
             {"model": "qwen3-coder-tiny", "messages": CHAT, "tools": [{"type": "function", "function": {"name": "/"}}]},
             400,
             "tools.0.function.name",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "qwen3-coder-tiny",
+                "messages": [*CHAT, {"role": "assistant", "tool_calls": [{"type": "function", "function": 5}]}],
+            },
+            400,
+            f"messages.{len(CHAT)}.tool_calls.0.function",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "qwen3-coder-tiny",
+                "messages": [*CHAT, {"role": "assistant", "tool_calls": [{"type": "code", "function": {"name": "f"}}]}],
+            },
+            400,
+            f"messages.{len(CHAT)}.tool_calls.0.type",
         ),
         ("/v1/completions", {"model": "all-minilm-l6-v2", "prompt": "x"}, 400, "text-embedding"),
         ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": []}, 400, "empty"),

@@ -59,13 +59,43 @@ class ContentPart(BaseModel):
     image_url: ImageURL | None = None
 
 
+class CalledFunction(BaseModel):
+    name: str
+    # A JSON string as the SDKs send it (an object is accepted too, as vLLM does).
+    arguments: str | dict[str, Any] | None = None
+
+    def template_arguments(self) -> dict[str, Any]:
+        """The arguments as the object chat templates iterate. Broken or non-object arguments (a model
+        cut off mid-call) become no arguments, as vLLM renders them: they stay in the history of every
+        later turn, and refusing them would end the conversation."""
+        if isinstance(self.arguments, dict):
+            return self.arguments
+        try:
+            parsed = json.loads(self.arguments or "{}")
+        except json.JSONDecodeError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+
+class RequestToolCall(BaseModel):
+    """A tool call of an earlier assistant turn, sent back in ``messages``."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def for_template(self) -> dict[str, Any]:
+        function = {"name": self.function.name, "arguments": self.function.template_arguments()}
+        return {"id": self.id, "type": self.type, "function": function}
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[RequestToolCall] | None = None
     tool_call_id: str | None = None
 
     def text(self) -> str:
@@ -76,8 +106,15 @@ class ChatMessage(BaseModel):
 
     def input_chars(self) -> int:
         """Characters the chat template renders from this message: text, name, tool calls and their id."""
-        calls = len(json.dumps(self.tool_calls, ensure_ascii=False)) if self.tool_calls else 0
+        calls = sum(len(json.dumps(call.for_template(), ensure_ascii=False)) for call in self.tool_calls or ())
         return len(self.text()) + len(self.name or "") + len(self.tool_call_id or "") + calls
+
+    def template_fields(self) -> dict[str, Any]:
+        """``name``, ``tool_calls`` and ``tool_call_id`` as chat templates read them, where set."""
+        fields: dict[str, Any] = {"name": self.name, "tool_call_id": self.tool_call_id}
+        if self.tool_calls:
+            fields["tool_calls"] = [call.for_template() for call in self.tool_calls]
+        return {key: value for key, value in fields.items() if value is not None}
 
     def image_urls(self) -> list[str]:
         if not isinstance(self.content, list):

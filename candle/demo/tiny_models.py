@@ -181,6 +181,13 @@ CHAT_TEMPLATE = string.Template("""\
             {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
+    {%- for call in message['tool_calls'] or [] -%}
+        {{- '<tool_call>\\n<function=' + call['function']['name'] + '>\\n' -}}
+        {%- for key, value in call['function']['arguments'] | items -%}
+            {{- '<parameter=' + key + '>' + (value | tojson) + '</parameter>\\n' -}}
+        {%- endfor -%}
+        {{- '</function>\\n</tool_call>' -}}
+    {%- endfor -%}
     {{- '<|im_end|>\\n' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
