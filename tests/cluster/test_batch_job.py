@@ -82,7 +82,14 @@ def submit(client: JobSubmissionClient, *args: str) -> str:
     (seen as the job losing candle/catalog/demo.yaml mid-run).
     """
     entrypoint = " ".join([sys.executable, "-m", "candle.jobs.batch", "--catalog", "demo", "--model", MINILM, *args])
-    return client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    deadline = time.monotonic() + 120
+    while True:  # the job agent may come up after the dashboard answers list_jobs
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def finish(client: JobSubmissionClient, job: str) -> tuple[JobStatus, list[str]]:
