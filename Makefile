@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # The full benchmark runs; each writes its output to benchmarks/results/<name>.md, committed.
-.PHONY: bench-responsiveness bench-smoke
+.PHONY: bench-responsiveness bench-batch bench-smoke
 
 bench-fetch: $(STAMP)  ## benchmarks/bench_fetch.py: candle fetch vs snapshot_download over loopback
 	$(BIN)/python benchmarks/bench_fetch.py --results benchmarks/results/fetch.md
@@ -72,6 +72,9 @@ bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: hub bytes per cluster, 
 
 bench-responsiveness: $(STAMP)  ## benchmarks/bench_responsiveness.py: actor ping, /health, stream close: busy vs idle
 	$(BIN)/python benchmarks/bench_responsiveness.py --results benchmarks/results/responsiveness.md
+
+bench-batch: $(STAMP)  ## benchmarks/bench_batch.py: the batch job's MiniLM rows/s (via serve, via actors) vs in-process encode
+	$(BIN)/python benchmarks/bench_batch.py --results benchmarks/results/batch.md
 
 # Part of `make test`: every benchmark at a tiny scale, so none rots. A crash fails; numbers are only printed.
 bench-smoke: $(STAMP)

@@ -66,6 +66,47 @@ app = FastAPI(title="candle", description="OpenAI-compatible API for models serv
 http_errors.install(app)
 
 
+def generation_params(body: SamplingFields, budget: int | None, spec: ModelSpec) -> GenerationParams:
+    """The sampling fields as engines take them, within the model's limits (the batch job uses it too)."""
+    limits = spec.limits
+    max_tokens = budget or int(spec.defaults.get("max_tokens", DEFAULT_MAX_TOKENS))
+    if max_tokens > limits.max_tokens:
+        raise bad_request(f"max_tokens must be at most {limits.max_tokens}, got {max_tokens}", "max_tokens")
+    if body.n > limits.max_n:
+        raise bad_request(f"n must be at most {limits.max_n}, got {body.n}", "n")
+    return GenerationParams(
+        max_tokens=max_tokens,
+        temperature=sampling_temperature(body.temperature),
+        top_p=body.top_p,
+        stop=tuple(body.stop_list()),
+        seed=body.seed,
+        response_format=body.output_format(),
+    )
+
+
+def image_call(body: ImageGenerationRequest, spec: ModelSpec) -> ImageCall:
+    """The request as the engines take it, within the model's limits (the batch job uses it too)."""
+    check_input_chars(len(body.prompt), spec.limits.max_input_chars, "prompt")
+    if body.n > spec.limits.max_n:
+        raise bad_request(f"n must be at most {spec.limits.max_n}, got {body.n}", "n")
+    default = int(spec.defaults.get("size", DEFAULT_IMAGE_SIZE))
+    try:
+        width, height = body.dimensions((default, default))
+    except ValueError as e:
+        raise bad_request(str(e), "size") from None
+    if width * height > spec.limits.max_image_pixels:
+        raise bad_request(f"size {width}x{height} exceeds {spec.limits.max_image_pixels} pixels", "size")
+    return ImageCall(
+        body.prompt,
+        width,
+        height,
+        n=body.n,
+        seed=body.seed,
+        num_inference_steps=body.num_inference_steps,
+        guidance_scale=body.guidance_scale,
+    )
+
+
 # Module-level helpers stay above the class: Serve ships the class by value, with the globals
 # that exist when it is decorated.
 @serve.deployment
@@ -127,23 +168,6 @@ class Gateway:
             )
         return spec
 
-    @staticmethod
-    def _params(body: SamplingFields, budget: int | None, spec: ModelSpec) -> GenerationParams:
-        limits = spec.limits
-        max_tokens = budget or int(spec.defaults.get("max_tokens", DEFAULT_MAX_TOKENS))
-        if max_tokens > limits.max_tokens:
-            raise bad_request(f"max_tokens must be at most {limits.max_tokens}, got {max_tokens}", "max_tokens")
-        if body.n > limits.max_n:
-            raise bad_request(f"n must be at most {limits.max_n}, got {body.n}", "n")
-        return GenerationParams(
-            max_tokens=max_tokens,
-            temperature=sampling_temperature(body.temperature),
-            top_p=body.top_p,
-            stop=tuple(body.stop_list()),
-            seed=body.seed,
-            response_format=body.output_format(),
-        )
-
     # -- routes --------------------------------------------------------------------------------
 
     @app.get("/health")
@@ -177,7 +201,7 @@ class Gateway:
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/chat/completions")
         check_input_chars(body.input_chars(), spec.limits.max_input_chars, "messages")
-        params = self._params(body, body.token_budget, spec)
+        params = generation_params(body, body.token_budget, spec)
         messages, images = await self._conversation(body, spec)
         tools, tool_choice = body.tool_request()
         handle = self.handles[spec.name].options(stream=True)
@@ -198,7 +222,7 @@ class Gateway:
     @app.post("/v1/completions", responses=ERRORS)
     async def completions(self, body: CompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/completions")
-        params = self._params(body, body.token_budget, spec)
+        params = generation_params(body, body.token_budget, spec)
         prompts = body.prompts()
         if len(prompts) > spec.limits.max_input_items:
             raise bad_request(f"prompt must have at most {spec.limits.max_input_items} items", "prompt")
@@ -246,29 +270,7 @@ class Gateway:
         spec = self._model(body.model, "/v1/images/generations")
         if body.response_format != "b64_json":
             raise bad_request("Only response_format 'b64_json' is supported.", "response_format")
-        check_input_chars(len(body.prompt), spec.limits.max_input_chars, "prompt")
-        if body.n > spec.limits.max_n:
-            raise bad_request(f"n must be at most {spec.limits.max_n}, got {body.n}", "n")
-        default = int(spec.defaults.get("size", DEFAULT_IMAGE_SIZE))
-        try:
-            width, height = body.dimensions((default, default))
-        except ValueError as e:
-            raise bad_request(str(e), "size") from None
-        if width * height > spec.limits.max_image_pixels:
-            raise bad_request(f"size {width}x{height} exceeds {spec.limits.max_image_pixels} pixels", "size")
-        pngs = await streaming.call(
-            self.handles[spec.name].generate.remote(
-                ImageCall(
-                    body.prompt,
-                    width,
-                    height,
-                    n=body.n,
-                    seed=body.seed,
-                    num_inference_steps=body.num_inference_steps,
-                    guidance_scale=body.guidance_scale,
-                )
-            )
-        )
+        pngs = await streaming.call(self.handles[spec.name].generate.remote(image_call(body, spec)))
         return responses.FastJSONResponse(responses.images(pngs))
 
     # -- helpers -------------------------------------------------------------------------------

@@ -79,7 +79,10 @@ def simulated_cluster(
     head_args = _node_args(head, base_env, cache_root)
     head_args["include_dashboard"] = dashboard
     if dashboard:
-        head_args |= {"dashboard_host": "127.0.0.1", "dashboard_port": free_port()}
+        # The job API goes through the head's dashboard agent: on a free port, not Ray's fixed 52365,
+        # which another Ray instance on the machine may hold (then every job submission is refused).
+        ports = {"dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()}
+        head_args |= {"dashboard_host": "127.0.0.1", **ports}
     cluster = Cluster(initialize_head=True, head_node_args=head_args)
     try:
         ids = {head.name: cluster.head_node.node_id}

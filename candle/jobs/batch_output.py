@@ -1,0 +1,91 @@
+"""The batch job's files: the output (JSONL or Parquet), the errors file, the PNGs, and what is done.
+
+Only the job's driver writes them, after a batch is finished, so what is in the output is exactly
+what was computed: a JSONL output is appended to (a line torn by a killed job is cut off on
+resume), a Parquet output is a folder of part files, each written under a temporary name and then
+renamed. A PNG is in place before the row that names it. The ids in the output and in the errors
+file are the rows a rerun skips.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from candle.jobs.batch_rows import PNG_KEY
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class BatchFiles:
+    """The output, its errors file and its images folder, for one ``--output`` path."""
+
+    def __init__(self, output: str, errors: str | None = None) -> None:
+        self.output = Path(output).resolve()
+        self.parquet = output.rstrip("/").endswith(".parquet")
+        base = self.output.parent / self.output.name.removesuffix(".parquet").removesuffix(".jsonl")
+        self.errors = Path(errors).resolve() if errors else base.with_name(base.name + ".errors.jsonl")
+        self.images = base.with_name(base.name + ".images")
+
+    def done_ids(self) -> set[str]:
+        """The ids (as JSON text) already in the output or the errors file."""
+        done = {json.dumps(json.loads(line)["id"]) for line in complete_lines(self.errors)}
+        if not self.parquet:
+            return done | {json.dumps(json.loads(line)["id"]) for line in complete_lines(self.output)}
+        parts = sorted(self.output.glob("part-*.parquet")) if self.output.is_dir() else []
+        return done | {
+            json.dumps(i) for part in parts for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()
+        }
+
+    def write(self, records: list[str]) -> int:
+        """Write one finished batch's records where they belong; return how many failed."""
+        rows = [json.loads(record) for record in records]
+        failed = [record for record, row in zip(records, rows, strict=True) if "error" in row]
+        done = [self._with_image_path(row) for row in rows if "error" not in row]
+        if failed:
+            append_lines(self.errors, failed)
+        if done and self.parquet:
+            self.output.mkdir(parents=True, exist_ok=True)
+            part = self.output / f"part-{time.time_ns()}.parquet"
+            pq.write_table(pa.Table.from_pylist(done), part.with_suffix(".tmp"))
+            part.with_suffix(".tmp").rename(part)
+        elif done:
+            append_lines(self.output, [json.dumps(row) for row in done])
+        return len(failed)
+
+    def _with_image_path(self, row: dict) -> dict:
+        """A generated image's row: the PNG written beside the output, its path in ``image``."""
+        if PNG_KEY not in row:
+            return row
+        row_id = json.dumps(row["id"])
+        name = f"{_UNSAFE.sub('_', str(row['id']))[:64]}-{hashlib.sha256(row_id.encode()).hexdigest()[:8]}.png"
+        path = self.images / name
+        self.images.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_bytes(base64.b64decode(row.pop(PNG_KEY)))
+        path.with_suffix(".tmp").rename(path)
+        return {**row, "image": str(path)}
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The complete lines of a JSONL file; a torn last line (a killed writer's) is cut off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return [line for line in data[:end].decode().splitlines() if line.strip()]
+
+
+def append_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write("".join(line + "\n" for line in lines))
