@@ -22,6 +22,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from candle.api import responses
+from candle.api.conversation import template_conversation
 from candle.api.errors import APIError, bad_request, model_not_found, wrong_capability
 from candle.api.images import is_image_reference, load_image_bytes
 from candle.api.limits import check_input_chars, sampling_temperature
@@ -290,27 +291,6 @@ class Gateway:
     async def _conversation(
         self, body: ChatCompletionRequest, spec: ModelSpec
     ) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Messages for the chat template, images as ``{"type": "image"}`` parts, and the images' bytes."""
-        messages: list[dict[str, Any]] = []
-        images: list[bytes] = []
-        for m, message in enumerate(body.messages):
-            urls = message.image_urls()
-            if urls and spec.capability != "vision":
-                raise bad_request(f"The model `{spec.name}` does not accept images.", f"messages[{m}].content")
-            entry: dict[str, Any] = {"role": message.role}
-            if urls:
-                parts: list[dict[str, Any]] = []
-                for p, part in enumerate(message.content or []):
-                    if part.type == "image_url" and part.image_url:
-                        images.append(await self._image(part.image_url.url, f"messages[{m}].content[{p}]", spec))
-                        parts.append({"type": "image"})
-                    elif part.text:
-                        parts.append({"type": "text", "text": part.text})
-                entry["content"] = parts
-            else:
-                entry["content"] = message.text()
-            entry |= message.template_fields()
-            messages.append(entry)
-        if len(images) > spec.limits.max_images_per_request:
-            raise bad_request(f"at most {spec.limits.max_images_per_request} images per request", "messages")
-        return messages, images
+        """Messages for the chat template and the images' bytes, read once the request passed every check."""
+        conversation = template_conversation(body, spec)
+        return conversation.messages, [await self._image(image.url, image.param, spec) for image in conversation.images]

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from candle.api.errors import APIError, bad_request
+from candle.api.conversation import template_conversation
+from candle.api.errors import APIError
 from candle.api.images import is_image_reference, load_image_bytes
 from candle.api.limits import check_input_chars
 from candle.api.responses import AssistantMessage
@@ -123,26 +124,9 @@ def sampling(body: ChatCompletionRequest | CompletionRequest, spec: ModelSpec) -
 
 
 def conversation(body: ChatCompletionRequest, spec: ModelSpec) -> tuple[list[dict[str, Any]], tuple[bytes, ...]]:
-    """Messages for the chat template, images as ``{"type": "image"}`` parts, and the images' bytes."""
-    messages: list[dict[str, Any]] = []
-    images: list[bytes] = []
-    for m, message in enumerate(body.messages):
-        entry = message.model_dump(include={"role", "name", "tool_calls", "tool_call_id"}, exclude_none=True)
-        entry["content"] = message.text()
-        if message.image_urls():
-            if spec.capability != "vision":
-                raise bad_request(f"The model `{spec.name}` does not accept images.", f"messages[{m}].content")
-            entry["content"] = []
-            for p, part in enumerate(message.content or []):
-                if part.type == "image_url" and part.image_url:
-                    images.append(image_bytes(part.image_url.url, f"messages[{m}].content[{p}]", spec))
-                    entry["content"].append({"type": "image"})
-                elif part.text:
-                    entry["content"].append({"type": "text", "text": part.text})
-        messages.append(entry)
-    if len(images) > spec.limits.max_images_per_request:
-        raise RowError(f"at most {spec.limits.max_images_per_request} images per row")
-    return messages, tuple(images)
+    """Messages for the chat template (as the gateway makes them) and the images' bytes."""
+    found = template_conversation(body, spec)
+    return found.messages, tuple(image_bytes(image.url, image.param, spec) for image in found.images)
 
 
 def image_bytes(url: str, param: str, spec: ModelSpec) -> bytes:
