@@ -23,7 +23,7 @@ from candle.download.errors import DownloadError, IntegrityError, OutOfDisk, Tra
 from candle.download.listing import RemoteFile
 from candle.download.peer import PeerServer
 from candle.download.progress import FileProgress
-from candle.download.sourcing import ClusterSources
+from candle.download.sourcing import BlobJob, ClusterSources
 
 DATA = b"verified weights" * 1024
 FILE = RemoteFile("model.safetensors", len(DATA), "b" * 40, "e" * 64)
@@ -33,7 +33,7 @@ PARTIAL = Path("/nonexistent/model.incomplete")  # these transfers write nothing
 
 async def obtain(sources: ClusterSources, holder: Holder, cache: RepoCache, transfer) -> str:  # type: ignore[no-untyped-def]
     return await sources.obtain(
-        holder.key, cache, FILE, HUB, transfer, partial=PARTIAL, progress=FileProgress(FILE.path, FILE.size)
+        BlobJob(holder.key, cache, FILE, HUB, transfer, PARTIAL, FileProgress(FILE.path, FILE.size))
     )
 
 

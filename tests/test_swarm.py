@@ -23,7 +23,7 @@ from candle.download.config import DownloaderSettings
 from candle.download.coordinator import coordinator
 from candle.download.listing import RemoteFile
 from candle.download.progress import FileProgress
-from candle.download.sourcing import ClusterSources
+from candle.download.sourcing import BlobJob, ClusterSources
 from candle.download.transfer import download_verified
 from tests.conftest import RepoFactory
 
@@ -70,7 +70,7 @@ class Node:
 
         key = ("model", repo_id, f.etag)
         self.task = asyncio.ensure_future(
-            self.sources.obtain(key, self.cache, f, (hub_url, {}), transfer, partial=partial, progress=self.progress)
+            self.sources.obtain(BlobJob(key, self.cache, f, (hub_url, {}), transfer, partial, self.progress))
         )
         return self.task
 

@@ -34,7 +34,7 @@ from .hf_internals import tune_transfers
 from .listing import RemoteFile, RepoListing, list_repo, storage_folder
 from .metrics import DownloadMetrics
 from .progress import FileProgress, RepoProgress
-from .sourcing import ClusterSources
+from .sourcing import BlobJob, ClusterSources
 from .transfer import adopt_published, download_verified
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class NodeDownloader:
                 source = "hub"
             else:
                 key = (request.repo_type, request.repo_id, f.etag)
-                source = await self._sources.obtain(key, cache, f, hub, transfer, partial=partial, progress=progress)
+                source = await self._sources.obtain(BlobJob(key, cache, f, hub, transfer, partial, progress))
         except BaseException:
             progress.state = "failed"
             partial.unlink(missing_ok=True)

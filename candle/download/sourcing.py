@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -41,6 +41,19 @@ logger = logging.getLogger(__name__)
 Transfer = Callable[[str, dict[str, str], DownloaderSettings], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class BlobJob:
+    """One blob for a node to bring in: where it goes, how to fetch from a URL, and the hub's URL."""
+
+    key: BlobKey
+    cache: RepoCache
+    file: RemoteFile
+    hub: tuple[str, dict[str, str]]  # URL and headers
+    transfer: Transfer
+    partial: Path  # the transfer's file: every source appends to it, and it is relayed to peers meanwhile
+    progress: FileProgress  # told each source
+
+
 class ClusterSources:
     def __init__(self, settings: DownloaderSettings, node_id: str, host: str) -> None:
         self.settings = settings
@@ -57,55 +70,36 @@ class ClusterSources:
     def blob_url(self, cache: RepoCache, f: RemoteFile) -> str:
         return self.server.blob_url(str(cache.folder.parent), cache.folder.name, f.etag)
 
-    async def obtain(
-        self,
-        key: BlobKey,
-        cache: RepoCache,
-        f: RemoteFile,
-        hub: tuple[str, dict[str, str]],
-        transfer: Transfer,
-        *,
-        partial: Path,
-        progress: FileProgress,
-    ) -> str:
-        """Bring blob ``f`` into ``cache`` from wherever the coordinator says, ``hub`` as the last resort.
+    async def obtain(self, job: BlobJob) -> str:
+        """Bring ``job``'s blob into its cache from wherever the coordinator says, the hub as the last resort.
 
-        ``partial`` is the transfer's file (relayed to peers meanwhile); ``progress`` is told each source.
         Returns where the last bytes came from: ``hub``, ``peer``, ``relay`` or ``shared``.
         """
+        f, cache = job.file, job.cache
         url = self.blob_url(cache, f)
-        relay_url = url if self.settings.relay else None
         relaying = (
-            self.server.serving_partial(str(cache.folder.parent), cache.folder.name, f.etag, partial, f.size)
+            self.server.serving_partial(str(cache.folder.parent), cache.folder.name, f.etag, job.partial, f.size)
             if self.settings.relay
             else contextlib.nullcontext()
         )
         try:
             with relaying:
-                source = await self._obtain(key, cache, f, hub, transfer, relay_url, progress)
+                source = await self._obtain(job, url if self.settings.relay else None)
                 if source != "shared":
-                    await self._call("done", key, self.node_id, url)
+                    await self._call("done", job.key, self.node_id, url)
                 return source
         except BaseException:
-            await self._call("failed", key, self.node_id)  # no longer a download or a relay to send others to
+            await self._call("failed", job.key, self.node_id)  # no longer a download or a relay to send others to
             raise
 
-    async def _obtain(
-        self,
-        key: BlobKey,
-        cache: RepoCache,
-        f: RemoteFile,
-        hub: tuple[str, dict[str, str]],
-        transfer: Transfer,
-        relay_url: str | None,
-        progress: FileProgress,
-    ) -> str:
+    async def _obtain(self, job: BlobJob, relay_url: str | None) -> str:
+        key, f, progress = job.key, job.file, job.progress
         tried: list[str] = []
         while True:
             decision = await self._claim(key, tried, relay_url)
             action = decision.action if decision else "hub"
             if action == "shared":
-                if cache.has_blob(f):
+                if job.cache.has_blob(f):
                     progress.came_from("shared")
                     return "shared"
                 for node in decision.holders:  # the recorded copy is gone from the shared cache
@@ -116,13 +110,14 @@ class ClusterSources:
                 continue
             if action == "hub":
                 progress.came_from("hub")
-                await self._from_hub(key, hub, transfer)
+                await self._from_hub(key, job.hub, job.transfer)
                 return "hub"
             node, url = next(iter(decision.peers.items()))
             kind = "relay" if decision.relay else "peer"
             progress.came_from(kind, node)
             try:
-                await transfer(url, {"Authorization": f"Bearer {self.secret}"}, replace(self.settings, max_attempts=1))
+                auth = {"Authorization": f"Bearer {self.secret}"}
+                await job.transfer(url, auth, replace(self.settings, max_attempts=1))
             except OutOfDisk:
                 raise  # ours, not the peer's: no other source has more room
             except DownloadError as e:
