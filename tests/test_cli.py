@@ -107,6 +107,24 @@ def test_status_lists_downloads_per_node(ray_cluster, hub: LocalHub, make_repo: 
     )
 
 
+def test_status_says_where_each_file_in_flight_comes_from(
+    ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
+    make_repo({"model.safetensors": 4 * MB})
+    hub.state.throttles[repo_name] = MB  # 4 s: long enough to ask while it runs
+    command = [sys.executable, "-m", "candle.cli", "prefetch", repo_name, "--cache-dir", str(tmp_path), "--quiet"]
+    prefetch = subprocess.Popen(command, env={**os.environ, **ray_cluster}, stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(60):  # a guard against a hang, not a measurement
+            rows = run_cli(["status", repo_name], ray_cluster).stdout.splitlines()
+            if any("model.safetensors" in row for row in rows):
+                break
+        (file_row,) = [row for row in rows if "model.safetensors" in row]
+        assert "from hub" in file_row and file_row.rstrip().endswith("B/s")
+    finally:
+        assert prefetch.wait(timeout=120) == 0
+
+
 def test_prefetch_job_sends_the_callers_hub_with_every_request(monkeypatch):
     from candle.catalog import load_catalog
     from candle.download.config import caller_hub_access
