@@ -115,12 +115,12 @@ def test_status_says_where_each_file_in_flight_comes_from(
     command = [sys.executable, "-m", "candle.cli", "prefetch", repo_name, "--cache-dir", str(tmp_path), "--quiet"]
     prefetch = subprocess.Popen(command, env={**os.environ, **ray_cluster}, stdout=subprocess.DEVNULL)
     try:
-        for _ in range(60):  # a guard against a hang, not a measurement
+        file_rows: list[str] = []
+        while not file_rows and prefetch.poll() is None:
             rows = run_cli(["status", repo_name], ray_cluster).stdout.splitlines()
-            if any("model.safetensors" in row for row in rows):
-                break
-        (file_row,) = [row for row in rows if "model.safetensors" in row]
-        assert "from hub" in file_row and file_row.rstrip().endswith("B/s")
+            file_rows = [row for row in rows if "model.safetensors" in row]
+        assert len(file_rows) == 1, f"no line for the file in flight: {rows}"
+        assert "from hub" in file_rows[0] and file_rows[0].rstrip().endswith("B/s")
     finally:
         assert prefetch.wait(timeout=120) == 0
 
