@@ -67,7 +67,7 @@ bench-fetch: $(STAMP)  ## benchmarks/bench_fetch.py: candle fetch vs snapshot_do
 bench-embeddings: $(STAMP)  ## benchmarks/bench_embeddings.py: /v1/embeddings vs in-process encode
 	$(BIN)/python benchmarks/bench_embeddings.py --results benchmarks/results/embeddings.md
 
-bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: hub bytes per cluster, peer vs hub throughput
+bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: time until N nodes hold a model, relayed vs store-and-forward
 	$(BIN)/python benchmarks/bench_cluster.py --results benchmarks/results/cluster.md
 
 bench-responsiveness: $(STAMP)  ## benchmarks/bench_responsiveness.py: actor ping, /health, stream close: busy vs idle

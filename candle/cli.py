@@ -67,6 +67,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"{node[:12]:<14}{entry.repo_id[:46]:<48}{entry.state:<13}{_size(entry.bytes_done):>10}"
             f"{_size(entry.bytes_total):>10}{_size(entry.rate) + '/s':>12}{eta:>8}"
         )
+        for f in entry.files:
+            if f.state == "downloading":
+                origin = f"{f.source} {f.upstream[:12]}" if f.upstream else f.source or "-"
+                print(f"{'':<14}{f.path[:46]:<48}from {origin:<20}{_size(f.rate) + '/s':>12}")
         if entry.error:
             print(f"{'':<14}error: {entry.error}")
     return 0

@@ -164,6 +164,9 @@ Engine = ChatEngine | CompletionEngine | EmbeddingEngine | ImageEngine
 
 FileState = Literal["queued", "downloading", "done", "failed"]
 DownloadState = Literal["resolving", "downloading", "done", "failed"]
+# Where a blob's bytes come from: the hub, a peer's verified copy, a peer still receiving it (a
+# relay), a shared cache another node filled, or this node's own cache.
+BlobSource = Literal["hub", "peer", "relay", "shared", "cache"]
 
 
 class _Totals:
@@ -198,6 +201,8 @@ class FileProgressRecord:
     bytes_done: int
     bytes_total: int
     rate: float  # bytes/s over the last few seconds
+    source: BlobSource | None = None  # None: not started
+    upstream: str | None = None  # the node id it copies from (peer or relay)
 
 
 @dataclass(frozen=True)
@@ -248,6 +253,19 @@ class ModelProgress(_Totals):
                     "bytes_total": r.bytes_total,
                     "error": r.error,
                     "commit": r.commit,
+                    "rate_bytes_per_s": round(r.rate, 1),
+                    "transfers": [
+                        {
+                            "path": f.path,
+                            "source": f.source,
+                            "upstream": f.upstream,
+                            "bytes_done": f.bytes_done,
+                            "bytes_total": f.bytes_total,
+                            "rate_bytes_per_s": round(f.rate, 1),
+                        }
+                        for f in r.files
+                        if f.state == "downloading"
+                    ],
                 }
                 for node, r in self.nodes
             ],

@@ -107,6 +107,24 @@ def test_status_lists_downloads_per_node(ray_cluster, hub: LocalHub, make_repo: 
     )
 
 
+def test_status_says_where_each_file_in_flight_comes_from(
+    ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
+    make_repo({"model.safetensors": 4 * MB})
+    hub.state.throttles[repo_name] = MB  # 4 s: long enough to ask while it runs
+    command = [sys.executable, "-m", "candle.cli", "prefetch", repo_name, "--cache-dir", str(tmp_path), "--quiet"]
+    prefetch = subprocess.Popen(command, env={**os.environ, **ray_cluster}, stdout=subprocess.DEVNULL)
+    try:
+        file_rows: list[str] = []
+        while not file_rows and prefetch.poll() is None:
+            rows = run_cli(["status", repo_name], ray_cluster).stdout.splitlines()
+            file_rows = [row for row in rows if "model.safetensors" in row]
+        assert len(file_rows) == 1, f"no line for the file in flight: {rows}"
+        assert "from hub" in file_rows[0] and file_rows[0].rstrip().endswith("B/s")
+    finally:
+        assert prefetch.wait(timeout=120) == 0
+
+
 def test_prefetch_job_sends_the_callers_hub_with_every_request(monkeypatch):
     from candle.catalog import load_catalog
     from candle.download.config import caller_hub_access

@@ -60,3 +60,51 @@ async def test_a_restarted_coordinator_hands_out_no_download_until_running_ones_
 async def test_a_coordinator_made_in_a_driver_of_a_running_cluster_hands_out_downloads(ray_cluster):
     """Only a restarted actor holds back downloads: asking Ray that from a driver used to raise."""
     assert (await DownloadCoordinator().claim(KEY, "a")).action == "hub"
+
+
+def url(node: str) -> str:
+    return f"http://{node}/blobs/x/models--org--name/" + "a" * 64
+
+
+async def source(coordinator: DownloadCoordinator, node: str, exclude: tuple[str, ...] = ()) -> tuple[str, str, bool]:
+    """(action, the node it copies from or '', whether that one is still receiving) for a relaying claim."""
+    answer = await coordinator.claim(KEY, node, exclude, relay_url=url(node))
+    return answer.action, next(iter(answer.peers), ""), answer.relay
+
+
+async def test_nodes_asking_while_the_hub_download_runs_form_a_chain():
+    coordinator = DownloadCoordinator()
+    assert await source(coordinator, "a") == ("hub", "", False)
+    # Each new node copies from the last one, while it is still receiving: every uplink carries one copy.
+    assert await source(coordinator, "b") == ("peer", "a", True)
+    assert await source(coordinator, "c") == ("peer", "b", True)
+    assert await source(coordinator, "d") == ("peer", "c", True)
+    answer = await coordinator.claim(KEY, "b", (), relay_url=url("b"))
+    assert answer.peers == {"a": url("a")}, "a node asking again is not counted twice against its source"
+
+
+async def test_a_node_whose_upstream_died_resumes_from_the_one_before_it():
+    coordinator = DownloadCoordinator()
+    for node in "abc":
+        await source(coordinator, node)
+    await coordinator.forget(KEY, "b")  # b died mid-blob; c could not reach it
+    assert await source(coordinator, "c", exclude=("b",)) == ("peer", "a", True)
+    assert await source(coordinator, "e") == ("peer", "c", True), "the chain goes on from its new end"
+
+
+async def test_a_relay_is_never_given_a_source_that_copies_from_it():
+    coordinator = DownloadCoordinator()
+    await source(coordinator, "a")
+    await source(coordinator, "b")
+    await coordinator.failed(KEY, "a")  # a's hub download failed: b's bytes came from a
+    assert await source(coordinator, "a") == ("hub", "", False)
+
+
+async def test_complete_copies_are_spread_over_their_holders():
+    coordinator = DownloadCoordinator()
+    await coordinator.done(KEY, "a", url("a"))
+    await coordinator.done(KEY, "b", url("b"))
+    first, second = await source(coordinator, "c"), await source(coordinator, "d")
+    assert {first[1], second[1]} == {"a", "b"} and not first[2] and not second[2]
+    await coordinator.done(KEY, "c", url("c"))  # c copies no more: its source's uplink is free again
+    assert (await source(coordinator, "e"))[1] != second[1], "not the holder still uploading to d"

@@ -162,3 +162,96 @@ def test_many_idle_connections_hold_a_bounded_number_of_threads(served, tmp_path
         assert response.status_code == 200 and response.content == data
     finally:
         server.close()
+
+
+def partial_url(server: PeerServer, cache: Path) -> str:
+    return server.blob_url(str(cache), "models--org--name", "c" * 64)
+
+
+def test_a_blob_still_arriving_is_served_as_it_grows(tmp_path: Path):
+    """A relay: a peer copies the bytes its upstream has written so far, then waits for more."""
+    cache = tmp_path / "cache"
+    partial = cache / "models--org--name" / "blobs" / ("c" * 64 + ".x.incomplete")
+    partial.parent.mkdir(parents=True)
+    data = bytes(range(256)) * 4096  # 1 MiB
+    server = PeerServer("127.0.0.1", SECRET)
+    server.add_root(str(cache))
+    received: list[bytes] = []
+    try:
+        with server.serving_partial(str(cache), "models--org--name", "c" * 64, partial, len(data)):
+            partial.write_bytes(data[:1000])
+            reader = threading.Thread(
+                target=lambda: received.append(
+                    httpx.get(partial_url(server, cache), headers={"Authorization": f"Bearer {SECRET}"}).content
+                )
+            )
+            reader.start()
+            time.sleep(0.2)  # the reader has the first 1000 bytes and waits for the rest
+            with partial.open("ab") as out:
+                out.write(data[1000:])
+            reader.join(timeout=30)
+    finally:
+        server.close()
+    assert received == [data]
+
+
+def test_a_growing_blob_whose_transfer_failed_ends_the_copy_short(tmp_path: Path):
+    cache = tmp_path / "cache"
+    partial = cache / "models--org--name" / "blobs" / ("c" * 64 + ".x.incomplete")
+    partial.parent.mkdir(parents=True)
+    server = PeerServer("127.0.0.1", SECRET)
+    server.add_root(str(cache))
+    errors: list[Exception] = []
+
+    def read() -> None:
+        try:
+            httpx.get(partial_url(server, cache), headers={"Authorization": f"Bearer {SECRET}"})
+        except httpx.TransportError as e:
+            errors.append(e)
+
+    try:
+        with server.serving_partial(str(cache), "models--org--name", "c" * 64, partial, 5000):
+            partial.write_bytes(b"x" * 1000)
+            reader = threading.Thread(target=read)
+            reader.start()
+            time.sleep(0.2)
+        reader.join(timeout=30)  # the upstream's transfer ended without the rest: the body is cut
+    finally:
+        server.close()
+    assert len(errors) == 1 and isinstance(errors[0], httpx.RemoteProtocolError)
+
+
+CAP = 8 * 1024 * 1024  # bytes/s for the whole server
+
+
+def test_the_upload_cap_is_shared_by_all_connections(tmp_path: Path):
+    """CANDLE_DOWNLOAD_PEER_BANDWIDTH is a node's total: 4 peers at once share it, each does not get it."""
+    blob = tmp_path / "cache" / "models--org--name" / "blobs" / ETAG
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"w" * (2 * 1024 * 1024))
+    server = PeerServer("127.0.0.1", SECRET, CAP)
+    server.add_root(str(tmp_path / "cache"))
+    url = server.blob_url(str(tmp_path / "cache"), "models--org--name", ETAG)
+    stamps: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def read() -> None:
+        with httpx.stream("GET", url, headers={"Authorization": f"Bearer {SECRET}"}) as response:
+            for chunk in response.iter_bytes():
+                with lock:
+                    stamps.append((time.monotonic(), len(chunk)))
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    try:
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout=60)
+    finally:
+        server.close()
+    stamps.sort()
+    # The rate over the window from the first byte to the last: everything after the first chunk.
+    window = stamps[-1][0] - stamps[0][0]
+    rate = sum(n for _, n in stamps[1:]) / window
+    assert sum(n for _, n in stamps) == 4 * 2 * 1024 * 1024
+    assert CAP / 2 <= rate <= CAP * 1.1, f"{rate / 1e6:.1f} MB/s over 4 connections, cap {CAP / 1e6:.1f} MB/s"

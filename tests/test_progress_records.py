@@ -35,3 +35,21 @@ def test_a_model_across_nodes_sums_the_nodes_and_keeps_the_json_of_v1_models():
         ("n1", "downloading", 25),
         ("n2", "done", 100),
     ]
+
+
+def test_each_node_shows_where_its_blobs_come_from_and_how_fast():
+    moving = FileProgressRecord("model.safetensors", "downloading", 40, 100, 8.0, "relay", "n1")
+    done = FileProgressRecord("config.json", "done", 10, 10, 0.0, "hub")
+    node = RepoProgressRecord("org/model", "main", "a" * 40, "downloading", None, (moving, done))
+    (entry,) = ModelProgress((("n2", node),)).as_json()["nodes"]
+    assert entry["rate_bytes_per_s"] == 8.0
+    assert entry["transfers"] == [
+        {
+            "path": "model.safetensors",
+            "source": "relay",
+            "upstream": "n1",
+            "bytes_done": 40,
+            "bytes_total": 100,
+            "rate_bytes_per_s": 8.0,
+        }
+    ]

@@ -22,11 +22,19 @@ from candle.download.coordinator import BlobKey, coordinator, peer_secret
 from candle.download.errors import DownloadError, IntegrityError, OutOfDisk, TransferFailed
 from candle.download.listing import RemoteFile
 from candle.download.peer import PeerServer
-from candle.download.sourcing import ClusterSources
+from candle.download.progress import FileProgress
+from candle.download.sourcing import BlobJob, ClusterSources
 
 DATA = b"verified weights" * 1024
 FILE = RemoteFile("model.safetensors", len(DATA), "b" * 40, "e" * 64)
 HUB = ("http://hub.invalid/model.safetensors", {})
+PARTIAL = Path("/nonexistent/model.incomplete")  # these transfers write nothing: a relay would serve no byte
+
+
+async def obtain(sources: ClusterSources, holder: Holder, cache: RepoCache, transfer) -> str:  # type: ignore[no-untyped-def]
+    return await sources.obtain(
+        BlobJob(holder.key, cache, FILE, HUB, transfer, PARTIAL, FileProgress(FILE.path, FILE.size))
+    )
 
 
 @dataclass
@@ -92,7 +100,7 @@ async def test_a_disk_that_fills_up_while_copying_keeps_the_peer(holder: Holder,
     transfer, urls = fetch_or_raise(OutOfDisk("sourcing", FILE.path, "disk filled up during the transfer"))
     try:
         with pytest.raises(OutOfDisk):
-            await sources.obtain(holder.key, cache, FILE, HUB, transfer)
+            await obtain(sources, holder, cache, transfer)
     finally:
         sources.close()
     assert urls == [urls[0]] and urls[0] != HUB[0], "a full disk is not a reason to try the hub"
@@ -103,7 +111,7 @@ async def test_a_local_error_while_copying_keeps_the_peer(holder: Holder, tmp_pa
     sources, cache = copier(holder, tmp_path)
     transfer, urls = fetch_or_raise(TransferFailed("sourcing", FILE.path, "IsADirectoryError: [Errno 21]"))
     try:
-        assert await sources.obtain(holder.key, cache, FILE, HUB, transfer) == "hub"
+        assert await obtain(sources, holder, cache, transfer) == "hub"
     finally:
         sources.close()
     assert urls == [holder.server.holdings()[0][1], HUB[0]], "from the peer first, then from the hub"
@@ -120,7 +128,7 @@ async def test_a_peer_that_fails_the_copy_is_forgotten(holder: Holder, tmp_path:
     elif fault == "blob removed":
         holder.blob.unlink()
     try:
-        assert await sources.obtain(holder.key, cache, FILE, HUB, transfer) == "hub"
+        assert await obtain(sources, holder, cache, transfer) == "hub"
     finally:
         sources.close()
     assert holder.node not in await holders(holder)

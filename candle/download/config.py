@@ -76,7 +76,8 @@ class DownloaderSettings:
     coordinate: bool = True
     shared_cache: bool = False  # HF_HOME on a network filesystem: one node downloads, the others wait
     takeover_after_s: float = 60.0  # a hub download that reports nothing this long is given to another node
-    peer_bandwidth: float = 0.0  # bytes/s cap on serving peers (0: none); for tests of slow or dying peers
+    peer_bandwidth: float = 0.0  # bytes/s cap on this node's total upload to peers (0: none)
+    relay: bool = True  # serve a blob to peers while it arrives (pipelined copies); off: store-and-forward
     peer_host: str = ""  # address the peer server binds and advertises (default: the node's Ray IP)
 
     @classmethod
@@ -95,6 +96,7 @@ class DownloaderSettings:
             shared_cache=_env_bool(prefix + "SHARED_CACHE", cls.shared_cache),
             takeover_after_s=_env_float(prefix + "TAKEOVER_AFTER", cls.takeover_after_s),
             peer_bandwidth=_env_float(prefix + "PEER_BANDWIDTH", cls.peer_bandwidth),
+            relay=_env_bool(prefix + "RELAY", cls.relay),
             peer_host=os.environ.get(prefix + "PEER_HOST", cls.peer_host),
         )
 

@@ -4,12 +4,23 @@ For a blob (repo, etag) a node's downloader asks ``claim``. The answer is one of
 
 - ``hub``: nobody has it or is fetching it: this node downloads it from the hub (and is recorded
   as the one doing so);
-- ``peer``: these nodes hold a verified copy: copy it from one of them (then, if they all fail,
-  claim again with them excluded);
+- ``peer``: copy it from this node (``peers`` names one), which holds a verified copy or, with
+  ``relay`` set, is still receiving it; if that fails, claim again with it excluded;
 - ``wait``: another node is downloading it: wait for that (``wait`` with the answer's ``version``,
   so a download that ends between the two calls is not missed), then claim again;
 - ``shared``: the cache is shared (``HF_HOME`` on a network filesystem): the blob is already in it,
   written by ``holders`` (a node that finds it missing there forgets them and claims again).
+
+Relays (pipelined copies). A node that claims with a ``relay_url`` serves the blob while it
+receives it, so it can be a source before it is a holder: nodes asking while the hub download runs
+form a chain (hub -> a -> b -> c ...), each copying what its upstream has written so far, and the
+cluster has the blob about when the first node does. The coordinator records, per blob, who copies
+from whom, and counts each node's uploads over all blobs: a new node gets the source with the
+fewest uploads (a verified holder on a tie), and never one whose own bytes come, through the
+chain, from the node asking (no cycles) or from a chain that no longer reaches the hub download or
+a holder. With everybody asking at once this is a chain: every uplink carries one copy, the
+hub's carries one. A claim without ``relay_url`` (``CANDLE_DOWNLOAD_RELAY=0``) is store-and-forward:
+it waits for the hub download and copies verified blobs only, spread over their holders.
 
 With a shared cache the first claimant downloads and everybody else waits, then links. The
 coordinator holds only soft state: every answer carries its ``epoch``, and a downloader that sees
@@ -27,6 +38,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -41,7 +53,8 @@ class Claim:
     """The answer to a node asking where to get a blob (see the module docstring for ``action``)."""
 
     action: Literal["hub", "peer", "wait", "shared"]
-    peers: dict[str, str] = field(default_factory=dict)  # peer: node id -> URL of its verified copy
+    peers: dict[str, str] = field(default_factory=dict)  # peer: node id -> URL of its copy
+    relay: bool = False  # peer: that node is still receiving the blob (its copy is partial)
     holders: tuple[str, ...] = ()  # shared: the nodes recorded as having put it in the shared cache
     node: str | None = None  # wait: the node downloading it (None: one the previous coordinator knew)
     epoch: str = ""  # the coordinator's; a new one means "register your blobs again"
@@ -52,6 +65,8 @@ class Claim:
 class _Blob:
     holders: dict[str, str] = field(default_factory=dict)  # node id -> URL of its verified copy
     downloader: str | None = None  # node fetching it from the hub
+    sources: dict[str, str | None] = field(default_factory=dict)  # receiving node -> its source (None: hub)
+    relays: dict[str, str] = field(default_factory=dict)  # receiving node -> URL where it serves what it has so far
     since: float = 0.0
     version: int = 0  # bumped at every settle: a waiter passes the one it saw, so no change is missed
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -67,6 +82,7 @@ class DownloadCoordinator:
         self.shared_cache = shared_cache
         self.takeover_after_s = takeover_after_s  # a hub download silent this long is handed to another node
         self._blobs: dict[BlobKey, _Blob] = {}
+        self._uploads: Counter[str] = Counter()  # node -> copies it serves now, over all blobs
         if restarted is None:  # None: ask Ray whether this actor is a restart of one that died
             restarted = _is_restarted_actor()
         self._grace_until = time.monotonic() + takeover_after_s / 2 if restarted else 0.0
@@ -77,16 +93,34 @@ class DownloadCoordinator:
             self._blob(key).holders[node_id] = url
         return self.epoch
 
-    async def claim(self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = ()) -> Claim:
+    async def claim(
+        self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = (), relay_url: str | None = None
+    ) -> Claim:
+        """Where ``node_id`` gets the blob; with ``relay_url`` it serves it there to others meanwhile."""
         blob = self._blob(key)
-        return replace(self._decide(blob, node_id, exclude), epoch=self.epoch, version=blob.version)
+        self._release(blob, node_id)  # asking again: it no longer copies from what it was given before
+        decision = self._decide(blob, node_id, exclude, relay_url is not None)
+        if decision.action in ("hub", "peer"):
+            upstream = next(iter(decision.peers), None)
+            blob.sources[node_id] = upstream
+            if upstream is not None:
+                self._uploads[upstream] += 1
+            if relay_url is not None:
+                blob.relays[node_id] = relay_url
+        return replace(decision, epoch=self.epoch, version=blob.version)
 
-    def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...]) -> Claim:
+    def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...], relay: bool) -> Claim:
         if self.shared_cache and blob.holders:
             return Claim("shared", holders=tuple(blob.holders))
-        peers = {n: url for n, url in blob.holders.items() if n != node_id and n not in exclude}
-        if peers:  # never with a shared cache: there any holder already answered "shared"
-            return Claim("peer", peers=peers)
+        # Never with a shared cache: there any holder already answered "shared".
+        candidates = [n for n in blob.holders if n != node_id and n not in exclude]
+        if relay:
+            candidates += [n for n in blob.relays if n not in exclude and self._fed(blob, n, node_id)]
+        if candidates:
+            best = min(candidates, key=lambda n: (self._uploads[n], n not in blob.holders))
+            if best in blob.holders:
+                return Claim("peer", peers={best: blob.holders[best]})
+            return Claim("peer", peers={best: blob.relays[best]}, relay=True)
         stale = blob.downloader is not None and time.monotonic() - blob.since > self.takeover_after_s
         if blob.downloader not in (None, node_id) and not stale and blob.downloader not in exclude:
             return Claim("wait", node=blob.downloader)
@@ -94,6 +128,29 @@ class DownloadCoordinator:
             return Claim("wait")  # a download the previous coordinator knew may still run
         blob.downloader, blob.since = node_id, time.monotonic()
         return Claim("hub")
+
+    @staticmethod
+    def _fed(blob: _Blob, relay: str, asking: str) -> bool:
+        """Whether ``relay``'s bytes come, through its chain, from the hub download or a holder, not from ``asking``."""
+        node: str | None = relay
+        seen = set()
+        while node not in blob.holders:
+            if node == asking or node in seen or node not in blob.sources:
+                return False
+            seen.add(node)
+            upstream = blob.sources[node]
+            if upstream is None:
+                return blob.downloader == node
+            node = upstream
+        return True
+
+    def _release(self, blob: _Blob, node_id: str) -> None:
+        """``node_id`` stops receiving the blob: its source's uplink is free of it, and it relays no more."""
+        if node_id in blob.sources:
+            upstream = blob.sources.pop(node_id)
+            if upstream is not None:
+                self._uploads[upstream] -= 1
+        blob.relays.pop(node_id, None)
 
     async def progress(self, key: BlobKey, node_id: str) -> None:
         """The hub downloader is alive and moving: keep others from taking over (or, after a restart, re-claim)."""
@@ -118,13 +175,16 @@ class DownloadCoordinator:
 
     async def forget(self, key: BlobKey, node_id: str) -> None:
         """A peer could not serve the blob (gone or broken): stop sending others to it."""
-        self._blob(key).holders.pop(node_id, None)
+        blob = self._blob(key)
+        blob.holders.pop(node_id, None)
+        self._release(blob, node_id)
 
     def _blob(self, key: BlobKey) -> _Blob:
         return self._blobs.setdefault(tuple(key), _Blob())  # type: ignore[arg-type]
 
     def _settle(self, key: BlobKey, node_id: str) -> _Blob:
         blob = self._blob(key)
+        self._release(blob, node_id)
         if blob.downloader == node_id:
             blob.downloader = None
         blob.version += 1

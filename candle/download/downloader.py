@@ -34,7 +34,7 @@ from .hf_internals import tune_transfers
 from .listing import RemoteFile, RepoListing, list_repo, storage_folder
 from .metrics import DownloadMetrics
 from .progress import FileProgress, RepoProgress
-from .sourcing import ClusterSources
+from .sourcing import BlobJob, ClusterSources
 from .transfer import adopt_published, download_verified
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,12 @@ class NodeDownloader:
         await asyncio.gather(*(asyncio.shield(self._transfer(request, listing, cache, f)) for f in pending))
 
     async def _publish_metrics(self) -> None:
+        uploaded = 0
         while True:
             self._metrics.publish(p.record() for p in self._repos.values())
+            if self._sources is not None and self._sources.server.sent > uploaded:
+                self._metrics.uploaded.inc(self._sources.server.sent - uploaded)
+                uploaded = self._sources.server.sent
             await asyncio.sleep(METRICS_INTERVAL_S)
 
     @staticmethod
@@ -229,14 +233,16 @@ class NodeDownloader:
             # is used if it verifies: in a shared cache, another node brought it in (source "shared").
             if await self._run_blocking(adopt_published, request.repo_id, cache, f):
                 source = "shared" if self.settings.shared_cache else "cache"
+                progress.came_from(source)
             elif constants.HF_HUB_OFFLINE:
                 raise NotCached(request.repo_id, f.path, "HF_HUB_OFFLINE is set and the cached copy is corrupt")
             elif self._sources is None:
+                progress.came_from("hub")
                 await transfer(*hub, self.settings)
                 source = "hub"
             else:
                 key = (request.repo_type, request.repo_id, f.etag)
-                source = await self._sources.obtain(key, cache, f, hub, transfer)
+                source = await self._sources.obtain(BlobJob(key, cache, f, hub, transfer, partial, progress))
         except BaseException:
             progress.state = "failed"
             partial.unlink(missing_ok=True)

@@ -1,10 +1,20 @@
-"""Node-to-node copies: each downloader serves its verified blobs to the other nodes' downloaders.
+"""Node-to-node copies: each downloader serves its blobs to the other nodes' downloaders.
 
 A small HTTP server in the download actor's process answers ``GET /blobs/<root>/<repo folder>/<etag>``
 with ``Range`` support (huggingface_hub's ``http_get`` resumes against it exactly as against the
 hub) for callers that present the cluster's peer secret. Only verified blobs under cache folders
 this node's downloader was asked to use are reachable: ``<root>`` is an opaque id of such a folder,
 names are checked against the HF cache layout, and nothing else on disk can be named.
+
+A blob this node is still receiving can be served too, while it arrives (a relay: see
+``sourcing.py``): the downloader names the transfer's ``.incomplete`` file and size with
+``serving_partial``, and a peer asking for that blob gets its bytes up to what has been written,
+then waits (up to ``idle_timeout_s``) for more. If the transfer ends without the rest, the body is
+cut short and the peer resumes elsewhere. Such bytes are not trusted: the receiving node verifies
+the whole blob against the hub's checksum before it publishes it, exactly as for any other source.
+
+Uploads are paced by one ``TokenBucket`` for the whole server: ``bytes_per_s`` caps the node's
+total upload to peers, however many connections share it.
 
 A connection costs a thread, so the server bounds both: a connection silent for ``idle_timeout_s``
 is closed, and past ``max_connections`` a new one gets an immediate 503 (peers then copy from
@@ -16,12 +26,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import os
 import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from .pacing import TokenBucket
 
 _ETAG = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git blob sha1 or an LFS sha256: names of verified blobs
 _PATH = re.compile(
@@ -30,6 +45,16 @@ _PATH = re.compile(
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _CHUNK = 1024 * 1024
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_POLL_S = 0.01  # how often a relay looks for bytes its upstream wrote since
+
+
+@dataclass
+class _Growing:
+    """A blob this node is receiving: its transfer's file, the blob's size, and whether it still runs."""
+
+    path: Path
+    size: int
+    active: bool = True
 
 
 def root_id(cache_dir: str) -> str:
@@ -46,22 +71,56 @@ def parse_range(header: str | None, size: int) -> tuple[int, int]:
     return start, max(start, end)
 
 
-def send_file_range(
-    handler: BaseHTTPRequestHandler, path: Path, start: int, end: int, bytes_per_s: float | None = None
+def send_range(
+    handler: BaseHTTPRequestHandler,
+    path: Path,
+    start: int,
+    end: int,
+    bucket: TokenBucket | None = None,
+    growing: _Growing | None = None,
+    wait_s: float = 0.0,
 ) -> int:
-    """Write ``path[start:end]`` as the body: zero-copy when unthrottled, paced chunks otherwise."""
-    with path.open("rb") as source:
-        if not bytes_per_s:
+    """Write ``path[start:end]`` as the body; returns the bytes sent (fewer: the body was cut short).
+
+    Zero-copy for a complete file without a cap; paced chunks otherwise. A ``growing`` file is
+    sent as it is written, waiting up to ``wait_s`` for each next byte, and ends early once its
+    transfer has ended without the rest (or stalled).
+    """
+    if growing is None and bucket is None:
+        with path.open("rb") as source:
             return handler.connection.sendfile(source, start, end - start) if end > start else 0
-        source.seek(start)
-        sent = 0
-        while start + sent < end:
-            chunk = source.read(min(_CHUNK, end - start - sent))
-            began = time.monotonic()
-            handler.wfile.write(chunk)
-            sent += len(chunk)
-            time.sleep(max(0.0, len(chunk) / bytes_per_s - (time.monotonic() - began)))
-        return sent
+    chunk = bucket.chunk if bucket else _CHUNK
+    fd = _open(path) if growing else os.open(path, os.O_RDONLY)
+    position, waited_since = start, time.monotonic()
+    try:
+        while position < end:
+            ended = growing is not None and not growing.active  # read before the size: no byte is missed
+            available = os.fstat(fd).st_size if fd is not None else 0
+            if available > position:
+                data = os.pread(fd, min(chunk, end - position, available - position), position)
+                if bucket is not None:
+                    bucket.take(len(data))
+                handler.wfile.write(data)
+                position += len(data)
+                waited_since = time.monotonic()
+            elif ended or time.monotonic() - waited_since > wait_s:
+                handler.close_connection = True  # Content-Length promised more: the peer sees a short body
+                break
+            else:
+                time.sleep(_POLL_S)
+                fd = fd if fd is not None else _open(path)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return position - start
+
+
+def _open(path: Path) -> int | None:
+    """A transfer's file, or None while its writer has not created it yet."""
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):
@@ -73,6 +132,7 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.open_connections: set[socket.socket] = set()  # cut on close: a node that stops serves no more
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         if not self._slots.acquire(blocking=False):
@@ -88,14 +148,21 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        self.open_connections.add(request)
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self.open_connections.discard(request)
             self._slots.release()
+
+    def cut_connections(self) -> None:
+        for connection in list(self.open_connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class PeerServer:
-    """Serves this node's verified blobs to authenticated peers, from a background thread."""
+    """Serves this node's blobs (verified, or still arriving) to authenticated peers, from a background thread."""
 
     def __init__(
         self,
@@ -107,9 +174,13 @@ class PeerServer:
         max_connections: int = 64,
     ) -> None:
         self.secret = secret
-        self.bytes_per_s = bytes_per_s  # a cap, for tests of slow or dying peers
+        self.bucket = TokenBucket(bytes_per_s) if bytes_per_s else None  # the node's upload budget, all peers together
+        self.idle_timeout_s = idle_timeout_s
         self.roots: dict[str, Path] = {}
         self.served = 0  # bodies served, for tests and metrics
+        self.sent = 0  # bytes uploaded to peers, for metrics
+        self._growing: dict[tuple[str, str, str], _Growing] = {}
+        self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -139,6 +210,23 @@ class PeerServer:
     def blob_url(self, cache_dir: str, repo_folder: str, etag: str) -> str:
         return f"{self.url}/blobs/{root_id(cache_dir)}/{repo_folder}/{etag}"
 
+    @contextlib.contextmanager
+    def serving_partial(self, cache_dir: str, repo_folder: str, etag: str, path: Path, size: int) -> Iterator[None]:
+        """Serve blob ``etag`` from ``path``, the file a transfer is writing, while the block runs.
+
+        Leave the block only once the transfer is over (published or abandoned): a peer reading
+        past what was written then gets the rest from the published blob's bytes, or a short body.
+        """
+        key = (root_id(cache_dir), repo_folder, etag)
+        growing = _Growing(path, size)
+        self._growing[key] = growing
+        try:
+            yield
+        finally:
+            growing.active = False
+            if self._growing.get(key) is growing:
+                del self._growing[key]
+
     def holdings(self) -> list[tuple[tuple[str, str, str], str]]:
         """Every verified blob this server can serve: ((repo type, repo id, etag), its URL).
 
@@ -166,10 +254,14 @@ class PeerServer:
         match = _PATH.match(request.path)
         root = self.roots.get(match["root"]) if match else None
         blob = root / match["repo"] / "blobs" / match["etag"] if root and match else None
-        if blob is None or not blob.is_file():
+        growing = self._growing.get((match["root"], match["repo"], match["etag"])) if blob else None
+        if blob is not None and blob.is_file():
+            growing, size = None, blob.stat().st_size
+        elif growing is not None:
+            blob, size = growing.path, growing.size
+        else:
             self._refuse(request, 404)
             return
-        size = blob.stat().st_size
         start, end = parse_range(request.headers.get("Range"), size)
         request.send_response(206 if request.headers.get("Range") else 200)
         request.send_header("Content-Length", str(end - start))
@@ -179,7 +271,9 @@ class PeerServer:
             request.send_header("Content-Range", f"bytes {start}-{max(start, end - 1)}/{size}")
         request.end_headers()
         self.served += 1
-        send_file_range(request, blob, start, end, self.bytes_per_s)
+        sent = send_range(request, blob, start, end, self.bucket, growing, self.idle_timeout_s)
+        with self._lock:
+            self.sent += sent
 
     @staticmethod
     def _refuse(request: BaseHTTPRequestHandler, status: int) -> None:
@@ -188,5 +282,7 @@ class PeerServer:
         request.end_headers()
 
     def close(self) -> None:
+        """Stop serving, and cut the copies in progress (peers resume them from another source)."""
         self._http.shutdown()
         self._http.server_close()
+        self._http.cut_connections()

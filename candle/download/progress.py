@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from candle.contracts import DownloadState, FileProgressRecord, FileState, RepoProgressRecord
+from candle.contracts import BlobSource, DownloadState, FileProgressRecord, FileState, RepoProgressRecord
 
 _RATE_WINDOW_S = 5.0
 
@@ -26,6 +26,8 @@ class FileProgress:
         self.done = 0
         self.state: FileState = "queued"
         self.attempts = 0
+        self.source: BlobSource | None = None  # where the bytes come from now
+        self.upstream: str | None = None  # the peer's node id, for a peer or relay source
         self._samples: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
@@ -45,6 +47,10 @@ class FileProgress:
             self._samples.clear()
             self.attempts += 1
 
+    def came_from(self, source: BlobSource, upstream: str | None = None) -> None:
+        """The transfer (re)starts from ``source``: shown per node by ``candle status`` and ``/v1/models``."""
+        self.source, self.upstream = source, upstream
+
     def rate(self) -> float:
         with self._lock:
             if len(self._samples) < 2 or self.state != "downloading":
@@ -54,7 +60,7 @@ class FileProgress:
             return (b1 - b0) / max(now - t0, t1 - t0, 1e-3)
 
     def record(self) -> FileProgressRecord:
-        return FileProgressRecord(self.path, self.state, self.done, self.total, self.rate())
+        return FileProgressRecord(self.path, self.state, self.done, self.total, self.rate(), self.source, self.upstream)
 
 
 @dataclass

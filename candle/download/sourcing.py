@@ -1,4 +1,4 @@
-"""Where a node gets a blob from: a peer that holds it, the hub (once per cluster), or a shared cache.
+"""Where a node gets a blob from: a peer that holds or relays it, the hub (once per cluster), or a shared cache.
 
 ``ClusterSources`` is the downloader's side of the coordinator (see ``coordinator.py``): it asks
 where to fetch each blob, copies from peers with the same verified, resumable transfer used for
@@ -6,15 +6,22 @@ the hub (falling back to another peer, then the hub, when a peer dies or stalls;
 caused the failure is forgotten cluster-wide, never one a local error interrupted), keeps its claim
 on a hub download alive, serves its own blobs to peers, and re-registers them with a coordinator
 that was restarted. If the coordinator cannot be reached at all, the node carries on alone.
+
+With relaying on (the default) a node also serves each blob while it receives it, from its
+transfer's ``.incomplete`` file, so others can copy from it before it holds the whole blob. Every
+source, hub, holder or relay, appends to that same file: a node whose source dies resumes from the
+next one with ``Range`` from the bytes it has, never from the start, and the blob is verified
+against the hub's checksum before it is published, whichever sources its bytes came from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -26,11 +33,25 @@ from .coordinator import BlobKey, Claim, coordinator, peer_secret
 from .errors import DownloadError, IntegrityError, OutOfDisk
 from .listing import RemoteFile
 from .peer import PeerServer
+from .progress import FileProgress
 
 logger = logging.getLogger(__name__)
 
 # transfer(url, headers, settings): bring the blob in from that URL, verified (see transfer.py).
 Transfer = Callable[[str, dict[str, str], DownloaderSettings], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BlobJob:
+    """One blob for a node to bring in: where it goes, how to fetch from a URL, and the hub's URL."""
+
+    key: BlobKey
+    cache: RepoCache
+    file: RemoteFile
+    hub: tuple[str, dict[str, str]]  # URL and headers
+    transfer: Transfer
+    partial: Path  # the transfer's file: every source appends to it, and it is relayed to peers meanwhile
+    progress: FileProgress  # told each source
 
 
 class ClusterSources:
@@ -49,19 +70,37 @@ class ClusterSources:
     def blob_url(self, cache: RepoCache, f: RemoteFile) -> str:
         return self.server.blob_url(str(cache.folder.parent), cache.folder.name, f.etag)
 
-    async def obtain(
-        self, key: BlobKey, cache: RepoCache, f: RemoteFile, hub: tuple[str, dict[str, str]], transfer: Transfer
-    ) -> str:
-        """Bring blob ``f`` into ``cache`` from wherever the coordinator says, ``hub`` as the last resort.
+    async def obtain(self, job: BlobJob) -> str:
+        """Bring ``job``'s blob into its cache from wherever the coordinator says, the hub as the last resort.
 
-        Returns where it came from: ``hub``, ``peer`` or ``shared``.
+        Returns where the last bytes came from: ``hub``, ``peer``, ``relay`` or ``shared``.
         """
+        f, cache = job.file, job.cache
+        url = self.blob_url(cache, f)
+        relaying = (
+            self.server.serving_partial(str(cache.folder.parent), cache.folder.name, f.etag, job.partial, f.size)
+            if self.settings.relay
+            else contextlib.nullcontext()
+        )
+        try:
+            with relaying:
+                source = await self._obtain(job, url if self.settings.relay else None)
+                if source != "shared":
+                    await self._call("done", job.key, self.node_id, url)
+                return source
+        except BaseException:
+            await self._call("failed", job.key, self.node_id)  # no longer a download or a relay to send others to
+            raise
+
+    async def _obtain(self, job: BlobJob, relay_url: str | None) -> str:
+        key, f, progress = job.key, job.file, job.progress
         tried: list[str] = []
         while True:
-            decision = await self._claim(key, tried)
+            decision = await self._claim(key, tried, relay_url)
             action = decision.action if decision else "hub"
             if action == "shared":
-                if cache.has_blob(f):
+                if job.cache.has_blob(f):
+                    progress.came_from("shared")
                     return "shared"
                 for node in decision.holders:  # the recorded copy is gone from the shared cache
                     await self._call("forget", key, node)
@@ -69,24 +108,25 @@ class ClusterSources:
             if action == "wait":
                 await self._call("wait", key, decision.version, self.settings.stall_timeout * 3)
                 continue
-            if action == "peer":
-                node, url = next(iter(decision.peers.items()))
-                try:
-                    await transfer(
-                        url, {"Authorization": f"Bearer {self.secret}"}, replace(self.settings, max_attempts=1)
-                    )
-                except OutOfDisk:
-                    raise  # ours, not the peer's: no other source has more room
-                except DownloadError as e:
-                    logger.warning("%s: peer %s could not serve it (%s); trying elsewhere", f.path, node[:12], e.detail)
-                    tried.append(node)
-                    if isinstance(e, IntegrityError) or not await asyncio.to_thread(self._serves, url):
-                        await self._call("forget", key, node)  # the peer is to blame: nobody else should try it
-                    continue
-            else:
-                await self._from_hub(key, hub, transfer)
-            await self._call("done", key, self.node_id, self.blob_url(cache, f))
-            return "peer" if action == "peer" else "hub"
+            if action == "hub":
+                progress.came_from("hub")
+                await self._from_hub(key, job.hub, job.transfer)
+                return "hub"
+            node, url = next(iter(decision.peers.items()))
+            kind = "relay" if decision.relay else "peer"
+            progress.came_from(kind, node)
+            try:
+                auth = {"Authorization": f"Bearer {self.secret}"}
+                await job.transfer(url, auth, replace(self.settings, max_attempts=1))
+            except OutOfDisk:
+                raise  # ours, not the peer's: no other source has more room
+            except DownloadError as e:
+                logger.warning("%s: %s %s could not serve it (%s); trying elsewhere", f.path, kind, node[:12], e.detail)
+                tried.append(node)
+                if isinstance(e, IntegrityError) or not await asyncio.to_thread(self._serves, url):
+                    await self._call("forget", key, node)  # the peer is to blame: nobody else should try it
+                continue
+            return kind
 
     def _serves(self, url: str) -> bool:
         """Whether a peer answers for its blob: a failed copy from one that does was this node's doing.
@@ -105,9 +145,6 @@ class ClusterSources:
         keepalive = asyncio.create_task(self._keep_claim(key))
         try:
             await transfer(hub[0], hub[1], self.settings)
-        except BaseException:
-            await self._call("failed", key, self.node_id)
-            raise
         finally:
             keepalive.cancel()
 
@@ -116,8 +153,8 @@ class ClusterSources:
             await asyncio.sleep(self.settings.takeover_after_s / 3)
             await self._call("progress", key, self.node_id)
 
-    async def _claim(self, key: BlobKey, tried: list[str]) -> Claim | None:
-        decision = await self._call("claim", key, self.node_id, tuple(tried))
+    async def _claim(self, key: BlobKey, tried: list[str], relay_url: str | None) -> Claim | None:
+        decision = await self._call("claim", key, self.node_id, tuple(tried), relay_url)
         if decision is not None and decision.epoch != self._epoch:
             # A coordinator we have not told about our blobs (new, or restarted): tell it now.
             holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop

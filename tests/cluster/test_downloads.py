@@ -83,6 +83,25 @@ def test_three_nodes_four_fetchers_each_one_hub_transfer_per_file(hub: LocalHub,
         assert_copy(paths[0], source)
 
 
+def test_nodes_asking_together_relay_the_blob_while_the_first_downloads_it(hub: LocalHub, cluster):
+    _, ids, _ = cluster  # all three nodes: before test_a_peer_dying_mid_copy removes one
+    source = make_repo(hub.state.root, "multi/relayed", {"model.safetensors": 8 * MB})
+    hub.state.throttles["multi/relayed"] = 4 * MB  # 2 s from the hub: the others ask meanwhile
+    try:
+        results = ray.get(
+            [fetch_on_node.options(scheduling_strategy=on(node)).remote("multi/relayed", 1) for node in ids.values()]
+        )
+    finally:
+        hub.state.throttles.clear()
+
+    assert hub.stats.bodies_for("multi/relayed") == {"model.safetensors": 1}
+    for (snapshot,) in results:
+        assert_copy(snapshot, source)
+    files = [ray.get(node_downloader(n).progress.remote("multi/relayed"))[0].files[0] for n in ids.values()]
+    assert sorted(f.source for f in files) == ["hub", "relay", "relay"], "two nodes copied from a node still receiving"
+    assert {f.upstream for f in files if f.source == "relay"} <= set(ids.values())
+
+
 def wait_for_bytes(node_id: str, repo_id: str) -> RepoProgressRecord:
     """The progress of ``repo_id`` on that node once its first bytes have arrived."""
     downloader = node_downloader(node_id)
