@@ -17,14 +17,18 @@ from candle.catalog import ModelSpec
 NodeInfo = Mapping[str, Any]
 
 _IN = re.compile(r"^in\((?P<values>.*)\)$")
+# One vLLM worker: vLLM's Ray executor starts one per bundle that holds a GPU.
+RANK_BUNDLE = {"GPU": 1.0, "CPU": 1.0}
 
 
 def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     """Options for ``Deployment.options``: where one replica of ``spec`` may run and how many there are.
 
     Tensor-parallel engines get one placement-group bundle per GPU rank, ``STRICT_PACK``ed onto one
-    node (the replica's own bundle first, holding its CPUs); everything else asks for its GPUs on
-    the replica actor. Node labels become a ``label_selector``, so multi-GPU pipelines land only on
+    node (the replica's own bundle first, holding its CPUs); with pipeline parallelism the ranks of
+    all stages (tensor x pipeline) are ``PACK``ed instead, so they fill as few nodes as they fit on
+    and a replica can span nodes, as Ray Serve LLM places cross-node engines. Everything else asks
+    for its GPUs on the replica actor. Node labels become a ``label_selector``, so multi-GPU pipelines land only on
     nodes labelled for them; with a placement group the bundles carry the selector too, because the
     group is reserved before the replica and an actor selector alone cannot move it.
     """
@@ -34,6 +38,8 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
         actor["memory"] = int(resources.memory_gb * 1024**3)
     if resources.label_selector:
         actor["label_selector"] = dict(resources.label_selector)
+    if spec.runtime_env:
+        actor["runtime_env"] = dict(spec.runtime_env)  # serve_config.py sets it on the model's application too
     options: dict[str, Any] = {
         "num_replicas": spec.num_replicas,
         "max_ongoing_requests": spec.max_ongoing_requests,
@@ -42,10 +48,9 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
         "backpressure_config": {"retry_after_s": spec.limits.queue_latency_budget_s},
         "ray_actor_options": actor,
     }
-    if resources.tensor_parallel_size > 1:
-        ranks = [{"GPU": 1.0, "CPU": 1.0}] * resources.tensor_parallel_size
-        options["placement_group_bundles"] = [{"CPU": resources.num_cpus}, *ranks]
-        options["placement_group_strategy"] = "STRICT_PACK"
+    if resources.ranks > 1:
+        options["placement_group_bundles"] = [{"CPU": resources.num_cpus}, *[RANK_BUNDLE] * resources.ranks]
+        options["placement_group_strategy"] = "PACK" if resources.pipeline_parallel_size > 1 else "STRICT_PACK"
         if resources.label_selector:
             options["placement_group_bundle_label_selector"] = [dict(resources.label_selector)]
     else:
@@ -70,7 +75,7 @@ def max_queued_requests(spec: ModelSpec) -> int:
 
 
 def replica_resources(spec: ModelSpec) -> dict[str, float]:
-    """CPUs and GPUs one replica takes on its node (a STRICT_PACK group takes the sum of its bundles)."""
+    """CPUs and GPUs one replica takes (a placement group takes the sum of its bundles)."""
     options = deployment_options(spec)
     actor = options["ray_actor_options"]
     bundles = options.get("placement_group_bundles") or [{"CPU": actor["num_cpus"], "GPU": actor["num_gpus"]}]
@@ -89,14 +94,21 @@ def label_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> boo
     return True
 
 
+def node_share(spec: ModelSpec) -> dict[str, float]:
+    """The least a node must have to hold part of a replica: all of it, or, when its pipeline stages
+    may span nodes, one rank's bundle (``PACK`` may put any number of them on a node)."""
+    return dict(RANK_BUNDLE) if spec.resources.pipeline_parallel_size > 1 else replica_resources(spec)
+
+
 def can_host(spec: ModelSpec, node: NodeInfo) -> bool:
-    """Whether a replica of ``spec`` could ever run on ``node``: its labels match, it has enough CPUs and GPUs."""
+    """Whether (part of) a replica of ``spec`` could ever run on ``node``: its labels match, it has the
+    CPUs and GPUs of :func:`node_share`. Those are the nodes a replica's weights must be on."""
     if not node.get("Alive", True) or not label_matches(spec.resources.label_selector, node.get("Labels") or {}):
         return False
     capacity = node.get("Resources") or {}
-    return all(float(capacity.get(key, 0)) >= need for key, need in replica_resources(spec).items() if need)
+    return all(float(capacity.get(key, 0)) >= need for key, need in node_share(spec).items() if need)
 
 
 def hosting_nodes(spec: ModelSpec, nodes: Iterable[NodeInfo]) -> list[str]:
-    """Ids of the alive nodes where ``spec``'s deployment can land."""
+    """Ids of the alive nodes where ``spec``'s deployment (or part of one replica) can land."""
     return [node["NodeID"] for node in nodes if can_host(spec, node)]

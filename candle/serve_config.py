@@ -29,14 +29,14 @@ GATEWAY_REPLICAS = 2
 
 
 def build(
-    catalog: str,
+    catalog: str | dict[str, Any],
     *,
     port: int = 8000,
     host: str = "0.0.0.0",
     proxy_location: str = "EveryNode",
     gateway_replicas: int = GATEWAY_REPLICAS,
 ) -> dict[str, Any]:
-    models = [m.name for m in load_catalog(catalog).models]
+    models = load_catalog(catalog).models
     gateway = {
         "name": "gateway",
         "route_prefix": "/",
@@ -45,12 +45,14 @@ def build(
     }
     apps = [
         {
-            "name": name,
+            "name": model.name,
             "route_prefix": None,
             "import_path": "deployments.app:build_model_app",
-            "args": {"catalog": catalog, "model": name},
+            "args": {"catalog": catalog, "model": model.name},
+            # The app's own libraries, for its builder too (the deployment gets them from placement).
+            **({"runtime_env": model.runtime_env} if model.runtime_env else {}),
         }
-        for name in models
+        for model in models
     ]
     return {
         "proxy_location": proxy_location,

@@ -12,13 +12,16 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any, cast
 
+import ray
 from starlette.concurrency import iterate_in_threadpool
 
 from candle.catalog import ModelSpec
 from candle.contracts import ChatEngine, RepoProgressRecord, TextChunk, TextStream
-from candle.download import fetch
+from candle.download.client import fetch_request, make_request, node_downloader
+from candle.download.config import FetchRequest
 from candle.engines import load_engine
 from candle.placement import replica_resources
 
@@ -40,20 +43,31 @@ def hide_gpus_from_cpu_replicas(spec: ModelSpec) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
+async def fetch_on_other_stage_nodes(spec: ModelSpec, request: FetchRequest) -> None:
+    """Pipeline stages on other nodes (vLLM's workers there) load the snapshot from the same path as
+    this replica: bring ``request`` (the commit fetched here) onto every node of its placement group."""
+    if spec.resources.pipeline_parallel_size == 1 or (group := ray.util.get_current_placement_group()) is None:
+        return
+    here = ray.get_runtime_context().get_node_id()
+    nodes = set(ray.util.placement_group_table(group)["bundles_to_node_id"].values()) - {here}
+    await asyncio.gather(*(node_downloader(node).fetch.remote(request) for node in sorted(nodes)))
+
+
 class ModelReplica:
     async def __init__(self, spec: dict[str, Any] | ModelSpec) -> None:
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
         hide_gpus_from_cpu_replicas(self.spec)
         started = time.monotonic()
-        folder = await fetch(
+        request = make_request(
             self.spec.repo_id,
             revision=self.spec.revision,
             allow_patterns=self.spec.fetch_allow_patterns(),
             ignore_patterns=self.spec.ignore_patterns,
             token=os.environ.get("HF_TOKEN") or None,
-            on_progress=self._log_progress,  # say what the replica waits for, instead of looking hung
-            progress_interval_s=PROGRESS_LOG_INTERVAL_S,
         )
+        # Say what the replica waits for, instead of looking hung.
+        folder = await fetch_request(request, self._log_progress, PROGRESS_LOG_INTERVAL_S)
+        await fetch_on_other_stage_nodes(self.spec, replace(request, revision=folder.name))
         fetched = time.monotonic()
         self.engine = await asyncio.to_thread(load_engine, self.spec, folder)
         logger.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +114,47 @@ def test_every_production_app_builds_with_its_resources():
     sd3 = deployment_options(PRODUCTION.get("sd3.5-large-turbo"))["ray_actor_options"]
     assert sd3["num_gpus"] == 2 and sd3["label_selector"] == {"candle.io/node-class": "multi-gpu"}
     kimi = deployment_options(PRODUCTION.get("kimi-k2"))
-    assert kimi["placement_group_strategy"] == "STRICT_PACK"
-    assert sum(b.get("GPU", 0) for b in kimi["placement_group_bundles"]) == 8
+    assert kimi["placement_group_strategy"] == "PACK"  # pipeline stages over two nodes
+    assert sum(b.get("GPU", 0) for b in kimi["placement_group_bundles"]) == 16
     assert "num_gpus" not in kimi["ray_actor_options"]
     assert deployment_options(PRODUCTION.get("all-minilm-l6-v2"))["ray_actor_options"]["num_gpus"] == 0
+
+
+# Remote-code entries left on a branch, each with the reason no commit is pinned (in the catalog's comment).
+UNPINNED_REMOTE_CODE = {"kimi-k2"}  # no public source for a commit of moonshotai/Kimi-K2-Instruct-0905
+
+
+def test_remote_code_runs_at_a_pinned_commit_or_says_loudly_it_does_not(caplog: pytest.LogCaptureFixture):
+    remote = [m for m in PRODUCTION.models if m.trust_remote_code]
+    unpinned = {m.name for m in remote if not re.fullmatch(r"[0-9a-f]{40}", m.revision or "")}
+    assert unpinned == UNPINNED_REMOTE_CODE  # a new entry on a branch must be pinned, or listed here with why
+    assert {m.name for m in remote if m.unpinned_remote_code()} == unpinned
+    # Loading a catalog with one warns once per process and entry, naming model, repo and branch.
+    entry = {"name": "moving", "capability": "text-embedding", "repo_id": "o/code", "trust_remote_code": True}
+    with caplog.at_level(logging.WARNING, logger="candle.catalog.schema"):
+        load_catalog({"models": [entry]})
+        load_catalog({"models": [entry]}).select(["moving"])
+        load_catalog({"models": [entry | {"revision": "a" * 40}]})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("moving: trust_remote_code runs the code of o/code at branch 'main', not a commit")
+
+
+def test_a_model_runtime_env_goes_on_its_app_and_deployment_only():
+    env = {"pip": ["six==1.16.0"], "env_vars": {"CANDLE_PIN": "1"}}
+    models = [{"name": n, "capability": "text-embedding", "repo_id": f"o/{n}"} for n in ("pinned", "plain")]
+    models[0]["runtime_env"] = env
+    catalog = {"models": models}
+    apps = {app["name"]: app for app in build(catalog)["applications"]}
+    assert apps["pinned"]["runtime_env"] == env
+    assert "runtime_env" not in apps["plain"] and "runtime_env" not in apps["gateway"]
+    pinned = served_options(build_model_app({"catalog": catalog, "model": "pinned"}))
+    assert pinned["ray_actor_options"]["runtime_env"] == env
+    plain = served_options(build_model_app({"catalog": catalog, "model": "plain"}))
+    assert "runtime_env" not in plain["ray_actor_options"]
+    ServeDeploySchema.model_validate(build(catalog))
+    with pytest.raises(ValueError, match="runtime_env may set conda, env_vars, pip, uv, not working_dir"):
+        load_catalog({"models": [models[1] | {"runtime_env": {"working_dir": "."}}]})
 
 
 def test_demo_catalog_has_every_capability_on_cpu():

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from candle.catalog import Catalog, ModelSpec, load_catalog
+from candle.catalog import Catalog, ModelSpec, Resources, load_catalog
 from candle.jobs.prefetch import plan
 from candle.placement import can_host, deployment_options, hosting_nodes, label_matches, replica_resources
 from deployments.base import hide_gpus_from_cpu_replicas
@@ -56,7 +56,7 @@ def test_label_selectors_match_as_ray_does(selector, matches):
 
 def test_replica_resources_follow_the_deployment_options():
     assert replica_resources(PRODUCTION.get("sd3.5-large-turbo")) == {"CPU": 4, "GPU": 2}
-    assert replica_resources(PRODUCTION.get("kimi-k2")) == {"CPU": 16, "GPU": 8}  # its bundle + 8 ranks
+    assert replica_resources(PRODUCTION.get("kimi-k2")) == {"CPU": 24, "GPU": 16}  # its bundle + 16 ranks
     assert replica_resources(PRODUCTION.get("all-minilm-l6-v2")) == {"CPU": 2, "GPU": 0}
 
 
@@ -78,6 +78,27 @@ def test_tensor_parallel_bundles_carry_the_label_selector():
     options = deployment_options(PRODUCTION.get("qwen3-coder"))
     assert options["placement_group_bundle_label_selector"] == [{CLASS: "multi-gpu"}]
     assert "placement_group_bundle_label_selector" not in deployment_options(PRODUCTION.get("sd3.5-large-turbo"))
+
+
+def test_pipeline_stages_pack_over_nodes_and_tensor_parallel_stays_on_one():
+    kimi, qwen = deployment_options(PRODUCTION.get("kimi-k2")), deployment_options(PRODUCTION.get("qwen3-coder"))
+    assert kimi["placement_group_bundles"] == [{"CPU": 8}, *[{"GPU": 1.0, "CPU": 1.0}] * 16]
+    assert (kimi["placement_group_strategy"], qwen["placement_group_strategy"]) == ("PACK", "STRICT_PACK")
+    assert kimi["placement_group_bundle_label_selector"] == [{CLASS: "gpu-8x"}]  # Serve applies it to every bundle
+
+
+def test_parallel_engines_book_one_gpu_per_rank():
+    with pytest.raises(ValueError, match=r"num_gpus \(8\) must be tensor_parallel_size x pipeline_parallel_size"):
+        Resources(num_gpus=8, tensor_parallel_size=8, pipeline_parallel_size=2)
+
+
+def test_every_node_a_pipeline_stage_may_land_on_hosts_the_model():
+    eights = [node("eight", "gpu-8x", 192, 8), node("eight-b", "gpu-8x", 192, 8), node("eight-1", "gpu-8x", 2, 1)]
+    kimi = PRODUCTION.get("kimi-k2")
+    # PACK may put any number of its one-GPU rank bundles on a node: every labelled node with a GPU takes part.
+    assert hosting_nodes(kimi, [*NODES, *eights[1:]]) == ["eight", "eight-b", "eight-1"]
+    (target,) = plan([kimi.name], PRODUCTION, [*NODES, *eights[1:]])
+    assert target.node_ids == ("eight", "eight-b", "eight-1")
 
 
 def test_hosting_nodes_need_labels_gpus_and_life():

