@@ -1,6 +1,6 @@
 """The private parts of huggingface_hub (and Ray) that candle relies on behave as candle assumes.
 
-Each is used through one wrapper (``candle.download.hf_internals``, ``coordinator.peer_secret``); a
+Each is used through one wrapper (``candle.download.hf_internals``, ``candle.download.cluster_kv``); a
 release that renames or changes one fails here, by name, instead of deep inside a fetch. (The blob
 lock's path is checked where it matters: tests/test_download_integrity.py proves hf_hub_download
 waits on the lock candle holds.)
@@ -16,7 +16,7 @@ from huggingface_hub import hf_hub_url
 from huggingface_hub.file_download import http_get
 
 from candle.demo.hub import LocalHub
-from candle.download import hf_internals
+from candle.download import cluster_kv, hf_internals
 from candle.download.coordinator import peer_secret
 from candle.download.hf_internals import TreeCacheEntry
 from tests.conftest import RepoFactory
@@ -76,3 +76,12 @@ def test_http_get_reads_the_tuned_constants_at_every_request():
 
 def test_the_peer_secret_is_kept_in_rays_key_value_store(ray_cluster):
     assert len(peer_secret()) >= 32 and peer_secret() == peer_secret()
+
+
+def test_the_clusters_key_value_store_keeps_the_first_value(ray_cluster):
+    assert cluster_kv.connected()
+    key = f"candle/test/{os.getpid()}"
+    assert cluster_kv.get(key) is None
+    assert cluster_kv.put_if_absent(key, b"first") == b"first"
+    assert cluster_kv.put_if_absent(key, b"second") == b"first"
+    assert cluster_kv.get(key) == b"first"

@@ -44,6 +44,8 @@ from typing import Literal
 
 import ray
 
+from . import cluster_kv
+
 BlobKey = tuple[str, str, str]  # (repo type, repo id, etag)
 NAME = "candle-download-coordinator"
 
@@ -220,8 +222,4 @@ def coordinator(shared_cache: bool, takeover_after_s: float) -> ray.actor.ActorH
 
 def peer_secret() -> str:
     """The cluster's secret for peer copies: made once, kept in the GCS key-value store."""
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
-
-    key = b"candle/peer-secret"
-    _internal_kv_put(key, secrets.token_urlsafe(32).encode(), overwrite=False, namespace="candle")
-    return _internal_kv_get(key, namespace="candle").decode()
+    return cluster_kv.put_if_absent("candle/peer-secret", secrets.token_urlsafe(32).encode()).decode()

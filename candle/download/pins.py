@@ -16,48 +16,43 @@ from __future__ import annotations
 import logging
 
 from huggingface_hub import constants
-from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized, _internal_kv_put
 
+from . import cluster_kv
 from .config import FetchRequest
 from .redact import redact_url
 from .safe_names import check_commit
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "candle"
 
-
-def _key(request: FetchRequest, revision: str) -> bytes:
+def _key(request: FetchRequest, revision: str) -> str:
     """Per hub (a mirror may hold other commits), repo type, repo and branch."""
     endpoint = redact_url(request.endpoint or constants.ENDPOINT)
-    return f"candle/pins/{endpoint}/{request.repo_type}/{request.repo_id}@{revision}".encode()
+    return f"candle/pins/{endpoint}/{request.repo_type}/{request.repo_id}@{revision}"
 
 
 def pinned_commit(request: FetchRequest, revision: str) -> str | None:
     """The commit this cluster resolved ``revision`` to first, if it did (checked like a hub's answer)."""
-    if not _internal_kv_initialized():
+    if not cluster_kv.connected():
         return None
-    value = _internal_kv_get(_key(request, revision), namespace=NAMESPACE)
+    value = cluster_kv.get(_key(request, revision))
     return check_commit(request.repo_id, value.decode()) if value else None
 
 
 def pin_commit(request: FetchRequest, revision: str, commit: str) -> str:
     """Record that ``revision`` is ``commit`` in this cluster, unless another fetch did first; return the pin."""
-    if not _internal_kv_initialized():
+    if not cluster_kv.connected():
         return commit
-    key = _key(request, revision)
-    already_pinned = _internal_kv_put(key, commit.encode(), overwrite=False, namespace=NAMESPACE)
-    if not already_pinned:
-        logger.info("%s: %s is %s for this cluster from now on", request.repo_id, revision, commit)
+    pinned = check_commit(request.repo_id, cluster_kv.put_if_absent(_key(request, revision), commit.encode()).decode())
+    if pinned == commit:
+        logger.info("%s: %s is %s for this cluster", request.repo_id, revision, commit)
         return commit
-    pinned = check_commit(request.repo_id, _internal_kv_get(key, namespace=NAMESPACE).decode())
-    if pinned != commit:
-        logger.warning(
-            "%s: %s is %s on the hub now; this cluster keeps %s, which it fetched first "
-            "(name the new commit in the catalog's revision to move to it)",
-            request.repo_id,
-            revision,
-            commit,
-            pinned,
-        )
+    logger.warning(
+        "%s: %s is %s on the hub now; this cluster keeps %s, which it fetched first "
+        "(name the new commit in the catalog's revision to move to it)",
+        request.repo_id,
+        revision,
+        commit,
+        pinned,
+    )
     return pinned
