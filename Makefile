@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # The full benchmark runs; each writes its output to benchmarks/results/<name>.md, committed.
-.PHONY: bench-responsiveness bench-smoke
+.PHONY: bench-responsiveness bench-cold-start bench-smoke
 
 bench-fetch: $(STAMP)  ## benchmarks/bench_fetch.py: candle fetch vs snapshot_download over loopback
 	$(BIN)/python benchmarks/bench_fetch.py --results benchmarks/results/fetch.md
@@ -73,12 +73,16 @@ bench-cluster: $(STAMP)  ## benchmarks/bench_cluster.py: hub bytes per cluster, 
 bench-responsiveness: $(STAMP)  ## benchmarks/bench_responsiveness.py: actor ping, /health, stream close: busy vs idle
 	$(BIN)/python benchmarks/bench_responsiveness.py --results benchmarks/results/responsiveness.md
 
+bench-cold-start: $(STAMP)  ## benchmarks/bench_cold_start.py: a request to MiniLM scaled to zero vs to a warm replica
+	$(BIN)/python benchmarks/bench_cold_start.py --results benchmarks/results/cold_start.md
+
 # Part of `make test`: every benchmark at a tiny scale, so none rots. A crash fails; numbers are only printed.
 bench-smoke: $(STAMP)
 	$(BIN)/python benchmarks/bench_fetch.py --smoke
 	$(BIN)/python benchmarks/bench_embeddings.py --smoke
 	$(BIN)/python benchmarks/bench_cluster.py --smoke
 	$(BIN)/python benchmarks/bench_responsiveness.py --smoke
+	$(BIN)/python benchmarks/bench_cold_start.py --smoke
 
 load-test: $(STAMP)  ## benchmarks/load: the demo under 2,000 embedding requests at concurrency 100 + chat stream bursts
 	$(BIN)/python benchmarks/load/run.py $(if $(LOAD_PORT),--port $(LOAD_PORT))

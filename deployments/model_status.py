@@ -56,9 +56,11 @@ def _last_line(message: str) -> str:
     return lines[-1] if lines else message
 
 
-def _live(replica_states: dict[str, int]) -> int:
-    """Replicas running or on their way (every state but ``STOPPING``)."""
-    return sum(count for state, count in replica_states.items() if state != "STOPPING")
+def _idle(spec: ModelSpec, status: str, replica_states: dict[str, int]) -> bool:
+    """Scaled to zero: no replica running or on its way (all ``STOPPING``, or none), and not while a
+    (re)deploy is ``UPDATING``, which has no replica yet for a moment before it starts its first."""
+    live = sum(count for state, count in replica_states.items() if state != "STOPPING")
+    return spec.autoscaling is not None and spec.autoscaling.min_replicas == 0 and status != "UPDATING" and not live
 
 
 def pending_reason(message: str, spec: ModelSpec) -> str | None:
@@ -96,7 +98,7 @@ async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str])
         if deployment.status in ("DEPLOY_FAILED", "UNHEALTHY"):  # a str enum: compares by value
             statuses[name] = ModelStatus("failed", _last_line(deployment.message or app.message or "deploy failed"))
             continue
-        if spec.autoscaling and spec.autoscaling.min_replicas == 0 and not _live(deployment.replica_states):
+        if _idle(spec, deployment.status, deployment.replica_states):
             statuses[name] = ModelStatus("idle", "scaled to zero; a request starts a replica")
             continue
         if reason := pending_reason(deployment.message or "", spec):
