@@ -70,8 +70,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="candle-bench-cold-"))
     store = workdir / "store"
     build_tiny_store(store, ["minilm"])
-    spec = load_catalog("demo").get(MODEL).model_copy(update={"autoscaling": SCALING})
-    catalog = {"models": [spec.model_dump()]}
+    catalog = {"models": [{**load_catalog("demo").get(MODEL).model_dump(), "autoscaling": SCALING}]}
+    spec = load_catalog(catalog).models[0]
 
     with LocalHub(store) as hub:
         os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_XET="1")
