@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # The full benchmark runs; each writes its output to benchmarks/results/<name>.md, committed.
-.PHONY: bench-responsiveness bench-batch bench-smoke
+.PHONY: bench-responsiveness bench-batch bench-cold-start bench-smoke
 
 bench-fetch: $(STAMP)  ## benchmarks/bench_fetch.py: candle fetch vs snapshot_download over loopback
 	$(BIN)/python benchmarks/bench_fetch.py --results benchmarks/results/fetch.md
@@ -76,12 +76,16 @@ bench-responsiveness: $(STAMP)  ## benchmarks/bench_responsiveness.py: actor pin
 bench-batch: $(STAMP)  ## benchmarks/bench_batch.py: the batch job's MiniLM rows/s (via serve, via actors) vs in-process encode
 	$(BIN)/python benchmarks/bench_batch.py --results benchmarks/results/batch.md
 
+bench-cold-start: $(STAMP)  ## benchmarks/bench_cold_start.py: a request to MiniLM scaled to zero vs to a warm replica
+	$(BIN)/python benchmarks/bench_cold_start.py --results benchmarks/results/cold_start.md
+
 # Part of `make test`: every benchmark at a tiny scale, so none rots. A crash fails; numbers are only printed.
 bench-smoke: $(STAMP)
 	$(BIN)/python benchmarks/bench_fetch.py --smoke
 	$(BIN)/python benchmarks/bench_embeddings.py --smoke
 	$(BIN)/python benchmarks/bench_cluster.py --smoke
 	$(BIN)/python benchmarks/bench_responsiveness.py --smoke
+	$(BIN)/python benchmarks/bench_cold_start.py --smoke
 
 load-test: $(STAMP)  ## benchmarks/load: the demo under 2,000 embedding requests at concurrency 100 + chat stream bursts
 	$(BIN)/python benchmarks/load/run.py $(if $(LOAD_PORT),--port $(LOAD_PORT))

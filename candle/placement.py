@@ -41,7 +41,7 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     if spec.runtime_env:
         actor["runtime_env"] = dict(spec.runtime_env)  # serve_config.py sets it on the model's application too
     options: dict[str, Any] = {
-        "num_replicas": spec.num_replicas,
+        **replica_count(spec),
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": max_queued_requests(spec),
         # Past the queue the gateway answers 503 with this Retry-After: by then the queue has drained.
@@ -58,6 +58,19 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     return options
 
 
+def replica_count(spec: ModelSpec) -> dict[str, Any]:
+    """``num_replicas``, or Serve's ``autoscaling_config`` for an entry that autoscales.
+
+    An autoscaled deployment still starts with a replica even when ``min_replicas`` is 0: it fetches
+    the weights into the node's cache at deploy time, so a later start from zero reads them locally.
+    Serve skips ``upscale_delay_s`` when it scales up from zero.
+    """
+    scaling = spec.autoscaling
+    if scaling is None:
+        return {"num_replicas": spec.num_replicas}
+    return {"autoscaling_config": {**scaling.model_dump(), "initial_replicas": max(scaling.min_replicas, 1)}}
+
+
 def max_queued_requests(spec: ModelSpec) -> int:
     """Requests each caller (each gateway replica) queues for ``spec`` before answering 503.
 
@@ -67,10 +80,12 @@ def max_queued_requests(spec: ModelSpec) -> int:
 
         Q = ceil(queue_latency_budget_s / request_time_s x max_ongoing_requests x num_replicas)
 
-    Serve keeps this queue per caller: with G gateway replicas up to G x Q requests wait in all.
+    Serve keeps this queue per caller: with G gateway replicas up to G x Q requests wait in all. An
+    autoscaled deployment counts the replicas it always has (at least one: a cold start's queue).
     """
     limits = spec.limits
-    slots = spec.max_ongoing_requests * spec.num_replicas
+    replicas = max(spec.autoscaling.min_replicas, 1) if spec.autoscaling else spec.num_replicas
+    slots = spec.max_ongoing_requests * replicas
     return max(1, math.ceil(limits.queue_latency_budget_s / limits.request_time_s * slots))
 
 

@@ -2,7 +2,8 @@
 
 It validates and bounds every request before a model sees it (OpenAI error shapes throughout),
 refuses requests to models that are not ready with 503 + progress + ``Retry-After`` instead of
-letting them queue behind a download, and answers chat and completions whole or as SSE. The routes
+letting them queue behind a download (but lets a request wake a model scaled to zero, waiting a
+bounded time for its replica), and answers chat and completions whole or as SSE. The routes
 and readiness live here; what must be decided before a body is parsed (API keys, body size, the
 request deadline) is in ``guards``, the OpenAI shape of every error in ``http_errors``, and how a
 replica's chunks become answers and events in ``streaming``.
@@ -14,7 +15,8 @@ on the routes that ``serve.ingress`` rewraps.)
 import asyncio
 import logging
 import os
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, IPvAnyNetwork
@@ -45,6 +47,10 @@ from .model_status import ModelStatus, collect
 logger = logging.getLogger("ray.serve")
 
 STATUS_REFRESH_S = 1.0
+COLD_START_POLL_S = 0.1
+# States in which a model that may scale to zero takes requests: Serve queues them and starts a replica.
+WAKING_STATES = ("idle", "downloading", "loading")
+T = TypeVar("T")
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_IMAGE_SIZE = 1024
 
@@ -154,20 +160,49 @@ class Gateway:
         if spec.capability not in capabilities_for(endpoint):
             raise wrong_capability(name, spec.capability, endpoint)
         status = self._status(name)
-        if status.state != "ready":
-            eta = status.progress.eta_s if status.progress else None
-            retry = min(max(float(eta), 1.0), 60.0) if eta else float(self.settings.retry_after_s)
-            code = "model_failed" if status.state == "failed" else "model_not_ready"
-            raise APIError(
-                503,
-                f"The model `{name}` is {status.state.replace('_', ' ')}"
-                + (f": {status.reason}" if status.reason else "; retry later."),
-                type="service_unavailable",
-                code=code,
-                retry_after=retry,
-                extra={"model_status": status.as_dict()},
-            )
+        wakes = spec.autoscaling is not None and spec.autoscaling.min_replicas == 0 and status.state in WAKING_STATES
+        if status.state != "ready" and not wakes:
+            raise self._unavailable(name, status, f": {status.reason}" if status.reason else "; retry later.")
         return spec
+
+    def _unavailable(self, name: str, status: ModelStatus, why: str) -> APIError:
+        """503 with the model's status and a ``Retry-After`` from its download's ETA, if one is known."""
+        eta = status.progress.eta_s if status.progress else None
+        retry = min(max(float(eta), 1.0), 60.0) if eta else float(self.settings.retry_after_s)
+        return APIError(
+            503,
+            f"The model `{name}` is {status.state.replace('_', ' ')}{why}",
+            type="service_unavailable",
+            code="model_failed" if status.state == "failed" else "model_not_ready",
+            retry_after=retry,
+            extra={"model_status": status.as_dict()},
+        )
+
+    async def _answer(self, spec: ModelSpec, answer: Awaitable[T]) -> T:
+        """``answer`` from the model; while it has no running replica (woken from zero, Serve holds the
+        request until one starts) bounded by ``cold_start_timeout_s``: past it the call is cancelled
+        and the client gets a 503 with ``Retry-After``. Once a replica runs, ``answer`` takes its time."""
+        if self._status(spec.name).state == "ready":
+            return await answer
+        task = asyncio.ensure_future(answer)
+        running = asyncio.ensure_future(self._running(spec.name))
+        timeout = spec.limits.cold_start_timeout_s
+        try:
+            await asyncio.wait({task, running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if task.done() or running.done():
+                return await task
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            running.cancel()
+        task.cancel()
+        status = self._status(spec.name)
+        raise self._unavailable(spec.name, status, f"; no replica started within {timeout:g}s, retry later.")
+
+    async def _running(self, name: str) -> None:
+        while self._status(name).state != "ready":
+            await asyncio.sleep(COLD_START_POLL_S)
 
     # -- routes --------------------------------------------------------------------------------
 
@@ -215,9 +250,9 @@ class Gateway:
         completion_id = new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            started = await streaming.started(run)
+            started = await self._answer(spec, streaming.started(run))
             return streaming.sse(streaming.chat_events(started, body.n, completion_id, spec.name, include_usage))
-        choices, prompt_tokens, completion_tokens = await streaming.collect(run, body.n)
+        choices, prompt_tokens, completion_tokens = await self._answer(spec, streaming.collect(run, body.n))
         return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
 
     @app.post("/v1/completions", responses=ERRORS)
@@ -233,11 +268,12 @@ class Gateway:
         completion_id = new_id("cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            runs[0] = await streaming.started(runs[0])
+            runs[0] = await self._answer(spec, streaming.started(runs[0]))
             return streaming.sse(streaming.completion_events(runs, completion_id, spec.name, include_usage))
-        choices: list[responses.AssistantMessage] = []
-        prompt_tokens = completion_tokens = 0
-        for run in runs:
+        # The first answer wakes a model scaled to zero; the rest find its replica running.
+        (first,), prompt_tokens, completion_tokens = await self._answer(spec, streaming.collect(runs[0], 1))
+        choices = [first]
+        for run in runs[1:]:
             (choice,), p, c = await streaming.collect(run, 1)
             choices.append(choice)
             prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
@@ -260,8 +296,8 @@ class Gateway:
             items = [
                 await self._image(i, f"input[{n}]", spec) if is_image_reference(i) else i for n, i in enumerate(inputs)
             ]
-        vectors, tokens = await streaming.call(
-            self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions)
+        vectors, tokens = await self._answer(
+            spec, streaming.call(self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions))
         )
         # A response object skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
         return responses.FastJSONResponse(responses.embeddings(spec.name, vectors, tokens, body.encoding_format))
@@ -271,7 +307,7 @@ class Gateway:
         spec = self._model(body.model, "/v1/images/generations")
         if body.response_format != "b64_json":
             raise bad_request("Only response_format 'b64_json' is supported.", "response_format")
-        pngs = await streaming.call(self.handles[spec.name].generate.remote(image_call(body, spec)))
+        pngs = await self._answer(spec, streaming.call(self.handles[spec.name].generate.remote(image_call(body, spec))))
         return responses.FastJSONResponse(responses.images(pngs))
 
     # -- helpers -------------------------------------------------------------------------------

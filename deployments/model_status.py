@@ -5,7 +5,8 @@ download actors' progress (bytes, rate, ETA per node): a model whose replicas ar
 is "downloading" while its weights are in flight and "loading" once they are on disk, and
 "pending" when no node can take a replica (not enough GPUs, no node with its labels), which Serve
 says in the deployment's message once a replica has waited ``RAY_SERVE_SLOW_STARTUP_WARNING_S``
-(30 s by default) to be scheduled.
+(30 s by default) to be scheduled. A model whose autoscaling allows zero replicas and has none,
+not even one starting, is "idle": a request wakes it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from candle.catalog import ModelSpec
 from candle.contracts import ModelProgress
 from candle.download.status import cluster_progress, model_progress
 
-State = Literal["pending", "downloading", "loading", "ready", "failed", "not_deployed"]
+State = Literal["idle", "pending", "downloading", "loading", "ready", "failed", "not_deployed"]
 
 # Serve 2.60's message for replicas still waiting for a node (``DeploymentState``'s startup check);
 # "required" is a dict, or a list of bundles for placement-group deployments; "available" is what
@@ -53,6 +54,13 @@ def _last_line(message: str) -> str:
     """Serve reports constructor failures with a traceback; the last line names the error."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return lines[-1] if lines else message
+
+
+def _idle(spec: ModelSpec, status: str, replica_states: dict[str, int]) -> bool:
+    """Scaled to zero: no replica running or on its way (all ``STOPPING``, or none), and not while a
+    (re)deploy is ``UPDATING``, which has no replica yet for a moment before it starts its first."""
+    live = sum(count for state, count in replica_states.items() if state != "STOPPING")
+    return spec.autoscaling is not None and spec.autoscaling.min_replicas == 0 and status != "UPDATING" and not live
 
 
 def pending_reason(message: str, spec: ModelSpec) -> str | None:
@@ -89,6 +97,9 @@ async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str])
             continue
         if deployment.status in ("DEPLOY_FAILED", "UNHEALTHY"):  # a str enum: compares by value
             statuses[name] = ModelStatus("failed", _last_line(deployment.message or app.message or "deploy failed"))
+            continue
+        if _idle(spec, deployment.status, deployment.replica_states):
+            statuses[name] = ModelStatus("idle", "scaled to zero; a request starts a replica")
             continue
         if reason := pending_reason(deployment.message or "", spec):
             statuses[name] = ModelStatus("pending", reason)

@@ -173,3 +173,32 @@ def test_catalog_errors_name_what_is_wrong(tmp_path):
         load_catalog({"models": [{**duplicate, "capability": "telepathy"}]})
     with pytest.raises(FileNotFoundError, match="built-in catalogs"):
         load_catalog(tmp_path / "missing.yaml")
+
+
+def test_an_autoscaled_entry_deploys_with_serve_autoscaling():
+    scaling = {"min_replicas": 0, "max_replicas": 3, "downscale_delay_s": 5}
+    scaled = {"name": "a", "capability": "text-embedding", "repo_id": "x/y", "autoscaling": scaling}
+    (deployment,) = build_app(build_model_app({"catalog": {"models": [scaled]}, "model": "a"}), name="a").deployments
+    config = deployment._deployment_config.autoscaling_config
+    # Deploying starts one replica anyway: it brings the weights into the node's cache.
+    assert (config.min_replicas, config.initial_replicas, config.max_replicas) == (0, 1, 3)
+    assert (config.target_ongoing_requests, config.downscale_delay_s) == (2.0, 5.0)
+    spec = load_catalog({"models": [scaled]}).models[0]
+    assert spec.limits.cold_start_timeout_s == 120.0
+    # Queued as for one replica (16 slots, 10 s budget, 1 s a request), which a cold start waits for.
+    assert deployment.max_queued_requests == 160
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ({"num_replicas": 2}, "a: set num_replicas or autoscaling, not both"),
+        ({"autoscaling": {"min_replicas": 2, "max_replicas": 1}}, r"max_replicas \(1\) is below min_replicas \(2\)"),
+        ({"autoscaling": {"min_replicas": -1}}, "greater than or equal to 0"),
+        ({"autoscaling": {"min_replica": 0}}, "Extra inputs are not permitted"),
+    ],
+)
+def test_autoscaling_contradictions_are_refused(extra, error):
+    entry = {"name": "a", "capability": "text-embedding", "repo_id": "x/y", "autoscaling": {"min_replicas": 0}}
+    with pytest.raises(ValueError, match=error):
+        load_catalog({"models": [{**entry, **extra}]})

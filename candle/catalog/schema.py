@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .capabilities import CAPABILITIES, REGISTRY, Capability, EngineKind
 
-__all__ = ["CAPABILITIES", "Capability", "Catalog", "EngineKind", "Limits", "ModelSpec", "Resources"]
+__all__ = ["CAPABILITIES", "Autoscaling", "Capability", "Catalog", "EngineKind", "Limits", "ModelSpec", "Resources"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,23 @@ class Limits(Strict):
     queue_latency_budget_s: float = Field(default=10.0, gt=0)
     # Seconds a typical request holds one of a replica's ``max_ongoing_requests`` slots when all are busy.
     request_time_s: float = Field(default=1.0, gt=0)
+    # How long a request to a model scaled to zero waits for a replica to start before a 503.
+    cold_start_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class Autoscaling(Strict):
+    """Serve autoscaling: replicas follow the load, down to none when ``min_replicas`` is 0 (idle)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
 
 
 class ModelSpec(Strict):
@@ -99,6 +116,8 @@ class ModelSpec(Strict):
     # node's Python environment (Ray clones it), so candle stays importable in the replica.
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     num_replicas: int = 1
+    # Replaces num_replicas (which must then stay at its default, 1): Serve sizes the deployment.
+    autoscaling: Autoscaling | None = None
     max_ongoing_requests: int = 16
     description: str = ""
 
@@ -141,6 +160,12 @@ class ModelSpec(Strict):
                 f"{self.name}: engine {self.engine!r} cannot serve {self.capability} "
                 f"(engines for it: auto, {', '.join(engines)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> ModelSpec:
+        if self.autoscaling is not None and self.num_replicas != 1:
+            raise ValueError(f"{self.name}: set num_replicas or autoscaling, not both")
         return self
 
 

@@ -1,0 +1,125 @@
+"""A request to MiniLM scaled to zero against the same request to a warm replica, in one run.
+
+MiniLM (the real all-MiniLM-L6-v2 weights) is served as in the demo, with ``autoscaling:
+{min_replicas: 0}``: test hub on loopback, the model's Serve app fetching through the download
+service, the OpenAI gateway in front. Deploying starts one replica, which brings the weights into
+the node's cache, and stops; then ``--warmup`` untimed requests (the first one wakes the model),
+``--warm`` timed requests to the replica it started,
+and ``--rounds`` times: wait until ``/v1/models`` says idle, time one request (the cold start).
+The goal is under 5 s cold on a 2-core machine.
+
+Where a cold start's time goes, measured beside it: the fetch of the cached repo through this
+node's downloader (a listing call, no bytes), and a fresh Python process importing the engine and
+loading MiniLM (what a new replica process pays); the rest is Serve's (autoscaler decision, the
+replica's actor and process, routing). Hub bytes served for MiniLM during the cold starts are
+printed too (0: the weights come from the node's cache).
+
+    python benchmarks/bench_cold_start.py [--rounds 3] [--warm 20] [--warmup 3] [--smoke] [--results FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from benchlib import Report, parse_args, percentile
+
+MODEL = "all-minilm-l6-v2"
+SCALING = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 0}
+IDLE_TIMEOUT_S = 300
+LOAD_IN_A_FRESH_PROCESS = """
+import sys, time
+started = time.perf_counter()
+from pathlib import Path
+from candle.catalog import ModelSpec
+from candle.engines import load_engine
+load_engine(ModelSpec.model_validate_json(sys.argv[1]), Path(sys.argv[2]))
+print(time.perf_counter() - started)
+"""
+
+
+def timed_request(http: httpx.Client, base: str) -> float:
+    started = time.perf_counter()
+    response = http.post(f"{base}/v1/embeddings", json={"model": MODEL, "input": ["a cold start"]})
+    response.raise_for_status()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="cold starts, each after the model went idle")
+    parser.add_argument("--warm", type=int, default=20, help="timed requests to the warm replica")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed requests before the warm ones")
+    args = parse_args(parser, smoke={"rounds": 1, "warm": 3, "warmup": 1})
+    report = Report("bench_cold_start: a request to MiniLM scaled to zero vs to a warm replica")
+
+    from candle.catalog import load_catalog
+    from candle.demo.hub import LocalHub
+    from candle.demo.tiny_models import build_tiny_store
+    from candle.download import fetch
+    from candle.testing import catalog_apps, free_port, wait_for_models
+
+    workdir = Path(tempfile.mkdtemp(prefix="candle-bench-cold-"))
+    store = workdir / "store"
+    build_tiny_store(store, ["minilm"])
+    catalog = {"models": [{**load_catalog("demo").get(MODEL).model_dump(), "autoscaling": SCALING}]}
+    spec = load_catalog(catalog).models[0]
+
+    with LocalHub(store) as hub:
+        os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_XET="1")
+        import ray
+        from ray import serve
+
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        base = f"http://127.0.0.1:{port}"
+        with catalog_apps(catalog, "gateway", "/"), httpx.Client(timeout=IDLE_TIMEOUT_S) as http:
+            # The first replica fetches the weights, and stops once done: no request has come yet.
+            wait_for_models(base, {MODEL: "idle"}, IDLE_TIMEOUT_S)
+            for _ in range(args.warmup):
+                timed_request(http, base)
+            warm = [timed_request(http, base) for _ in range(args.warm)]
+            cold: list[float] = []
+            hub.reset()
+            for _ in range(args.rounds):
+                wait_for_models(base, {MODEL: "idle"}, IDLE_TIMEOUT_S)
+                cold.append(timed_request(http, base))
+            cold_hub_bytes = hub.stats.bytes_for(spec.repo_id)
+            started = time.perf_counter()
+            folder = asyncio.run(fetch(spec.repo_id, revision=spec.revision))
+            cached_fetch = time.perf_counter() - started
+        serve.shutdown()
+        ray.shutdown()
+    load = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, spec.model_dump_json(), str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+
+    report(f"model {MODEL} ({spec.repo_id}), autoscaling {SCALING}, replica num_cpus {spec.resources.num_cpus}")
+    report(f"warm: {args.warmup} untimed requests, then {args.warm} timed; cold: {args.rounds} starts from idle")
+    report(f"warm request  p50 {percentile(warm, 0.5) * 1000:8.1f} ms   max {max(warm) * 1000:8.1f} ms")
+    report(
+        f"cold request  median {statistics.median(cold):6.2f} s    each "
+        + ", ".join(f"{c:.2f} s" for c in cold)
+        + f"   (hub bytes served for them: {cold_hub_bytes})"
+    )
+    report(f"  of which: cached fetch through the downloader {cached_fetch:.2f} s,")
+    report(f"            engine import + load in a fresh process {float(load.stdout.split()[-1]):.2f} s")
+    report("goal: cold under 5 s")
+    report.save(args.results)
+
+
+if __name__ == "__main__":
+    main()
