@@ -26,8 +26,8 @@ from deployments.app import build_gateway_app
 from tests.demo_gateways import DEMO, READY_TIMEOUT_S
 
 EMBEDDER, CHAT = "minilm-scale0", "qwen3-scale0"
-SCALING = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 1}
-IDLE_TIMEOUT_S = 180  # Serve's look-back window (30 s) must empty, then the downscale delay passes
+SCALING = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 1, "look_back_period_s": 2}
+IDLE_TIMEOUT_S = 180  # Serve's look-back window must empty, then the downscale delay passes
 
 
 def scale_to_zero(model: str, name: str, **limits: Any) -> dict[str, Any]:

@@ -83,6 +83,9 @@ class Autoscaling(Strict):
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: float = Field(default=2.0, gt=0)
     downscale_delay_s: float = Field(default=600.0, ge=0)
+    # The window Serve averages ongoing requests over: a model goes idle only once a whole window
+    # saw none, so this plus the downscale delay is the least time from the last request to idle.
+    look_back_period_s: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
