@@ -33,7 +33,13 @@ import httpx
 from benchlib import Report, parse_args, percentile
 
 MODEL = "all-minilm-l6-v2"
-SCALING = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 0, "look_back_period_s": 2}
+SCALING = {
+    "min_replicas": 0,
+    "max_replicas": 1,
+    "downscale_delay_s": 0,
+    "look_back_period_s": 2,
+    "metrics_interval_s": 0.5,
+}
 IDLE_TIMEOUT_S = 300
 LOAD_IN_A_FRESH_PROCESS = """
 import sys, time

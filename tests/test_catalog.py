@@ -176,13 +176,20 @@ def test_catalog_errors_name_what_is_wrong(tmp_path):
 
 
 def test_an_autoscaled_entry_deploys_with_serve_autoscaling():
-    scaling = {"min_replicas": 0, "max_replicas": 3, "downscale_delay_s": 5, "look_back_period_s": 2}
+    scaling = {
+        "min_replicas": 0,
+        "max_replicas": 3,
+        "downscale_delay_s": 5,
+        "look_back_period_s": 2,
+        "metrics_interval_s": 0.5,
+    }
     scaled = {"name": "a", "capability": "text-embedding", "repo_id": "x/y", "autoscaling": scaling}
     (deployment,) = build_app(build_model_app({"catalog": {"models": [scaled]}, "model": "a"}), name="a").deployments
     config = deployment._deployment_config.autoscaling_config
     # Deploying starts one replica anyway: it brings the weights into the node's cache.
     assert (config.min_replicas, config.initial_replicas, config.max_replicas) == (0, 1, 3)
-    assert (config.target_ongoing_requests, config.downscale_delay_s, config.look_back_period_s) == (2.0, 5.0, 2.0)
+    assert (config.target_ongoing_requests, config.downscale_delay_s) == (2.0, 5.0)
+    assert (config.look_back_period_s, config.metrics_interval_s) == (2.0, 0.5)
     spec = load_catalog({"models": [scaled]}).models[0]
     assert spec.limits.cold_start_timeout_s == 120.0
     # Queued as for one replica (16 slots, 10 s budget, 1 s a request), which a cold start waits for.
@@ -196,6 +203,10 @@ def test_an_autoscaled_entry_deploys_with_serve_autoscaling():
         ({"autoscaling": {"min_replicas": 2, "max_replicas": 1}}, r"max_replicas \(1\) is below min_replicas \(2\)"),
         ({"autoscaling": {"min_replicas": -1}}, "greater than or equal to 0"),
         ({"autoscaling": {"min_replica": 0}}, "Extra inputs are not permitted"),
+        (
+            {"autoscaling": {"look_back_period_s": 5}},
+            r"look_back_period_s \(5\) must be longer than metrics_interval_s \(10\)",
+        ),
     ],
 )
 def test_autoscaling_contradictions_are_refused(extra, error):

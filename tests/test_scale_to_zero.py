@@ -26,7 +26,13 @@ from deployments.app import build_gateway_app
 from tests.demo_gateways import DEMO, READY_TIMEOUT_S
 
 EMBEDDER, CHAT = "minilm-scale0", "qwen3-scale0"
-SCALING = {"min_replicas": 0, "max_replicas": 1, "downscale_delay_s": 1, "look_back_period_s": 2}
+SCALING = {
+    "min_replicas": 0,
+    "max_replicas": 1,
+    "downscale_delay_s": 1,
+    "look_back_period_s": 2,
+    "metrics_interval_s": 0.5,
+}
 IDLE_TIMEOUT_S = 180  # Serve's look-back window must empty, then the downscale delay passes
 
 

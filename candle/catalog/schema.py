@@ -86,11 +86,18 @@ class Autoscaling(Strict):
     # The window Serve averages ongoing requests over: a model goes idle only once a whole window
     # saw none, so this plus the downscale delay is the least time from the last request to idle.
     look_back_period_s: float = Field(default=30.0, gt=0)
+    # How often replicas and callers report their load to Serve; shorter than the window it fills.
+    metrics_interval_s: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"look_back_period_s ({self.look_back_period_s:g}) must be longer than "
+                f"metrics_interval_s ({self.metrics_interval_s:g}), the window must hold a report"
+            )
         return self
 
 
