@@ -18,7 +18,8 @@ from starlette.concurrency import iterate_in_threadpool
 
 from candle.catalog import ModelSpec
 from candle.contracts import ChatEngine, RepoProgressRecord, TextChunk, TextStream
-from candle.download import fetch
+from candle.download.client import fetch_request, make_request
+from candle.download.remote_code import fetch_with_code
 from candle.engines import load_engine
 from candle.placement import replica_resources
 
@@ -45,15 +46,17 @@ class ModelReplica:
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
         hide_gpus_from_cpu_replicas(self.spec)
         started = time.monotonic()
-        folder = await fetch(
+        request = make_request(
             self.spec.repo_id,
             revision=self.spec.revision,
             allow_patterns=self.spec.fetch_allow_patterns(),
             ignore_patterns=self.spec.ignore_patterns,
             token=os.environ.get("HF_TOKEN") or None,
-            on_progress=self._log_progress,  # say what the replica waits for, instead of looking hung
-            progress_interval_s=PROGRESS_LOG_INTERVAL_S,
         )
+        # With remote code, also the repos its auto_map names, so transformers finds them cached.
+        fetch = fetch_with_code if self.spec.trust_remote_code else fetch_request
+        # on_progress says what the replica waits for, instead of looking hung.
+        folder = await fetch(request, self._log_progress, PROGRESS_LOG_INTERVAL_S)
         fetched = time.monotonic()
         self.engine = await asyncio.to_thread(load_engine, self.spec, folder)
         logger.info(
