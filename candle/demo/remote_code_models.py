@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sentence_transformers.base.modules.dense import Dense
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import processors
 from torch import nn
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
 
@@ -36,11 +36,20 @@ from candle.demo.remote_code import (
     modeling_nvembed,
     modeling_qwen,
 )
-from candle.demo.tiny_models import CORPUS, LM_VOCAB_SIZE, MAX_POSITIONS, TINY_MODELS
+from candle.demo.tiny_models import MAX_POSITIONS, TINY_MODELS, byte_level_bpe
 
 JINA_CODE_REPO = TINY_MODELS["jina_bert_code"]
 
 HIDDEN = 64
+# The decoders under Stella, GTE-Qwen2 (Qwen2) and NV-Embed (Mistral): two layers, grouped-query heads.
+DECODER: dict[str, Any] = {
+    "hidden_size": HIDDEN,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": MAX_POSITIONS,
+}
 STELLA_HEADS = (8, 24, 32, 64, 128, 192, 256)  # the real 256 ... 8192, divided by 32
 STELLA_DEFAULT_HEAD = 32  # the real modules.json's 2_Dense_1024
 STELLA_PROMPTS = {
@@ -110,16 +119,7 @@ def _patch_config(folder: Path, **fields: Any) -> None:
 
 def _bpe_tokenizer(specials: list[str], template: str, **tokens: str) -> PreTrainedTokenizerFast:
     """``template`` is a tokenizers TemplateProcessing single-sequence template, e.g. ``"<s> $A"``."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=LM_VOCAB_SIZE,
-        special_tokens=specials,
-        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS.splitlines(), trainer)
+    backend = byte_level_bpe(specials)
     used = [token for token in specials if token in template]
     backend.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(token, backend.token_to_id(token)) for token in used]
@@ -141,12 +141,7 @@ def _qwen_embedder(folder: Path, tokenizer: PreTrainedTokenizerFast, auto_map: d
     modeling_qwen.py, which the config's auto_map names."""
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=MAX_POSITIONS,
+        **DECODER,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
     )
@@ -184,12 +179,7 @@ def build_nv_embed(folder: Path) -> None:
     )
     text = configuration_nvembed.BidirectionalMistralConfig(
         vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=MAX_POSITIONS,
+        **DECODER,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )

@@ -321,10 +321,8 @@ def _write_atomic(path: Path, text: str) -> None:
 # id) as long as every symbol has its id before training starts.
 
 
-def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials (and the model's
-    parser markers) first in the vocab."""
-    specials = [PAD, BOS, IM_START, EOS, *([image_token] if image_token else []), *markers]
+def byte_level_bpe(specials: list[str]) -> Tokenizer:
+    """A byte-level BPE of LM_VOCAB_SIZE trained on CORPUS, ``specials`` first in the vocab."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -335,6 +333,13 @@ def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = (
         show_progress=False,
     )
     backend.train_from_iterator(CORPUS.splitlines(), trainer)
+    return backend
+
+
+def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials (and the model's
+    parser markers) first in the vocab."""
+    backend = byte_level_bpe([PAD, BOS, IM_START, EOS, *([image_token] if image_token else []), *markers])
     extra = {"image_token": image_token} if image_token else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
