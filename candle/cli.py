@@ -16,6 +16,7 @@ from tqdm import tqdm
 from candle.contracts import RepoProgressRecord
 from candle.download.client import fetch_request, make_request
 from candle.download.config import caller_hub_access
+from candle.download.remote_code import fetch_with_code
 from candle.download.status import cluster_progress
 from candle.raycluster import connect, error_line
 
@@ -41,8 +42,9 @@ async def _prefetch(args: argparse.Namespace) -> str:
         bar.n = progress.bytes_done
         bar.refresh()
 
+    fetch = fetch_with_code if args.trust_remote_code else fetch_request
     with bar:
-        folder = await fetch_request(request, show, PROGRESS_INTERVAL_S)
+        folder = await fetch(request, show, PROGRESS_INTERVAL_S)
         bar.n = bar.total or bar.n
     return str(folder)
 
@@ -83,7 +85,7 @@ def _size(n: float) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from candle import demo
 
-    return demo.run(port=args.port)
+    return demo.run(port=args.port, all_models=args.all_models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--include", action="append", metavar="PATTERN", help="only files matching (repeatable)")
     prefetch.add_argument("--exclude", action="append", metavar="PATTERN", help="skip files matching (repeatable)")
     prefetch.add_argument("--cache-dir", help="HF hub cache folder (default: the node's HF_HUB_CACHE)")
+    prefetch.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="also fetch the code of every repo its config's auto_map names (repo--module.Class)",
+    )
     prefetch.add_argument("--quiet", action="store_true", help="no progress bar")
     prefetch.set_defaults(run=_cmd_prefetch)
 
@@ -118,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build the tiny model store, serve it on a loopback hub, and `serve run` the demo config.",
     )
     demo.add_argument("--port", type=int, default=8000, help="HTTP port of the API (default 8000)")
+    demo.add_argument(
+        "--all-models",
+        action="store_true",
+        help="serve a look-alike of each of the twelve production models, with production's names and fields",
+    )
     demo.set_defaults(run=_cmd_demo)
     return parser
 

@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
@@ -48,43 +50,61 @@ def answer_one_request_per_capability(base_url: str, hub_store: Path) -> None:
     assert_the_image_is_read(client, "llava-tiny", hub_store)
 
 
-def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_store: Path, tmp_path: Path):
-    (tmp_path / "store").symlink_to(hub_store)  # the demo builds only what the API tests have not
-    port = free_port()
-    env = {**os.environ, "RAY_ADDRESS": "local", "CANDLE_DEMO_HOME": str(tmp_path)}
-    log = (tmp_path / "demo.log").open("w")
-    demo = subprocess.Popen(
-        [str(Path(sys.executable).with_name("candle")), "demo", "--port", str(port)],
-        env=env,
-        start_new_session=True,  # its own process group, as a terminal's foreground job has
-        # A shell running tests in the background ignores SIGINT for its children; a terminal's
-        # foreground job does not.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    spawned: list[psutil.Process] = []
-    try:
-        demo_models = {m.name: "ready" for m in load_catalog("demo").models}
+@dataclass
+class Demo:
+    process: subprocess.Popen
+    port: int
+    log: Path
+    spawned: list[psutil.Process] = field(default_factory=list)  # killed on the way out, if still alive
+
+    def wait_ready(self, models: Iterable[str], timeout_s: float) -> dict[str, dict]:
+        """The /v1/models cards once every model is ready; the demo's log tail in the error otherwise."""
         try:
-            cards = wait_for_models(f"http://127.0.0.1:{port}", demo_models, READY_TIMEOUT_S)
+            return wait_for_models(f"http://127.0.0.1:{self.port}", dict.fromkeys(models, "ready"), timeout_s)
         except AssertionError as e:
-            raise AssertionError(f"{e}\n{(tmp_path / 'demo.log').read_text()[-3000:]}") from None
+            raise AssertionError(f"{e}\n{self.log.read_text()[-3000:]}") from None
+
+
+@contextlib.contextmanager
+def running_demo(hub_store: Path, home: Path, *options: str) -> Iterator[Demo]:
+    """``candle demo`` as a terminal's foreground job starts it, sharing the session's tiny-model store
+    (it builds only what the API tests have not); on the way out, nothing it started is left running."""
+    (home / "store").symlink_to(hub_store)
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": "local", "CANDLE_DEMO_HOME": str(home)}
+    with (home / "demo.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("candle")), "demo", "--port", str(port), *options],
+            env=env,
+            start_new_session=True,  # its own process group, as a terminal's foreground job has
+            # A shell running tests in the background ignores SIGINT for its children; a terminal's
+            # foreground job does not.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        demo = Demo(process, port, home / "demo.log")
+        try:
+            yield demo
+        finally:  # on failure, leave no cluster behind: serve run has its own session, killpg misses it
+            if process.poll() is None:
+                demo.spawned = psutil.Process(process.pid).children(recursive=True)
+                process.kill()
+            for child in demo.spawned:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+
+
+def test_demo_serves_every_capability_and_ctrl_c_leaves_no_process_behind(hub_store: Path, tmp_path: Path):
+    with running_demo(hub_store, tmp_path) as demo:
+        cards = demo.wait_ready([m.name for m in load_catalog("demo").models], READY_TIMEOUT_S)
         capabilities = {card["capability"] for card in cards.values()}
         assert capabilities == {"text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"}
-        answer_one_request_per_capability(f"http://127.0.0.1:{port}/v1", hub_store)
-        spawned = psutil.Process(demo.pid).children(recursive=True)
-        assert any("raylet" in p.name() for p in spawned)  # the demo's own cluster, not the session's
+        answer_one_request_per_capability(f"http://127.0.0.1:{demo.port}/v1", hub_store)
+        demo.spawned = psutil.Process(demo.process.pid).children(recursive=True)
+        assert any("raylet" in p.name() for p in demo.spawned)  # the demo's own cluster, not the session's
 
-        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        assert demo.wait(timeout=90) == 0
-        _, alive = psutil.wait_procs(spawned, timeout=30)
+        os.killpg(demo.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert demo.process.wait(timeout=90) == 0
+        _, alive = psutil.wait_procs(demo.spawned, timeout=30)
         assert not alive, f"left running after Ctrl-C: {sorted({p.name() for p in alive})}"
-    finally:  # on failure, leave no cluster behind: serve run has its own session, killpg misses it
-        if demo.poll() is None:
-            spawned = psutil.Process(demo.pid).children(recursive=True)
-            demo.kill()
-        for process in spawned:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        log.close()

@@ -12,11 +12,12 @@ from .schema import CAPABILITIES, Capability, Catalog, Limits, ModelSpec, Resour
 BUILTIN_CATALOGS = {
     "production": Path(__file__).with_name("production.yaml"),
     "demo": Path(__file__).with_name("demo.yaml"),
+    "demo-all": Path(__file__).with_name("demo-all.yaml"),
 }
 
 
 def load_catalog(source: str | Path | dict[str, Any] | None = None) -> Catalog:
-    """A catalog from a built-in name (``production``, ``demo``), a YAML path, or a parsed mapping.
+    """A catalog from a built-in name (``production``, ``demo``, ``demo-all``), a YAML path, or a parsed mapping.
 
     Built-in names keep Serve configs independent of the working directory their builders run in.
     """

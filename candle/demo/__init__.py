@@ -4,6 +4,10 @@
 points ``HF_ENDPOINT`` at it, writes a Serve config for the demo catalog and hands over to a real
 ``serve run`` of that config: every replica fetches its weights through the download service, as
 in production, and the OpenAI-compatible API comes up on ``http://127.0.0.1:PORT/v1``.
+
+The default demo serves one small model per capability (``candle/catalog/demo.yaml``); with
+``--all-models`` it serves a look-alike of each of the twelve production models under production's
+names and serving fields (``candle/catalog/demo-all.yaml``).
 """
 
 from __future__ import annotations
@@ -20,17 +24,17 @@ from candle.serve_config import build, render
 DEMO_HOME = Path(os.environ.get("CANDLE_DEMO_HOME", Path.home() / ".cache" / "candle" / "demo"))
 
 
-def run(port: int = 8000, home: Path = DEMO_HOME) -> int:
+def run(port: int = 8000, home: Path = DEMO_HOME, all_models: bool = False) -> int:
     """Build, serve the hub, and ``serve run`` the demo until Ctrl-C; returns serve's exit code."""
     from candle.demo.hub import LocalHub
-    from candle.demo.tiny_models import build_tiny_store
 
+    catalog = "demo-all" if all_models else "demo"
     home.mkdir(parents=True, exist_ok=True)
     print(f"candle demo: building the tiny model store in {home / 'store'} (cached after the first run)", flush=True)
-    build_tiny_store(home / "store")
+    build_store_for(catalog, home / "store")
     config_path = home / "serve_config.yaml"
     config_path.write_text(
-        render(build("demo", port=port, host="127.0.0.1", proxy_location="HeadOnly", gateway_replicas=1))
+        render(build(catalog, port=port, host="127.0.0.1", proxy_location="HeadOnly", gateway_replicas=1))
     )
     serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
     with LocalHub(home / "store") as hub:
@@ -44,6 +48,23 @@ def run(port: int = 8000, home: Path = DEMO_HOME) -> int:
         print(f"candle demo: hub {hub.endpoint}; API on http://127.0.0.1:{port}/v1 once models are ready", flush=True)
         print(f"candle demo: try  curl http://127.0.0.1:{port}/v1/models", flush=True)
         return _run_until_interrupted([serve, "run", str(config_path)], env)
+
+
+def build_store_for(catalog: str, store: Path) -> None:
+    """The tiny repos ``catalog`` serves, and the code repos their auto_maps name (Jina's second repo).
+
+    Imported here, as in ``run``: importing ``candle.demo.hub`` must not read huggingface_hub's
+    settings before a caller has pointed ``HF_ENDPOINT`` at the hub it starts.
+    """
+    from candle.catalog import load_catalog
+    from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
+    from candle.download.remote_code import code_repos
+
+    def names(repos: set[str]) -> list[str]:
+        return [name for name, repo in TINY_MODELS.items() if repo in repos]
+
+    built = build_tiny_store(store, names({m.repo_id for m in load_catalog(catalog).models}))
+    build_tiny_store(store, names({repo for folder in built.values() for repo in code_repos(folder)}))
 
 
 def _run_until_interrupted(command: list[str], env: dict[str, str]) -> int:

@@ -95,6 +95,12 @@ TINY_MODELS: dict[str, str] = {
     "flux": "candle-tiny/flux.1-schnell",
     "clip": "candle-tiny/clip-vit-large-patch14",
     "llava": "candle-tiny/llava-1.5-7b-hf",
+    # Embedders with modelling code of their own: candle.demo.remote_code_models.
+    "stella": "candle-tiny/stella_en_1.5B_v5",
+    "gte_qwen2": "candle-tiny/gte-Qwen2-1.5B-instruct",
+    "nv_embed": "candle-tiny/NV-Embed-v2",
+    "jina_v2": "candle-tiny/jina-embeddings-v2-base-en",
+    "jina_bert_code": "candle-tiny/jina-bert-implementation",
 }
 
 # Build state lives beside the repos, never inside them: the hub serves every file of a repo.
@@ -240,9 +246,14 @@ def builder_version() -> str:
     """What a marker must hold for a built repo to be reused: a digest of this module (any edit to a
     recipe rebuilds, nobody has to remember to bump a number) and the versions of the libraries that
     write the files."""
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    sources = [Path(__file__), *sorted(Path(__file__).parent.glob("remote_code*.py")), *_remote_code_files()]
+    source = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
     libraries = ("torch", "transformers", "diffusers", "tokenizers", MINILM_PACKAGE)
     return " ".join([f"candle-tiny/{source}", *(f"{name}/{_installed_version(name)}" for name in libraries)])
+
+
+def _remote_code_files() -> list[Path]:
+    return sorted((Path(__file__).parent / "remote_code").glob("*.py"))
 
 
 def _installed_version(distribution: str) -> str:
@@ -285,7 +296,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _build(name: str, folder: Path) -> None:
     """Run one recipe under its own seed, leaving the caller's RNG state as it was."""
-    recipe = _RECIPES[name]
+    recipe = _recipes()[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(name.encode()))
         recipe.build(folder)
@@ -317,10 +328,8 @@ def _write_atomic(path: Path, text: str) -> None:
 # id) as long as every symbol has its id before training starts.
 
 
-def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials (and the model's
-    parser markers) first in the vocab."""
-    specials = [PAD, BOS, IM_START, EOS, *([image_token] if image_token else []), *markers]
+def byte_level_bpe(specials: list[str]) -> Tokenizer:
+    """A byte-level BPE of LM_VOCAB_SIZE trained on CORPUS, ``specials`` first in the vocab."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -331,6 +340,13 @@ def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = (
         show_progress=False,
     )
     backend.train_from_iterator(CORPUS.splitlines(), trainer)
+    return backend
+
+
+def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials (and the model's
+    parser markers) first in the vocab."""
+    backend = byte_level_bpe([PAD, BOS, IM_START, EOS, *([image_token] if image_token else []), *markers])
     extra = {"image_token": image_token} if image_token else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -700,7 +716,15 @@ _RECIPES: dict[str, _Recipe] = {
     "clip": _Recipe(_build_clip, "CLIPModel"),
     "llava": _Recipe(_build_llava, "LlavaForConditionalGeneration"),
 }
-assert _RECIPES.keys() == TINY_MODELS.keys()
+
+
+def _recipes() -> dict[str, _Recipe]:
+    """Every recipe; the remote-code look-alikes are imported here because they build on this module."""
+    from candle.demo.remote_code_models import RECIPES
+
+    recipes = {**_RECIPES, **{name: _Recipe(*recipe) for name, recipe in RECIPES.items()}}
+    assert recipes.keys() == TINY_MODELS.keys()
+    return recipes
 
 
 if __name__ == "__main__":

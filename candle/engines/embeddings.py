@@ -1,5 +1,10 @@
 """Text embeddings with sentence-transformers: per-model prompts, normalisation, ``dimensions``.
 
+``engine_args`` go to ``SentenceTransformer`` (``config_kwargs: {use_cache: false}`` for code that
+breaks on newer transformers' caches), but for ``model_kwargs`` (merged with candle's dtype rule)
+and ``append_eos``: NV-Embed expects its tokenizer's EOS after every input, and its tokenizer does
+not add it.
+
 ``dimensions`` uses a Matryoshka head of the model where the repo ships one (Stella's
 ``2_Dense_{dim}`` folders replace the final Dense layer), and otherwise truncates the normalised
 vector and normalises it again, which is how MRL-trained models are meant to be shortened.
@@ -30,6 +35,7 @@ class SentenceEmbeddingEngine:
         # candle's dtype rule unless the entry's model_kwargs say otherwise: left alone,
         # sentence-transformers loads the checkpoint's dtype, and bf16 weights crawl on a CPU.
         model_kwargs = {"dtype": dtype(), **engine_args.pop("model_kwargs", {})}
+        append_eos = bool(engine_args.pop("append_eos", False))
         self.model = SentenceTransformer(
             str(folder),
             device=device(),
@@ -39,6 +45,7 @@ class SentenceEmbeddingEngine:
             **engine_args,
         )
         self.dimensions = int(self.model.get_embedding_dimension() or 0)
+        self._suffix = self.model.tokenizer.eos_token if append_eos else ""
         self._head_folders = {int(m[1]): p for p in folder.iterdir() if (m := _HEAD.match(p.name)) and p.is_dir()}
         self._heads: dict[int, Dense] = {}
 
@@ -82,5 +89,6 @@ class SentenceEmbeddingEngine:
             raise InvalidInput("this model embeds text only; send images to an image-embedding model")
         if prompt_name is not None and prompt_name not in self.model.prompts:
             raise InvalidInput(f"unknown input_type {prompt_name!r}; this model knows {self.prompt_names}")
+        items = [item + self._suffix for item in items]
         tokens = self.model.preprocess(items)["attention_mask"].sum(dim=1).tolist()
         return self.embed(items, prompt_name, dimensions), [int(t) for t in tokens]

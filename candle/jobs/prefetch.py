@@ -29,6 +29,7 @@ from candle.catalog import Catalog, load_catalog
 from candle.contracts import RepoProgressRecord
 from candle.download.client import fetch_request, make_request
 from candle.download.config import FetchRequest, HubAccess, caller_hub_access
+from candle.download.remote_code import fetch_with_code
 from candle.placement import NodeInfo, hosting_nodes, replica_resources
 from candle.raycluster import connect, error_line
 
@@ -38,11 +39,13 @@ MB = 1e6
 
 @dataclass(frozen=True)
 class Target:
-    """One thing to warm: the name the operator gave, what to fetch, and on which nodes."""
+    """One thing to warm: the name the operator gave, what to fetch, and on which nodes; with remote
+    code, also the repos its config's auto_map names (as the replicas will fetch them)."""
 
     name: str
     request: FetchRequest
     node_ids: tuple[str, ...]
+    remote_code: bool = False
 
 
 def plan(
@@ -77,13 +80,16 @@ def plan(
             ignore_patterns=spec.ignore_patterns,
             **hub,
         )
-        targets.append(Target(name, request, hosts))
+        targets.append(Target(name, request, hosts, spec.trust_remote_code))
     return targets
 
 
 @ray.remote(num_cpus=0)
-def warm(request: FetchRequest, progress_interval_s: float) -> Iterator[RepoProgressRecord | str]:
-    """Fetch ``request`` through this node's downloader; yield its progress, then the snapshot folder.
+def warm(
+    request: FetchRequest, progress_interval_s: float, remote_code: bool = False
+) -> Iterator[RepoProgressRecord | str]:
+    """Fetch ``request`` through this node's downloader (with ``remote_code``, then the repos its
+    auto_map names); yield its progress, then the snapshot folder.
 
     A generator task, so the driver prints progress while the fetch runs. Without a token of the
     job's own it sends the node's ``HF_TOKEN`` as replicas do, so a replica starting meanwhile joins
@@ -93,7 +99,8 @@ def warm(request: FetchRequest, progress_interval_s: float) -> Iterator[RepoProg
     updates: list[RepoProgressRecord] = []
     loop = asyncio.new_event_loop()
     try:
-        fetching = loop.create_task(fetch_request(request, updates.append, progress_interval_s))
+        fetch = fetch_with_code if remote_code else fetch_request
+        fetching = loop.create_task(fetch(request, updates.append, progress_interval_s))
         while not fetching.done():
             loop.run_until_complete(asyncio.wait({fetching}, timeout=progress_interval_s))
             batch, updates[:] = updates[:], []
@@ -116,7 +123,8 @@ def progress_line(name: str, node_id: str, update: RepoProgressRecord) -> str:
 async def warm_node(target: Target, node_id: str, progress_interval_s: float) -> str:
     """Run :func:`warm` on ``node_id`` (hard affinity: a dead node fails, nothing lands elsewhere)."""
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
-    async for ref in warm.options(scheduling_strategy=strategy).remote(target.request, progress_interval_s):
+    warming = warm.options(scheduling_strategy=strategy).remote(target.request, progress_interval_s, target.remote_code)
+    async for ref in warming:
         update = await ref
         if isinstance(update, str):  # the snapshot folder: the fetch is done
             print(f"{target.name} node={node_id} done snapshot={update}", flush=True)
