@@ -12,10 +12,10 @@ from candle.engines import engine_kind
 from deployments.app import GATEWAY_CPUS
 
 PRODUCTION, DEMO_ALL = load_catalog("production"), load_catalog("demo-all")
+# Not ``revision``: production pins the real repos' commits, which the look-alike repos do not have.
 SERVING_FIELDS = (
     "capability",
     "engine",
-    "revision",
     "trust_remote_code",
     "allow_patterns",
     "ignore_patterns",
