@@ -88,6 +88,12 @@ class RequestToolCall(BaseModel):
         function = {"name": self.function.name, "arguments": self.function.template_arguments()}
         return {"id": self.id, "type": self.type, "function": function}
 
+    def input_chars(self) -> int:
+        """Characters as sent, counted before any is parsed (broken arguments count, though dropped)."""
+        arguments = self.function.arguments
+        sent = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
+        return len(self.id or "") + len(self.function.name) + len(sent)
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -106,7 +112,7 @@ class ChatMessage(BaseModel):
 
     def input_chars(self) -> int:
         """Characters the chat template renders from this message: text, name, tool calls and their id."""
-        calls = sum(len(json.dumps(call.for_template(), ensure_ascii=False)) for call in self.tool_calls or ())
+        calls = sum(call.input_chars() for call in self.tool_calls or ())
         return len(self.text()) + len(self.name or "") + len(self.tool_call_id or "") + calls
 
     def template_fields(self) -> dict[str, Any]:
