@@ -7,7 +7,8 @@ peers are equal, as on a real cluster where the hub is remote and the nodes' lin
 
 For each mode, a cluster of its own:
 
-- relay (candle's default): a node copies a blob from a peer while that peer still receives it;
+- relay (``CANDLE_DOWNLOAD_RELAY=1``, opt-in): a node copies a blob from a peer while that peer
+  still receives it;
 - store-and-forward (``CANDLE_DOWNLOAD_RELAY=0``): a node copies verified blobs only, spread over
   the nodes that hold one.
 
@@ -38,7 +39,7 @@ MB = 1024 * 1024
 # Writes of 256 KiB: 1/64 s at the simulated 16 MB/s, as the default 1 MiB is at 64 MB/s; each relay
 # hop passes bytes on one write later, so the write size is the pipeline's latency per hop.
 ENV = {"HF_HUB_DISABLE_XET": "1", "CANDLE_DOWNLOAD_PEER_HOST": "127.0.0.1", "CANDLE_DOWNLOAD_CHUNK_SIZE": "262144"}
-MODES = {"relay": {}, "store-and-forward": {"CANDLE_DOWNLOAD_RELAY": "0"}}
+MODES = {"relay": {"CANDLE_DOWNLOAD_RELAY": "1"}, "store-and-forward": {"CANDLE_DOWNLOAD_RELAY": "0"}}
 
 
 @ray.remote(num_cpus=0)

@@ -29,7 +29,7 @@ from tests.conftest import RepoFactory
 
 SIZE = 4 * 1024 * 1024
 HUB_RATE = 2 * 1024 * 1024  # bytes/s per hub connection: the first node takes ~2 s, long enough to relay
-SETTINGS = DownloaderSettings(stall_timeout=5, backoff_base=0.2, max_attempts=3)
+SETTINGS = DownloaderSettings(stall_timeout=5, backoff_base=0.2, max_attempts=3, relay=True)
 
 
 class RecordingProgress(FileProgress):
