@@ -89,8 +89,8 @@ def work(spec: ModelSpec, body: dict[str, Any]) -> Work:
         return image(spec, ImageGenerationRequest.model_validate(body))
     if "messages" in body or spec.capability == "vision":
         chat = ChatCompletionRequest.model_validate(body)
-        messages, images = conversation(chat, spec)
         check_input_chars(chat.input_chars(), spec.limits.max_input_chars, "messages")
+        messages, images = conversation(chat, spec)
         tools, tool_choice = chat.tool_request()
         return ChatCall(messages, sampling(chat, spec), tools, tool_choice, images)
     completion = CompletionRequest.model_validate(body)
