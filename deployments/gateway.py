@@ -160,7 +160,7 @@ class Gateway:
         if spec.capability not in capabilities_for(endpoint):
             raise wrong_capability(name, spec.capability, endpoint)
         status = self._status(name)
-        wakes = spec.autoscaling is not None and spec.autoscaling.min_replicas == 0 and status.state in WAKING_STATES
+        wakes = spec.scales_to_zero() and status.state in WAKING_STATES
         if status.state != "ready" and not wakes:
             raise self._unavailable(name, status, f": {status.reason}" if status.reason else "; retry later.")
         return spec

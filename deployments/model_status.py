@@ -60,7 +60,7 @@ def _idle(spec: ModelSpec, status: str, replica_states: dict[str, int]) -> bool:
     """Scaled to zero: no replica running or on its way (all ``STOPPING``, or none), and not while a
     (re)deploy is ``UPDATING``, which has no replica yet for a moment before it starts its first."""
     live = sum(count for state, count in replica_states.items() if state != "STOPPING")
-    return spec.autoscaling is not None and spec.autoscaling.min_replicas == 0 and status != "UPDATING" and not live
+    return spec.scales_to_zero() and status != "UPDATING" and not live
 
 
 def pending_reason(message: str, spec: ModelSpec) -> str | None:

@@ -131,6 +131,10 @@ class ModelSpec(Strict):
     max_ongoing_requests: int = 16
     description: str = ""
 
+    def scales_to_zero(self) -> bool:
+        """Whether Serve may take every replica away (``autoscaling.min_replicas`` 0): idle, not failed."""
+        return self.autoscaling is not None and self.autoscaling.min_replicas == 0
+
     def fetch_allow_patterns(self) -> tuple[str, ...] | None:
         """What to download: with ``trust_remote_code`` the repo's code files are always included."""
         if self.allow_patterns is None or not self.trust_remote_code or "*.py" in self.allow_patterns:
