@@ -146,8 +146,14 @@ async def test_nodes_copy_from_relays_while_the_first_downloads_and_all_copies_a
     sources = await asyncio.gather(first, *others)
 
     assert sources == ["hub", "relay", "relay", "relay"], "b, c and d copied while their source was receiving"
-    upstreams = [swarm.nodes[name].progress.upstream for name in "bcd"]
-    assert upstreams == [swarm.nodes[name].sources.node_id for name in "abc"], "a chain: each uplink carries one copy"
+    name_of = {swarm.nodes[name].sources.node_id: name for name in "abcd"}
+    upstream_of = {name: name_of[swarm.nodes[name].progress.upstream] for name in "bcd"}
+    downstream_of = {up: down for down, up in upstream_of.items()}
+    assert len(downstream_of) == 3, f"each uplink carries one copy: {upstream_of}"
+    chain = ["a"]
+    while chain[-1] in downstream_of:
+        chain.append(downstream_of[chain[-1]])
+    assert sorted(chain) == list("abcd"), f"one chain from the hub's node through all others: {upstream_of}"
     for name in "abcd":
         assert swarm.copy_on(name) == swarm.data
     assert swarm.hub.stats.bytes_for(swarm.repo_id) == SIZE, "the hub served the blob once"
