@@ -57,12 +57,16 @@ class ResponseFormat:
 
 @dataclass(frozen=True)
 class GenerationParams:
+    """Sampling for one request. ``max_tokens_requested`` is False when ``max_tokens`` is the catalog's
+    default: then it shrinks to the context the prompt leaves, where a client's own value is refused."""
+
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     response_format: ResponseFormat = ResponseFormat()
+    max_tokens_requested: bool = True
 
 
 @dataclass(frozen=True)

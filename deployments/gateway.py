@@ -88,6 +88,7 @@ def generation_params(body: SamplingFields, budget: int | None, spec: ModelSpec)
         stop=tuple(body.stop_list()),
         seed=body.seed,
         response_format=body.output_format(),
+        max_tokens_requested=budget is not None,
     )
 
 

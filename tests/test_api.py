@@ -368,6 +368,18 @@ def test_unknown_model_is_404(client: openai.OpenAI, api: str):
             400,
             f"messages.{len(CHAT)}.tool_calls.0.type",
         ),
+        (
+            "/v1/completions",
+            {"model": "qwen3-coder-tiny", "prompt": " word" * 2100, "max_tokens": 8},
+            400,
+            "context holds 2048 tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "qwen3-coder-tiny", "messages": [{"role": "user", "content": " word" * 2100}], "stream": True},
+            400,
+            "context holds 2048 tokens",
+        ),
         ("/v1/completions", {"model": "all-minilm-l6-v2", "prompt": "x"}, 400, "text-embedding"),
         ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": []}, 400, "empty"),
         ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": ["x"] * 600}, 400, "at most 512"),

@@ -148,6 +148,33 @@ def test_closing_a_stream_stops_generation_and_frees_the_engine(text_engine: Tra
     assert run(text_engine.chat(ChatCall(CHAT, GREEDY)))[1].completion_tokens > 0
 
 
+def prompt_of(engine: TransformersTextEngine, tokens: int) -> str:
+    """A raw prompt of exactly ``tokens`` tokens for ``engine``'s tokenizer."""
+    ids = engine.tokenizer(" word" * (tokens * 2))["input_ids"][:tokens]
+    text = engine.tokenizer.decode(ids)
+    assert len(engine.tokenizer(text)["input_ids"]) == tokens
+    return text
+
+
+@cpu_only
+def test_asking_for_more_tokens_than_the_context_holds_is_invalid(text_engine: TransformersTextEngine):
+    window = text_engine.model.config.max_position_embeddings
+    prompt = prompt_of(text_engine, window - 4)
+    with pytest.raises(InvalidInput, match=f"context holds {window} tokens.*{window - 4} in the prompt, 8 to generate"):
+        run(text_engine.complete(CompletionCall(prompt, GREEDY)))
+    with pytest.raises(InvalidInput, match=f"context holds {window} tokens.*{window + 1} in the prompt"):
+        run(text_engine.complete(CompletionCall(prompt_of(text_engine, window + 1), GREEDY)))
+
+
+@cpu_only
+def test_a_default_max_tokens_shrinks_to_the_context_left(text_engine: TransformersTextEngine):
+    window = text_engine.model.config.max_position_embeddings
+    params = GenerationParams(max_tokens=4096, temperature=0, max_tokens_requested=False)
+    _, last = run(text_engine.complete(CompletionCall(prompt_of(text_engine, window - 3), params)))
+    assert last.prompt_tokens == window - 3
+    assert 0 < last.completion_tokens <= 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Images: FLUX.1-schnell's production defaults
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from transformers import (
 )
 
 from candle.contracts import GenerationParams, TextChunk
+
+from .errors import InvalidInput
 
 
 class StopTrimmer:
@@ -65,6 +68,25 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+def context_window(model: Any) -> int | None:
+    """How many positions the model was built for (a vision model's language half for LLaVA)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    return getattr(config, "max_position_embeddings", None)
+
+
+def fit_to_context(params: GenerationParams, prompt_tokens: int, window: int | None) -> GenerationParams:
+    """``params`` whose prompt and completion fit ``window``, as vLLM and OpenAI hold them: past it a
+    model writes from positions it never learned, so a client's own ``max_tokens`` is refused."""
+    if window is None or prompt_tokens + params.max_tokens <= window:
+        return params
+    if prompt_tokens < window and not params.max_tokens_requested:
+        return replace(params, max_tokens=window - prompt_tokens)
+    raise InvalidInput(
+        f"this model's context holds {window} tokens, but the request needs {prompt_tokens + params.max_tokens} "
+        f"({prompt_tokens} in the prompt, {params.max_tokens} to generate); shorten the prompt or lower max_tokens"
+    )
+
+
 def stream_generate(
     model: Any,
     tokenizer: Any,
@@ -80,6 +102,7 @@ def stream_generate(
     masks what may come next (a response format's grammar).
     """
     prompt_tokens = int(inputs["input_ids"].shape[-1])
+    params = fit_to_context(params, prompt_tokens, context_window(model))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancelled = threading.Event()
     sampling = params.temperature > 0
