@@ -44,8 +44,8 @@ demo: $(STAMP)  ## the README's first command: the offline local demo on http://
 
 test: $(STAMP) $(PARSERS_STAMP) $(VLLM_STAMP)  ## the README's test command: main suite, simulated cluster, vLLM
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
-	$(BIN)/python -m pytest -q -m cluster tests/cluster
+	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -m cluster tests/cluster
 	$(MAKE) bench-smoke
 	# The vLLM files skip where vLLM is missing: import first, so a broken install fails instead.
 	# test_engines.py runs in the vLLM venv too: the CPU engines must not import an installed vLLM.
