@@ -10,11 +10,12 @@ The goal is under 5 s cold on a 2-core machine.
 
 Where a cold start's time goes, measured in the same run: from the request to the start of the
 replica's process (Serve's upscale decision, Ray starting a worker), and from there to the answer.
-That second part is then split in a fresh Python process doing what a new replica process does, one
-step at a time: import Ray and Serve, import candle's replica module, import the engine
-(sentence-transformers, transformers, torch), load MiniLM from the cache, embed once. The fetch of
-the cached repo through this node's downloader (a listing call, no bytes) is timed too, and the hub
-bytes served for MiniLM during the cold starts are printed (0: the weights come from the cache).
+That second part is then split in fresh Python processes (one per round, medians reported) doing
+what a new replica process does, one step at a time: import Ray and Serve, import candle's replica
+module, import the engine (sentence-transformers, transformers, torch), load MiniLM from the cache,
+embed once. The fetch of the cached repo through this node's downloader (a listing call, no bytes)
+is timed too, and the hub bytes served for MiniLM during the cold starts are printed (0: the
+weights come from the cache).
 
     python benchmarks/bench_cold_start.py [--rounds 3] [--warm 20] [--warmup 3] [--smoke] [--results FILE]
 """
@@ -44,7 +45,7 @@ SCALING = {
     "metrics_interval_s": 0.5,
 }
 IDLE_TIMEOUT_S = 300
-# What a new replica process does before it answers, one timed step at a time (seconds, one per line).
+# What a new replica process does before it answers, one timed step at a time (seconds, on one line).
 REPLICA_STEPS_IN_A_FRESH_PROCESS = """
 import sys, time
 from pathlib import Path
@@ -84,6 +85,18 @@ class ColdStart:
     took: float  # seconds from the request to its answer
     to_process: float | None  # seconds from the request to the start of the replica process (None: gone unseen)
     load: float  # the machine's 1-minute load average when the request was sent
+
+
+def replica_steps(spec_json: str, folder: Path) -> list[float]:
+    """Seconds of each of ``REPLICA_STEPS`` in a fresh Python process, on the CPU as the replica runs."""
+    run = subprocess.run(
+        [sys.executable, "-c", REPLICA_STEPS_IN_A_FRESH_PROCESS, spec_json, str(folder)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    return [float(s) for s in run.stdout.split()[-len(REPLICA_STEPS) :]]
 
 
 def cold_request(http: httpx.Client, base: str) -> ColdStart:
@@ -142,13 +155,8 @@ def main() -> None:
             cached_fetch = time.perf_counter() - started
         serve.shutdown()
         ray.shutdown()
-    steps = subprocess.run(
-        [sys.executable, "-c", REPLICA_STEPS_IN_A_FRESH_PROCESS, spec.model_dump_json(), str(folder)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    steps_load = os.getloadavg()[0]
+    steps = [replica_steps(spec.model_dump_json(), folder) for _ in range(args.rounds)]
 
     report(f"model {MODEL} ({spec.repo_id}), autoscaling {SCALING}, replica num_cpus {spec.resources.num_cpus}")
     report(f"warm: {args.warmup} untimed requests, then {args.warm} timed; cold: {args.rounds} starts from idle")
@@ -166,9 +174,12 @@ def main() -> None:
             f"{c.to_process:.2f} s + {c.took - c.to_process:.2f} s" if c.to_process is not None else "process not seen"
         )
         report(f"    {c.took:.2f} s = {split}   (load average {c.load:.1f})")
-    report(f"  a new replica process's steps, timed in a fresh process (load average {os.getloadavg()[0]:.1f}):")
-    for name, seconds in zip(REPLICA_STEPS, map(float, steps.stdout.split()[-len(REPLICA_STEPS) :]), strict=True):
-        report(f"    {name:32s} {seconds:6.2f} s")
+    report(
+        f"  a new replica process's steps, each the median of {args.rounds} fresh processes"
+        f" (load average {steps_load:.1f} before, {os.getloadavg()[0]:.1f} after):"
+    )
+    for name, *seconds in zip(REPLICA_STEPS, *steps, strict=True):
+        report(f"    {name:32s} {statistics.median(seconds):6.2f} s   (each {', '.join(f'{s:.2f}' for s in seconds)})")
     report(f"  cached fetch through the downloader {cached_fetch:.2f} s")
     report("goal: cold under 5 s")
     report.save(args.results)
