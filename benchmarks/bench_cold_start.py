@@ -14,8 +14,8 @@ That second part is then split in fresh Python processes (one per round, medians
 what a new replica process does, one step at a time: import Ray and Serve, import candle's replica
 module, import the engine (sentence-transformers, transformers, torch), load MiniLM from the cache,
 embed once. The fetch of the cached repo through this node's downloader (a listing call, no bytes)
-is timed too, and the hub bytes served for MiniLM during the cold starts are printed (0: the
-weights come from the cache).
+is timed too, and what the hub served for MiniLM during the cold starts is printed: bytes (0: the
+weights come from the cache), API calls and HEADs.
 
     python benchmarks/bench_cold_start.py [--rounds 3] [--warm 20] [--warmup 3] [--smoke] [--results FILE]
 """
@@ -150,6 +150,8 @@ def main() -> None:
                 wait_for_models(base, {MODEL: "idle"}, IDLE_TIMEOUT_S)
                 cold.append(cold_request(http, base))
             cold_hub_bytes = hub.stats.bytes_for(spec.repo_id)
+            cold_hub_calls = hub.stats.api_calls[spec.repo_id]
+            cold_hub_heads = sum(n for (repo, _), n in hub.stats.heads.items() if repo == spec.repo_id)
             started = time.perf_counter()
             folder = asyncio.run(fetch(spec.repo_id, revision=spec.revision))
             cached_fetch = time.perf_counter() - started
@@ -165,7 +167,7 @@ def main() -> None:
     report(
         f"cold request  median {statistics.median(took):6.2f} s    each "
         + ", ".join(f"{c:.2f} s" for c in took)
-        + f"   (hub bytes served for them: {cold_hub_bytes})"
+        + f"   (hub for them: {cold_hub_bytes} bytes, {cold_hub_calls} API calls, {cold_hub_heads} HEADs)"
     )
     report("  each cold request: to the start of the replica's process (Serve's upscale decision, Ray starting")
     report("  a worker) + from there to the answer:")
