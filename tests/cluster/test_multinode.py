@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import shutil
 from collections import Counter
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -39,7 +39,7 @@ from candle.testing import free_port
 from candle.testing.cluster import NODE_CLASS, NodeSpec, simulated_cluster
 from deployments.app import build_gateway_app, build_model_app
 from tests.cluster.conftest import SERVE_ENV, SimCluster
-from tests.cluster.old_hub import OLD_HUB, fetch_under_old_hub
+from tests.cluster.env_probes import OLD_HUB, env_view, fetch_under_old_hub
 from tests.conftest import TEST_ENV
 
 NODES = (
@@ -72,17 +72,11 @@ def wide(tiny_store: Path, hub_server: LocalHub, tmp_path_factory: pytest.TempPa
     cache_root = tmp_path_factory.mktemp("node-caches")
     env = {**TEST_ENV, **SERVE_ENV, "HF_ENDPOINT": hub_server.endpoint}
     with simulated_cluster(NODES, env, cache_root=cache_root) as (cluster, ids):
+        session = Path(cluster.head_node.get_session_dir_path())
         yield SimCluster(cluster, ids, cache_root, hub_server)
-
-
-def env_view(actor: object) -> dict[str, str | None]:
-    """Runs inside an actor (through ``__ray_call__``): its node, and its own view of the pins."""
-    return {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "pin": os.environ.get("CANDLE_TEST_PIN"),
-        "bidict": version("bidict"),
-        "huggingface_hub": version("huggingface_hub"),
-    }
+    # Each pip runtime_env is a copy of the whole base virtualenv (about 3 GB here), which Ray leaves
+    # in the session folder after shutdown.
+    shutil.rmtree(session / "runtime_resources", ignore_errors=True)
 
 
 def replica_view(replica: object) -> dict[str, str | None]:
