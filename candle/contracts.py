@@ -18,6 +18,9 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import numpy as np
 
 StreamKind = Literal["sync", "async"]
+# Set on the replicas of a model that brings its own Ray runtime_env (placement.py), to the model's name:
+# such a process never brings up node-wide actors, which would inherit its libraries (download.factory).
+MODEL_RUNTIME_ENV_VAR = "CANDLE_MODEL_RUNTIME_ENV"
 # The image formats candle reads (PIL's names): the gateway checks clients' images against them and
 # replicas decode with nothing else, so no other PIL plugin (EPS runs Ghostscript) ever sees input.
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")

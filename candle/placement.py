@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from candle.catalog import ModelSpec
+from candle.contracts import MODEL_RUNTIME_ENV_VAR
 
 # A node as ``ray.nodes()`` describes it: "NodeID", "Alive", "Labels", "Resources" (totals).
 NodeInfo = Mapping[str, Any]
@@ -38,8 +39,10 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
         actor["memory"] = int(resources.memory_gb * 1024**3)
     if resources.label_selector:
         actor["label_selector"] = dict(resources.label_selector)
-    if spec.runtime_env:
-        actor["runtime_env"] = dict(spec.runtime_env)  # serve_config.py sets it on the model's application too
+    if spec.runtime_env:  # serve_config.py sets it on the model's application too
+        # Marked, so the replica leaves node-wide actors to the base env (candle/download/factory.py).
+        env_vars = {**spec.runtime_env.get("env_vars", {}), MODEL_RUNTIME_ENV_VAR: spec.name}
+        actor["runtime_env"] = {**spec.runtime_env, "env_vars": env_vars}
     options: dict[str, Any] = {
         **replica_count(spec),
         "max_ongoing_requests": spec.max_ongoing_requests,

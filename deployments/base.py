@@ -51,7 +51,8 @@ async def fetch_on_other_stage_nodes(spec: ModelSpec, request: FetchRequest) -> 
         return
     here = ray.get_runtime_context().get_node_id()
     nodes = set(ray.util.placement_group_table(group)["bundles_to_node_id"].values()) - {here}
-    await asyncio.gather(*(node_downloader(node).fetch.remote(request) for node in sorted(nodes)))
+    downloaders = await asyncio.gather(*(asyncio.to_thread(node_downloader, node) for node in sorted(nodes)))
+    await asyncio.gather(*(downloader.fetch.remote(request) for downloader in downloaders))
 
 
 class ModelReplica:

@@ -39,6 +39,7 @@ from candle.api.schemas import (
 from candle.catalog import ModelSpec
 from candle.catalog.capabilities import REGISTRY, capabilities_for
 from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall
+from candle.download.factory import downloader_factory
 
 from . import guards, http_errors, streaming
 from .http_errors import ERRORS
@@ -136,6 +137,9 @@ class Gateway:
             for name, spec in self.specs.items()
         }
         self.status: dict[str, ModelStatus] = {}
+        # The gateway runs in the base env: it brings up the downloader factory that replicas under a
+        # model's own runtime_env wait for (they may not create it themselves).
+        await asyncio.to_thread(downloader_factory)
         self._refresher = asyncio.create_task(self._refresh_status())
 
     async def _refresh_status(self) -> None:

@@ -14,6 +14,7 @@ from ray.serve._private.build_app import build_app
 from ray.serve.schema import ServeDeploySchema
 
 from candle.catalog import CAPABILITIES, load_catalog
+from candle.contracts import MODEL_RUNTIME_ENV_VAR
 from candle.placement import deployment_options
 from candle.serve_config import build, render
 from deployments.app import GATEWAY_CPUS, build_gateway_app, build_model_app
@@ -149,7 +150,9 @@ def test_a_model_runtime_env_goes_on_its_app_and_deployment_only():
     assert apps["pinned"]["runtime_env"] == env
     assert "runtime_env" not in apps["plain"] and "runtime_env" not in apps["gateway"]
     pinned = served_options(build_model_app({"catalog": catalog, "model": "pinned"}))
-    assert pinned["ray_actor_options"]["runtime_env"] == env
+    # The replica is marked as running under its model's libraries (candle/download/factory.py).
+    marked = env | {"env_vars": {"CANDLE_PIN": "1", MODEL_RUNTIME_ENV_VAR: "pinned"}}
+    assert pinned["ray_actor_options"]["runtime_env"] == marked
     plain = served_options(build_model_app({"catalog": catalog, "model": "plain"}))
     assert "runtime_env" not in plain["ray_actor_options"]
     ServeDeploySchema.model_validate(build(catalog))

@@ -1,8 +1,10 @@
 """``await fetch(...)`` from any Ray worker, task or Serve replica, through this node's downloader.
 
 The downloader of a node is a detached, named actor pinned to that node (hard affinity, no CPU),
-created by whoever needs it first (``get_if_exists=True``), so all replicas and tasks of a node
-share one, and it outlives the replica that created it.
+brought up by the cluster's downloader factory when first needed (``factory.py``), so all replicas
+and tasks of a node share one, and it outlives the replica that asked for it. This module talks to
+it by name and imports neither its implementation nor huggingface_hub's internals: it runs in
+replicas under a model's own libraries (an older huggingface_hub) too.
 """
 
 from __future__ import annotations
@@ -16,40 +18,31 @@ from typing import TypedDict
 import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from typing_extensions import Unpack
 
 from candle.contracts import RepoProgressRecord
 
 from .config import FetchRequest
-from .downloader import NodeDownloader
+from .factory import NAMESPACE, downloader_factory, downloader_name
+
+__all__ = ["NAMESPACE", "downloader_name", "fetch", "fetch_request", "make_request", "node_downloader"]
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "candle"
 _ATTEMPTS = 3  # downloaders a fetch tries before it gives up (each one resumes the last one's work)
 
 
-def downloader_name(node_id: str) -> str:
-    return f"candle-downloader-{node_id}"
-
-
 def node_downloader(node_id: str | None = None) -> ActorHandle:
-    """The download actor of ``node_id`` (default: the node this code runs on), created if missing."""
+    """The download actor of ``node_id`` (default: the node this code runs on), brought up if missing.
+
+    Blocking GCS calls (and, the first time on a node, the factory's reply): call it from a thread
+    in async code.
+    """
     node_id = node_id or ray.get_runtime_context().get_node_id()
-    return (
-        ray.remote(NodeDownloader)
-        .options(
-            name=downloader_name(node_id),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_concurrency=1000,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        )
-        .remote()
-    )
+    try:
+        return ray.get_actor(downloader_name(node_id), namespace=NAMESPACE)
+    except ValueError:
+        return ray.get(downloader_factory().downloader.remote(node_id))
 
 
 def _patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -97,11 +90,12 @@ async def fetch_request(
     """
     for attempt in range(1, _ATTEMPTS):
         try:
-            return await _fetch_once(node_downloader(), request, on_progress, progress_interval_s)
+            downloader = await asyncio.to_thread(node_downloader)
+            return await _fetch_once(downloader, request, on_progress, progress_interval_s)
         except ActorDiedError:
             logger.warning("%s: this node's downloader died; asking its successor", request.repo_id)
             await asyncio.sleep(0.5 * attempt)
-    return await _fetch_once(node_downloader(), request, on_progress, progress_interval_s)
+    return await _fetch_once(await asyncio.to_thread(node_downloader), request, on_progress, progress_interval_s)
 
 
 async def _fetch_once(

@@ -4,18 +4,23 @@ simulated cluster of three 8-GPU nodes (fake GPUs, labelled ``gpu-8x``) and a CP
 The tiny MiniLM runs with Kimi K2's production placement (tensor parallel 8, pipeline parallel 2):
 its placement group must take exactly two of the three 8-GPU nodes, its replica must bring the
 weights onto both, and the prefetch job must warm every node its bundles may land on. A second
-MiniLM app carries a ``runtime_env`` that only its own replica sees. Then a branch moves on the hub
-between two nodes' fetches.
+MiniLM app carries a ``runtime_env`` (an environment variable and a pip pin) that only its own
+replica sees, not the node's downloader it brings up; a worker under NV-Embed-v2's old
+huggingface_hub fetches through the downloader too. Then a branch moves on the hub between two
+nodes' fetches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import shutil
 from collections import Counter
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import pytest
 import ray
 import yaml
@@ -25,13 +30,16 @@ from ray.serve.api import RunTarget
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from candle.catalog import load_catalog
+from candle.contracts import MODEL_RUNTIME_ENV_VAR
 from candle.demo.hub import LocalHub, write_repo
 from candle.download import fetch
+from candle.download.client import NAMESPACE, downloader_name
 from candle.jobs import prefetch
 from candle.testing import free_port
 from candle.testing.cluster import NODE_CLASS, NodeSpec, simulated_cluster
-from deployments.app import build_model_app
+from deployments.app import build_gateway_app, build_model_app
 from tests.cluster.conftest import SERVE_ENV, SimCluster
+from tests.cluster.env_probes import OLD_HUB, env_view, fetch_under_old_hub
 from tests.conftest import TEST_ENV
 
 NODES = (
@@ -42,6 +50,8 @@ EIGHTS = ["eight-a", "eight-b", "eight-c"]
 KIMI = load_catalog("production").get("kimi-k2")
 MINILM = load_catalog("demo").get("all-minilm-l6-v2")
 PIN = {"CANDLE_TEST_PIN": "pinned-app-only"}
+# A small pure-Python package at a version the base env does not have, which nothing candle runs imports.
+PIP_PIN = "bidict==0.23.1"
 ON_HEAD = {NODE_CLASS: "cpu"}
 CATALOG = {
     "models": [
@@ -49,7 +59,7 @@ CATALOG = {
         MINILM.model_dump()
         | {
             "name": "pinned-env",
-            "runtime_env": {"env_vars": PIN},
+            "runtime_env": {"env_vars": PIN, "pip": [PIP_PIN]},
             "resources": {"label_selector": {NODE_CLASS: "cpu"}},
         },
     ]
@@ -62,31 +72,37 @@ def wide(tiny_store: Path, hub_server: LocalHub, tmp_path_factory: pytest.TempPa
     cache_root = tmp_path_factory.mktemp("node-caches")
     env = {**TEST_ENV, **SERVE_ENV, "HF_ENDPOINT": hub_server.endpoint}
     with simulated_cluster(NODES, env, cache_root=cache_root) as (cluster, ids):
+        session = Path(cluster.head_node.get_session_dir_path())
         yield SimCluster(cluster, ids, cache_root, hub_server)
+    # Each pip runtime_env is a copy of the whole base virtualenv (about 3 GB here), which Ray leaves
+    # in the session folder after shutdown.
+    shutil.rmtree(session / "runtime_resources", ignore_errors=True)
 
 
 def replica_view(replica: object) -> dict[str, str | None]:
-    """Runs inside a replica (through ``__ray_call__``): its node, and its own view of the pin and of candle."""
+    """:func:`env_view`, and where the replica's candle comes from."""
     import candle.download
     import deployments.base
 
-    return {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "pin": os.environ.get("CANDLE_TEST_PIN"),
-        "candle": candle.download.__file__,
-        "deployments": deployments.base.__file__,
-    }
+    return env_view(replica) | {"candle": candle.download.__file__, "deployments": deployments.base.__file__}
 
 
 @pytest.fixture(scope="module")
-def apps(wide: SimCluster) -> Iterator[dict[str, dict[str, str | None]]]:
-    """Both apps deployed as serve_config.yaml deploys models, running (weights fetched, engines loaded):
-    each one's :func:`replica_view`."""
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": free_port()})
+def gateway(wide: SimCluster) -> str:
+    port = free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def apps(gateway: str) -> Iterator[dict[str, dict[str, str | None]]]:
+    """Both apps and the gateway deployed as serve_config.yaml deploys them, running (weights fetched,
+    engines loaded): each model's :func:`replica_view`."""
     targets = [
         RunTarget(build_model_app({"catalog": CATALOG, "model": m["name"]}), name=m["name"], route_prefix=None)
         for m in CATALOG["models"]
     ]
+    targets.append(RunTarget(build_gateway_app({"catalog": CATALOG}), name="gateway"))
     serve.run_many(targets)
     try:
         replicas = {  # Serve names them SERVE_REPLICA::<app>#<deployment>#<id>, in its namespace
@@ -96,6 +112,7 @@ def apps(wide: SimCluster) -> Iterator[dict[str, dict[str, str | None]]]:
             for actor in ray.util.list_named_actors(all_namespaces=True)
             if actor["name"].startswith("SERVE_REPLICA::")
         }
+        del replicas["gateway"]
         yield {app: ray.get(replica.__ray_call__.remote(replica_view)) for app, replica in replicas.items()}
     finally:
         for target in targets:
@@ -140,8 +157,42 @@ def test_the_prefetch_job_warms_every_node_the_replica_may_span(
 
 def test_a_model_runtime_env_reaches_its_replica_only(apps: dict[str, dict[str, str | None]]):
     assert (apps["pinned-env"]["pin"], apps["kimi-shaped"]["pin"]) == (PIN["CANDLE_TEST_PIN"], None)
+    assert (apps["pinned-env"]["bidict"], apps["kimi-shaped"]["bidict"]) == ("0.23.1", version("bidict"))
     root = str(Path(__file__).resolve().parents[2])  # this checkout's candle, also under the runtime_env
     assert all(view["candle"].startswith(root) and view["deployments"].startswith(root) for view in apps.values())
+
+
+def test_a_model_with_its_own_libraries_serves_through_the_gateway(gateway: str, apps: dict[str, object]):
+    body = {"model": "pinned-env", "input": ["a cat sits on the mat", "a kitten rests on a rug"]}
+    response = httpx.post(f"{gateway}/v1/embeddings", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert [len(item["embedding"]) for item in response.json()["data"]] == [384, 384]
+
+
+def downloader_view(node_id: str) -> dict[str, str | None]:
+    downloader = ray.get_actor(downloader_name(node_id), namespace=NAMESPACE)
+    return ray.get(downloader.__ray_call__.remote(env_view))
+
+
+def test_the_downloader_a_pinned_replica_brings_up_runs_in_the_base_env(apps: dict[str, dict[str, str | None]]):
+    # Nothing else fetches on the head: its downloader was brought up for the pinned replica there.
+    view = downloader_view(apps["pinned-env"]["node_id"])
+    assert (view["pin"], view["bidict"]) == (None, version("bidict"))
+
+
+def test_a_worker_under_an_old_huggingface_hub_fetches_through_a_base_env_downloader(wide: SimCluster):
+    node = wide.node_ids["eight-c"]
+    with contextlib.suppress(ValueError):  # brought up for the old-hub worker, whatever earlier tests did here
+        ray.kill(ray.get_actor(downloader_name(node), namespace=NAMESPACE), no_restart=True)
+    env = {"pip": [OLD_HUB], "env_vars": {MODEL_RUNTIME_ENV_VAR: "old-hub"}}  # marked as placement.py marks replicas
+    task = ray.remote(fetch_under_old_hub).options(
+        num_cpus=0, runtime_env=env, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+    )
+    hub, folder = ray.get(task.remote(MINILM.repo_id))
+    assert hub == OLD_HUB.split("==")[1]
+    assert Path(folder).parent.parent.name == "models--sentence-transformers--all-MiniLM-L6-v2"
+    assert Path(folder, "config.json").is_file()
+    assert downloader_view(node)["huggingface_hub"] == version("huggingface_hub")
 
 
 @ray.remote(num_cpus=0)
