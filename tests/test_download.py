@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import time
@@ -25,6 +26,8 @@ from candle.download import (
     node_downloader,
 )
 from candle.download.client import make_request
+from candle.download.downloader import NodeDownloader
+from candle.download.factory import DownloaderActor
 from tests.conftest import GATED_REPO, HUB_TOKEN, RepoFactory
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -315,3 +318,13 @@ async def test_progress_is_exported_as_prometheus_metrics(ray_cluster, hub: Loca
             await asyncio.sleep(0.5)
     assert {k: series.get(k) for k in expected} == expected
     assert re.search(r'^ray_candle_download_source_bytes_total\{.*source="hub".*\} [1-9]', exposition, re.M)
+
+
+def test_the_downloader_actor_forwards_every_remote_method_of_the_downloader():
+    """Ray runs ``DownloaderActor`` (importable under any huggingface_hub); a coroutine added to
+    ``NodeDownloader`` and not forwarded would be unreachable from replicas and the CLI."""
+
+    def remote_methods(cls: type) -> set[str]:
+        return {n for n, f in inspect.getmembers(cls, inspect.iscoroutinefunction) if not n.startswith("_")}
+
+    assert remote_methods(NodeDownloader) == remote_methods(DownloaderActor)
