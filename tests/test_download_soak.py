@@ -335,7 +335,9 @@ async def test_soak_faults_second_writer_and_damaged_blobs(hub: LocalHub, soak_r
     print(dict(seen))
     for happened in ("fetch byte-exact", "fault corrupt", "fault drop", "hf_hub_download", "blob zero"):
         assert seen[happened] > 0, (happened, dict(seen))
-    assert seen["blob repaired"] >= seen["blob zero"] > 0, dict(seen)
+    # A blob damaged twice before a fetch repairs it counts twice here and is repaired once: that every
+    # damage was repaired is ``soak``'s own check (nothing left in ``damaged``).
+    assert seen["blob repaired"] > 0, dict(seen)
 
 
 @pytest.mark.usefixtures("restore_hf_constants")
