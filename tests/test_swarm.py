@@ -238,7 +238,7 @@ async def test_the_downloading_node_killed_mid_blob_one_node_takes_over_the_hub_
 
     ray.kill(doomed, no_restart=True)  # a's hub download and its copy to b end with its process
     if comes_back:
-        swarm.start("a")  # a's next downloader asks again (same node), with none of its predecessor's bytes
+        swarm.start("a")  # a's next downloader (same node, same cache) asks again
 
     alive = [a, b, c] if comes_back else [b, c]
     sources = await asyncio.gather(*(node.task for node in alive))
@@ -246,6 +246,8 @@ async def test_the_downloading_node_killed_mid_blob_one_node_takes_over_the_hub_
     for node in alive:
         assert swarm.copy_on(node.name) == swarm.data
     assert b.progress.starts[-1] >= 256 * 1024, "b resumed from what it had"
+    if comes_back:
+        assert a.progress.starts[0] >= 256 * 1024, "a's next downloader resumed what the dead one left"
     assert swarm.hub.stats.bytes_for(swarm.repo_id) < 2 * SIZE, "the rest of the blob came from the hub once"
     with pytest.raises(ray.exceptions.RayActorError):
         await downloading
