@@ -7,8 +7,7 @@ peers are equal, as on a real cluster where the hub is remote and the nodes' lin
 
 For each mode, a cluster of its own:
 
-- relay (``CANDLE_DOWNLOAD_RELAY=1``, opt-in): a node copies a blob from a peer while that peer
-  still receives it;
+- relay (candle's default): a node copies a blob from a peer while that peer still receives it;
 - store-and-forward (``CANDLE_DOWNLOAD_RELAY=0``): a node copies verified blobs only, spread over
   the nodes that hold one.
 

@@ -87,9 +87,37 @@ async def test_a_node_whose_upstream_died_resumes_from_the_one_before_it():
     coordinator = DownloadCoordinator()
     for node in "abc":
         await source(coordinator, node)
-    await coordinator.forget(KEY, "b")  # b died mid-blob; c could not reach it
-    assert await source(coordinator, "c", exclude=("b",)) == ("peer", "a", True)
+    await coordinator.forget(KEY, "b", url("b"))  # b died mid-blob; c could not reach it
+    assert await source(coordinator, "c", exclude=(url("b"),)) == ("peer", "a", True)
     assert await source(coordinator, "e") == ("peer", "c", True), "the chain goes on from its new end"
+
+
+async def test_a_dead_downloader_s_hub_download_goes_to_one_node_and_the_others_copy_from_it():
+    coordinator = DownloadCoordinator()
+    for node in "abc":
+        await source(coordinator, node)
+    # b's copy from a stalled but a answers: b waits for a, it does not download the blob a second time.
+    assert await source(coordinator, "b", exclude=(url("a"),)) == ("wait", "", False)
+    version = (await coordinator.claim(KEY, "d")).version
+
+    await coordinator.forget(KEY, "a", url("a"))  # now a is gone: c's upstream, b, found out
+    await asyncio.wait_for(coordinator.wait(KEY, version, 3600), timeout=5)  # waiters ask again at once
+    assert await source(coordinator, "b", exclude=(url("a"),)) == ("hub", "", False)
+    assert await source(coordinator, "c") == ("peer", "b", True)
+    assert await source(coordinator, "d") == ("peer", "c", True)
+
+
+async def test_a_downloader_that_restarted_is_not_forgotten_for_its_predecessor():
+    coordinator = DownloadCoordinator()
+    await source(coordinator, "a")
+    await source(coordinator, "b")
+    # a's downloader died and its successor (same node, a new URL) asked before b noticed.
+    restarted = "http://a-restarted/blobs/x/models--org--name/" + "a" * 64
+    assert (await coordinator.claim(KEY, "a", (), relay_url=restarted)).action == "hub"
+
+    await coordinator.forget(KEY, "a", url("a"))  # b could not reach a's predecessor
+    answer = await coordinator.claim(KEY, "b", (url("a"),), relay_url=url("b"))
+    assert (answer.action, answer.peers, answer.relay) == ("peer", {"a": restarted}, True)
 
 
 async def test_a_relay_is_never_given_a_source_that_copies_from_it():

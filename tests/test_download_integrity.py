@@ -155,6 +155,21 @@ async def test_two_downloaders_on_one_cache_publish_one_verified_blob(
     assert sorted(p.name for p in blobs.iterdir()) == sorted(blob_of(snapshots[0], rel).name for rel in source)
 
 
+async def test_the_bytes_a_killed_writer_left_are_resumed_not_downloaded_again(
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders
+):
+    source = make_repo({WEIGHTS: 4 * MB})
+    cache = RepoCache(tmp_path / f"models--{repo_name.replace('/', '--')}")
+    f = remote_file(source, WEIGHTS)
+    cache.blobs.mkdir(parents=True)
+    # A downloader killed mid-blob leaves its transfer's file (a name of its own) and nothing else.
+    cache.partial_path(f).write_bytes(source[WEIGHTS].read_bytes()[: 3 * MB])
+
+    assert_byte_exact(await fetch(downloaders(), hub, repo_name, tmp_path), source)
+    assert hub.stats.body_bytes[(repo_name, WEIGHTS)] == 1 * MB, "only the bytes the dead writer had not"
+    assert not list(cache.blobs.glob("*.incomplete"))
+
+
 @pytest.mark.parametrize("first", ["candle", "huggingface_hub"])
 async def test_candle_and_hf_hub_download_race_on_one_cache(
     hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, downloaders: Downloaders, first: str

@@ -7,6 +7,7 @@ fails the way the case at hand does (a disk that fills up cannot be made on this
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,3 +133,27 @@ async def test_a_peer_that_fails_the_copy_is_forgotten(holder: Holder, tmp_path:
     finally:
         sources.close()
     assert holder.node not in await holders(holder)
+
+
+async def test_a_node_whose_copy_from_the_live_downloader_failed_tries_it_again_not_the_hub(
+    holder: Holder, tmp_path: Path
+):
+    (url,) = (u for _, u in holder.server.holdings())
+    actor = coordinator(False, 60)
+    await actor.forget.remote(holder.key, holder.node, url)
+    assert (await actor.claim.remote(holder.key, holder.node, (), url)).action == "hub"  # a downloads, relaying
+    # b waits stall_timeout * 3 for a's download to change before it asks again.
+    sources = ClusterSources(DownloaderSettings(stall_timeout=0.5), "b-" + uuid.uuid4().hex, "127.0.0.1")
+    cache = RepoCache(tmp_path / "b" / f"models--{holder.key[1].replace('/', '--')}")
+    calls: list[str] = []
+
+    async def transfer(source: str, headers: dict[str, str], _: DownloaderSettings) -> None:
+        calls.append(source)
+        if len(calls) == 1:
+            raise TransferFailed("sourcing", FILE.path, "ReadTimeout after 1 attempts")  # a answers: not to blame
+
+    try:
+        assert await asyncio.wait_for(obtain(sources, holder, cache, transfer), 30) == "relay"
+    finally:
+        sources.close()
+    assert calls == [url, url], "from a again once it had waited for a, never from the hub"

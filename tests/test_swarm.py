@@ -3,6 +3,8 @@
 Each node here is a real ``ClusterSources`` (its own peer server and cache folder) against the
 session's coordinator, the test hub and real transfers (``download_verified``); a node "dies" by
 closing its peer server, which cuts the copies it serves, while the coordinator still lists it.
+A node whose hub download must die with it runs in a process of its own (``NodeProcess``), which
+the test kills.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import ray
 from huggingface_hub import constants, hf_hub_url
 
 from candle.demo.hub import LocalHub
 from candle.download.cache_layout import RepoCache
 from candle.download.config import DownloaderSettings
 from candle.download.coordinator import coordinator
+from candle.download.hf_internals import tune_transfers
 from candle.download.listing import RemoteFile
 from candle.download.progress import FileProgress
 from candle.download.sourcing import BlobJob, ClusterSources
@@ -30,6 +34,7 @@ from tests.conftest import RepoFactory
 SIZE = 4 * 1024 * 1024
 HUB_RATE = 2 * 1024 * 1024  # bytes/s per hub connection: the first node takes ~2 s, long enough to relay
 SETTINGS = DownloaderSettings(stall_timeout=5, backoff_base=0.2, max_attempts=3, relay=True)
+CHUNK = 64 * 1024  # as the download actor sets it (tune_transfers): bytes reach disk and progress as they arrive
 
 
 class RecordingProgress(FileProgress):
@@ -103,9 +108,7 @@ def remote_file(path: str, data: bytes) -> RemoteFile:
 def swarm(
     ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Swarm]:
-    # What the download actor sets for its process (tune_transfers): bytes land on disk, and in the
-    # progress, as they arrive, not once per 10 MB.
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", SETTINGS.stall_timeout)
     files = make_repo({"model.safetensors": SIZE})
     data = files["model.safetensors"].read_bytes()
@@ -129,13 +132,33 @@ def swarm(
             node.sources.close()
 
 
-async def until_received(node: Node, n: int) -> None:
+@ray.remote(num_cpus=0)
+class NodeProcess:
+    """A node in a process of its own, killed as a machine dies: its hub download and the copies it
+    serves stop at once, and it tells the coordinator nothing."""
+
+    def __init__(self, node_id: str, folder: str, repo_id: str, f: RemoteFile, hub_url: str) -> None:
+        tune_transfers(read_timeout_s=SETTINGS.stall_timeout, chunk_size=CHUNK)
+        sources = ClusterSources(SETTINGS, node_id, "127.0.0.1")
+        self.node = Node(node_id, sources, RepoCache(Path(folder)), RecordingProgress(f.path, f.size))
+        sources.expose(self.node.cache.folder.parent)
+        self.args = (repo_id, f, hub_url)
+
+    async def obtain(self) -> str:
+        return await self.node.start(*self.args)
+
+    async def received(self) -> int:
+        return self.node.progress.done
+
+
+async def until_received(node: Node | ray.actor.ActorHandle, n: int) -> None:
     """Wait until ``node`` has ``n`` bytes of the blob (a guard, not a measurement: the hub paces it)."""
     for _ in range(3000):
-        if node.progress.done >= n:
+        done = node.progress.done if isinstance(node, Node) else await node.received.remote()
+        if done >= n:
             return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"node {node.name} never received {n} bytes (has {node.progress.done})")
+    raise AssertionError(f"node {node} never received {n} bytes (has {done})")
 
 
 async def test_nodes_copy_from_relays_while_the_first_downloads_and_all_copies_are_exact(swarm: Swarm):
@@ -197,3 +220,34 @@ async def test_a_peer_that_sends_wrong_bytes_is_dropped_and_the_blob_is_right(sw
     assert swarm.copy_on("b") == swarm.data
     answer = await coordinator(False, 60).claim.remote(("model", swarm.repo_id, swarm.file.etag), "e")
     assert a.sources.node_id not in answer.peers and b.sources.node_id in answer.peers
+
+
+@pytest.mark.parametrize("comes_back", [False, True], ids=["node-dies", "downloader-restarts"])
+async def test_the_downloading_node_killed_mid_blob_one_node_takes_over_the_hub_download(
+    swarm: Swarm, comes_back: bool
+):
+    a, b, c = (swarm.nodes[name] for name in "abc")
+    doomed = NodeProcess.remote(a.sources.node_id, str(a.cache.folder), swarm.repo_id, swarm.file, swarm.hub_url)
+    downloading = doomed.obtain.remote()
+    await until_received(doomed, 256 * 1024)
+    swarm.start("b")
+    await until_received(b, 256 * 1024)
+    swarm.start("c")
+    await until_received(c, 256 * 1024)
+    assert (b.progress.upstream, c.progress.upstream) == (a.sources.node_id, b.sources.node_id)
+
+    ray.kill(doomed, no_restart=True)  # a's hub download and its copy to b end with its process
+    if comes_back:
+        swarm.start("a")  # a's next downloader (same node, same cache) asks again
+
+    alive = [a, b, c] if comes_back else [b, c]
+    sources = await asyncio.gather(*(node.task for node in alive))
+    assert sources.count("hub") == 1, f"exactly one node took over the hub download: {sources}"
+    for node in alive:
+        assert swarm.copy_on(node.name) == swarm.data
+    assert b.progress.starts[-1] >= 256 * 1024, "b resumed from what it had"
+    if comes_back:
+        assert a.progress.starts[0] >= 256 * 1024, "a's next downloader resumed what the dead one left"
+    assert swarm.hub.stats.bytes_for(swarm.repo_id) < 2 * SIZE, "the rest of the blob came from the hub once"
+    with pytest.raises(ray.exceptions.RayActorError):
+        await downloading

@@ -66,6 +66,21 @@ class RepoCache:
         """A new name for one transfer's bytes: no other writer ever appends to it."""
         return self.blobs / f"{f.etag}.{uuid.uuid4().hex[:12]}.incomplete"
 
+    def adopt_orphan(self, f: RemoteFile, partial: Path) -> None:
+        """Continue the largest transfer of ``f`` a dead writer left here: rename it to ``partial``.
+
+        Call with the blob's lock held and ``partial`` not started: every live writer holds that
+        lock while it writes, so another transfer's file left here is an orphan (a downloader
+        killed mid-blob), and its successor resumes it instead of asking the hub for those bytes
+        again. Its bytes are verified with the rest before the blob is published.
+        """
+        if partial.exists():
+            return
+        orphans = [p for p in self.blobs.glob(f"{f.etag}.*.incomplete") if p != partial]
+        sizes = {p: size for p in orphans if (size := _size(p)) is not None and size <= f.size}
+        if sizes:
+            max(sizes, key=sizes.__getitem__).rename(partial)
+
     def snapshot_dir(self, commit: str) -> Path:
         return self.folder / "snapshots" / commit
 
@@ -92,6 +107,14 @@ class RepoCache:
 
     def write_ref(self, revision: str, commit: str) -> None:
         record_ref(self.folder, revision, commit)
+
+
+def _size(path: Path) -> int | None:
+    """The file's size, or None once it is gone (another writer's, cleaned up meanwhile)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 @contextmanager

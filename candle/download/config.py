@@ -77,9 +77,7 @@ class DownloaderSettings:
     shared_cache: bool = False  # HF_HOME on a network filesystem: one node downloads, the others wait
     takeover_after_s: float = 60.0  # a hub download that reports nothing this long is given to another node
     peer_bandwidth: float = 0.0  # bytes/s cap on this node's total upload to peers (0: none)
-    # Serve a blob to peers while it arrives (pipelined copies). Opt-in: with a node killed mid-blob,
-    # relayed copies can still fetch a blob from the hub more than once (tests/cluster/test_kills.py).
-    relay: bool = False
+    relay: bool = True  # serve a blob to peers while it arrives (pipelined copies); off: store-and-forward
     peer_host: str = ""  # address the peer server binds and advertises (default: the node's Ray IP)
 
     @classmethod

@@ -5,7 +5,8 @@ For a blob (repo, etag) a node's downloader asks ``claim``. The answer is one of
 - ``hub``: nobody has it or is fetching it: this node downloads it from the hub (and is recorded
   as the one doing so);
 - ``peer``: copy it from this node (``peers`` names one), which holds a verified copy or, with
-  ``relay`` set, is still receiving it; if that fails, claim again with it excluded;
+  ``relay`` set, is still receiving it; if that fails, claim again with its URL excluded (a URL,
+  not a node: a downloader that restarts serves at a new one, and is a source again);
 - ``wait``: another node is downloading it: wait for that (``wait`` with the answer's ``version``,
   so a download that ends between the two calls is not missed), then claim again;
 - ``shared``: the cache is shared (``HF_HOME`` on a network filesystem): the blob is already in it,
@@ -19,8 +20,14 @@ from whom, and counts each node's uploads over all blobs: a new node gets the so
 fewest uploads (a verified holder on a tie), and never one whose own bytes come, through the
 chain, from the node asking (no cycles) or from a chain that no longer reaches the hub download or
 a holder. With everybody asking at once this is a chain: every uplink carries one copy, the
-hub's carries one. A claim without ``relay_url`` (``CANDLE_DOWNLOAD_RELAY=0``) is store-and-forward:
-it waits for the hub download and copies verified blobs only, spread over their holders.
+hub's carries one. When a node dies mid-blob, the first of its downstream nodes to find it gone
+(``forget`` with the URL that failed) ends its place in the chain, and its hub download with it:
+that node's next claim takes the hub download over, resuming from the bytes it has, and every other
+node resumes from a source still fed (the new downloader's chain, or a holder). A node that only
+excludes the downloader (its copy stalled, but it answers) waits for it instead: the hub is never
+asked twice because a copy was slow. A claim without ``relay_url`` (``CANDLE_DOWNLOAD_RELAY=0``)
+is store-and-forward: it waits for the hub download and copies verified blobs only, spread over
+their holders.
 
 With a shared cache the first claimant downloads and everybody else waits, then links. The
 coordinator holds only soft state: every answer carries its ``epoch``, and a downloader that sees
@@ -98,7 +105,10 @@ class DownloadCoordinator:
     async def claim(
         self, key: BlobKey, node_id: str, exclude: tuple[str, ...] = (), relay_url: str | None = None
     ) -> Claim:
-        """Where ``node_id`` gets the blob; with ``relay_url`` it serves it there to others meanwhile."""
+        """Where ``node_id`` gets the blob; with ``relay_url`` it serves it there to others meanwhile.
+
+        ``exclude``: URLs of copies that failed for this node (it is not sent to them again).
+        """
         blob = self._blob(key)
         self._release(blob, node_id)  # asking again: it no longer copies from what it was given before
         decision = self._decide(blob, node_id, exclude, relay_url is not None)
@@ -115,16 +125,16 @@ class DownloadCoordinator:
         if self.shared_cache and blob.holders:
             return Claim("shared", holders=tuple(blob.holders))
         # Never with a shared cache: there any holder already answered "shared".
-        candidates = [n for n in blob.holders if n != node_id and n not in exclude]
+        candidates = [n for n, url in blob.holders.items() if n != node_id and url not in exclude]
         if relay:
-            candidates += [n for n in blob.relays if n not in exclude and self._fed(blob, n, node_id)]
+            candidates += [n for n, url in blob.relays.items() if url not in exclude and self._fed(blob, n, node_id)]
         if candidates:
             best = min(candidates, key=lambda n: (self._uploads[n], n not in blob.holders))
             if best in blob.holders:
                 return Claim("peer", peers={best: blob.holders[best]})
             return Claim("peer", peers={best: blob.relays[best]}, relay=True)
         stale = blob.downloader is not None and time.monotonic() - blob.since > self.takeover_after_s
-        if blob.downloader not in (None, node_id) and not stale and blob.downloader not in exclude:
+        if blob.downloader not in (None, node_id) and not stale:  # a dead one was forgotten (see ``forget``)
             return Claim("wait", node=blob.downloader)
         if time.monotonic() < self._grace_until:
             return Claim("wait")  # a download the previous coordinator knew may still run
@@ -175,11 +185,22 @@ class DownloadCoordinator:
     async def failed(self, key: BlobKey, node_id: str) -> None:
         self._settle(key, node_id)
 
-    async def forget(self, key: BlobKey, node_id: str) -> None:
-        """A peer could not serve the blob (gone or broken): stop sending others to it."""
+    async def forget(self, key: BlobKey, node_id: str, url: str | None = None) -> None:
+        """A peer could not serve its copy at ``url`` (gone or broken): stop sending others to it.
+
+        Only that copy is forgotten: a node whose downloader restarted serves at a new URL, and
+        keeps the download it claimed again (``None``: any copy, for a shared cache's holders). A
+        relay that was the hub downloader took that download with it: it is free for the next
+        claim, and the nodes waiting for it ask again now rather than after their time-out.
+        """
         blob = self._blob(key)
-        blob.holders.pop(node_id, None)
-        self._release(blob, node_id)
+        if url in (None, blob.holders.get(node_id)):
+            blob.holders.pop(node_id, None)
+        if url in (None, blob.relays.get(node_id)):
+            self._release(blob, node_id)
+            if blob.downloader == node_id:
+                blob.downloader = None
+                self._changed(blob)
 
     def _blob(self, key: BlobKey) -> _Blob:
         return self._blobs.setdefault(tuple(key), _Blob())  # type: ignore[arg-type]
@@ -189,10 +210,15 @@ class DownloadCoordinator:
         self._release(blob, node_id)
         if blob.downloader == node_id:
             blob.downloader = None
+        self._changed(blob)
+        return blob
+
+    @staticmethod
+    def _changed(blob: _Blob) -> None:
+        """Wake the nodes waiting on the blob; a wait begun after this returns at once (new version)."""
         blob.version += 1
         blob.changed.set()
         blob.changed = asyncio.Event()
-        return blob
 
 
 def _is_restarted_actor() -> bool:

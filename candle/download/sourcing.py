@@ -107,6 +107,7 @@ class ClusterSources:
                 continue
             if action == "wait":
                 await self._call("wait", key, decision.version, self.settings.stall_timeout * 3)
+                tried.clear()  # those still offered answered (the dead were forgotten): worth a new try
                 continue
             if action == "hub":
                 progress.came_from("hub")
@@ -122,9 +123,9 @@ class ClusterSources:
                 raise  # ours, not the peer's: no other source has more room
             except DownloadError as e:
                 logger.warning("%s: %s %s could not serve it (%s); trying elsewhere", f.path, kind, node[:12], e.detail)
-                tried.append(node)
+                tried.append(url)  # this copy, not the node: a restarted downloader there is a new source
                 if isinstance(e, IntegrityError) or not await asyncio.to_thread(self._serves, url):
-                    await self._call("forget", key, node)  # the peer is to blame: nobody else should try it
+                    await self._call("forget", key, node, url)  # the peer is to blame: nobody else should try it
                 continue
             return kind
 

@@ -66,12 +66,14 @@ def download_verified(
 ) -> None:
     """Fetch ``f`` into ``cache``, verified, or raise a typed error naming the repo and file.
 
-    ``partial`` is this transfer's own file: every attempt (and every source) resumes it.
+    ``partial`` is this transfer's own file: every attempt (and every source) resumes it, and its
+    first one what a killed writer of the blob left behind.
     """
     with cache_errors(repo_id, f.path), cache.lock(f):
         if verify_published(cache.blob_path(f), cache.record_path(f), f):
             return  # another writer published it while we waited for the lock
         cache.blobs.mkdir(parents=True, exist_ok=True)
+        cache.adopt_orphan(f, partial)
         failures = 0
         while True:
             progress.state = "downloading"

@@ -65,9 +65,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
 @pytest.fixture(scope="module")
 def cluster(hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, dict[str, str], Path]]:
     caches = tmp_path_factory.mktemp("caches")
-    # Relaying on for the relay test (it is opt-in); test_kills.py runs the default.
-    env = {**ENV, "CANDLE_DOWNLOAD_RELAY": "1", "HF_ENDPOINT": hub.endpoint}
-    with simulated_cluster(NODES, env, cache_root=caches) as (sim, ids):
+    with simulated_cluster(NODES, {**ENV, "HF_ENDPOINT": hub.endpoint}, cache_root=caches) as (sim, ids):
         yield sim, ids, caches
 
 

@@ -2,7 +2,9 @@
 byte-exact, and no blob a peer held (or was fetching) is downloaded from the hub a second time.
 
 Each test throttles the hub for its repo so the kill lands while bytes are moving, and waits for the
-first bytes before it kills (never a sleep): the kill is mid-transfer on every run.
+first bytes before it kills (never a sleep): the kill is mid-transfer on every run. While the other
+nodes' fetches start (their downloaders may take seconds to start), the hub trickles, so the first
+node cannot finish before the kill however slow the machine is.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.cluster
 
 SIZE = 16 * MB
 HUB_RATE = 4 * MB  # 4 s per blob from the hub
+SETUP_RATE = MB // 4  # while the others start: 64 s per blob
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +61,13 @@ def first_and_waiters(
 ) -> tuple[dict[str, Path], ray.ObjectRef, list[ray.ObjectRef]]:
     """A fetch on ``first`` that is receiving hub bytes, and fetches on ``others`` that have asked too."""
     source = slow_repo(hub, repo_id)
+    hub.state.throttles[repo_id] = SETUP_RATE
     first_fetch = start(ids, first, repo_id)
     wait_for_bytes(ids[first], repo_id)
     waiters = [start(ids, node, repo_id) for node in others]
     for node in set(others) - {first}:
         wait_for_progress_entry(ids[node], repo_id)
+    hub.state.throttles[repo_id] = HUB_RATE
     return source, first_fetch, waiters
 
 
