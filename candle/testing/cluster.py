@@ -83,14 +83,32 @@ def simulated_cluster(
         # which another Ray instance on the machine may hold (then every job submission is refused).
         ports = {"dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()}
         head_args |= {"dashboard_host": "127.0.0.1", **ports}
-    cluster = Cluster(initialize_head=True, head_node_args=head_args)
+    worker_args = [_node_args(node, base_env, cache_root) for node in workers]
+    cluster, node_ids = _start(head_args, worker_args)
     try:
-        ids = {head.name: cluster.head_node.node_id}
-        for node in workers:
-            ids[node.name] = cluster.add_node(**_node_args(node, base_env, cache_root)).node_id
-        cluster.wait_for_nodes()
+        ids = dict(zip([n.name for n in nodes], node_ids, strict=True))
         ray.init(address=cluster.address, namespace=namespace)
         yield cluster, ids
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+# Ray gives a new raylet a fixed 30 s to register (``ray._private.node``); on two busy cores that can
+# pass, and Ray raises this. One more start from scratch is cheaper than a failed module of tests.
+_SLOW_START = "timed out during startup"
+
+
+def _start(head_args: dict[str, Any], worker_args: list[dict[str, Any]], retries: int = 1) -> tuple[Cluster, list[str]]:
+    """A started cluster and its node ids (head first), started again if a raylet was too slow."""
+    cluster = Cluster()
+    try:
+        node_ids = [cluster.add_node(**head_args).node_id]
+        node_ids += [cluster.add_node(**args).node_id for args in worker_args]
+        cluster.wait_for_nodes()
+        return cluster, node_ids
+    except Exception as e:
+        cluster.shutdown()
+        if retries and _SLOW_START in str(e):
+            return _start(head_args, worker_args, retries - 1)
+        raise
