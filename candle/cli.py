@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from candle.contracts import RepoProgressRecord
-from candle.download.client import fetch_request, make_request
+from candle.download.client import make_request
 from candle.download.config import caller_hub_access
-from candle.download.remote_code import fetch_with_code
+from candle.download.remote_code import fetch_model
 from candle.download.status import cluster_progress
 from candle.raycluster import connect, error_line
 
@@ -42,9 +42,8 @@ async def _prefetch(args: argparse.Namespace) -> str:
         bar.n = progress.bytes_done
         bar.refresh()
 
-    fetch = fetch_with_code if args.trust_remote_code else fetch_request
     with bar:
-        folder = await fetch(request, show, PROGRESS_INTERVAL_S)
+        folder = await fetch_model(request, args.trust_remote_code, show, PROGRESS_INTERVAL_S)
         bar.n = bar.total or bar.n
     return str(folder)
 

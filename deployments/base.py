@@ -20,9 +20,9 @@ from starlette.concurrency import iterate_in_threadpool
 
 from candle.catalog import ModelSpec
 from candle.contracts import ChatEngine, RepoProgressRecord, TextChunk, TextStream
-from candle.download.client import fetch_request, make_request, node_downloader
+from candle.download.client import make_request, node_downloader
 from candle.download.config import FetchRequest
-from candle.download.remote_code import fetch_with_code
+from candle.download.remote_code import fetch_model
 from candle.engines import load_engine
 from candle.placement import replica_resources
 
@@ -68,9 +68,8 @@ class ModelReplica:
             token=os.environ.get("HF_TOKEN") or None,
         )
         # With remote code, also the repos its auto_map names, so transformers finds them cached.
-        fetch = fetch_with_code if self.spec.trust_remote_code else fetch_request
         # on_progress says what the replica waits for, instead of looking hung.
-        folder = await fetch(request, self._log_progress, PROGRESS_LOG_INTERVAL_S)
+        folder = await fetch_model(request, self.spec.trust_remote_code, self._log_progress, PROGRESS_LOG_INTERVAL_S)
         await fetch_on_other_stage_nodes(self.spec, replace(request, revision=folder.name))
         fetched = time.monotonic()
         self.engine = await asyncio.to_thread(load_engine, self.spec, folder)

@@ -58,10 +58,15 @@ def code_requests(folder: Path, model: FetchRequest) -> list[FetchRequest]:
     ]
 
 
-async def fetch_with_code(
-    request: FetchRequest, on_progress: ProgressCallback | None = None, progress_interval_s: float = 1.0
+async def fetch_model(
+    request: FetchRequest,
+    remote_code: bool,
+    on_progress: ProgressCallback | None = None,
+    progress_interval_s: float = 1.0,
 ) -> Path:
-    """Fetch the model, then the code of every repo its auto_maps reference; the model's snapshot folder."""
+    """Fetch the model and, with ``remote_code``, then the code of every repo its auto_maps reference;
+    the model's snapshot folder."""
     folder = await fetch_request(request, on_progress, progress_interval_s)
-    await asyncio.gather(*(fetch_request(code) for code in code_requests(folder, request)))
+    if remote_code:
+        await asyncio.gather(*(fetch_request(code) for code in code_requests(folder, request)))
     return folder

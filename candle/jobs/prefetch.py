@@ -27,9 +27,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from candle.catalog import Catalog, load_catalog
 from candle.contracts import RepoProgressRecord
-from candle.download.client import fetch_request, make_request
+from candle.download.client import make_request
 from candle.download.config import FetchRequest, HubAccess, caller_hub_access
-from candle.download.remote_code import fetch_with_code
+from candle.download.remote_code import fetch_model
 from candle.placement import NodeInfo, hosting_nodes, replica_resources
 from candle.raycluster import connect, error_line
 
@@ -99,8 +99,7 @@ def warm(
     updates: list[RepoProgressRecord] = []
     loop = asyncio.new_event_loop()
     try:
-        fetch = fetch_with_code if remote_code else fetch_request
-        fetching = loop.create_task(fetch(request, updates.append, progress_interval_s))
+        fetching = loop.create_task(fetch_model(request, remote_code, updates.append, progress_interval_s))
         while not fetching.done():
             loop.run_until_complete(asyncio.wait({fetching}, timeout=progress_interval_s))
             batch, updates[:] = updates[:], []
