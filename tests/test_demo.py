@@ -77,9 +77,9 @@ def running_demo(hub_store: Path, home: Path, *options: str) -> Iterator[Demo]:
             [str(Path(sys.executable).with_name("candle")), "demo", "--port", str(port), *options],
             env=env,
             start_new_session=True,  # its own process group, as a terminal's foreground job has
-            # A shell running tests in the background ignores SIGINT for its children; a terminal's
-            # foreground job does not.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            # Started with SIGINT ignored, as a script's background job is (``make demo &``): Ctrl-C
+            # to the group must stop it all the same, ``serve run`` included.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

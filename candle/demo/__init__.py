@@ -75,6 +75,9 @@ def _run_until_interrupted(command: list[str], env: dict[str, str]) -> int:
     after every demo); signalled alone, ``serve run`` shuts its local cluster down cleanly. A second
     Ctrl-C kills it.
     """
+    # A shell's background job inherits SIGINT ignored, and exec keeps it so: ``serve run`` would
+    # then ignore the SIGINT handed to it. Handled here, it is the default again in the child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     process = subprocess.Popen(command, env=env, start_new_session=True)
     signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGINT))
     try:
