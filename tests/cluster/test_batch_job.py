@@ -24,7 +24,6 @@ from typing import TypeVar
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 from ray import serve
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -38,6 +37,7 @@ from candle.engines.text import TransformersTextEngine
 from candle.testing import free_port
 from deployments.app import build_model_app
 from tests.cluster.conftest import SimCluster
+from tests.replica_threads import replica_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 MINILM, CODER, SD3 = "all-minilm-l6-v2", "qwen3-coder-tiny", "sd3.5-turbo-tiny"
@@ -105,14 +105,10 @@ def vectors(tiny_store: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def answers(tiny_store: Path) -> list[str]:
     """Greedy answers of the tiny Qwen3-Coder, in this process, on one thread like the replica's."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with replica_threads():
         engine = TransformersTextEngine(tiny_store / TINY_MODELS["qwen3"], load_catalog("demo").get(CODER))
         params = GenerationParams(max_tokens=ANSWER_TOKENS, temperature=0.0)
         return ["".join(c.text for c in engine.complete(CompletionCall(p, params))) for p in PROMPTS]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def write_rows(path: Path, rows: list[dict], bad: dict) -> Path:
