@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,9 +105,9 @@ def remote_file(path: str, data: bytes) -> RemoteFile:
 
 
 @pytest.fixture
-def swarm(
+async def swarm(
     ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Swarm]:
+) -> AsyncIterator[Swarm]:
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", SETTINGS.stall_timeout)
     files = make_repo({"model.safetensors": SIZE})
@@ -123,8 +123,7 @@ def swarm(
         )
         for name in "abcd"
     }
-    for node in nodes.values():
-        node.sources.expose(node.cache.folder.parent)
+    await asyncio.gather(*(node.sources.expose(node.cache.folder.parent) for node in nodes.values()))
     try:
         yield Swarm(repo_name, remote_file("model.safetensors", data), data, hub, nodes)
     finally:
@@ -141,10 +140,10 @@ class NodeProcess:
         tune_transfers(read_timeout_s=SETTINGS.stall_timeout, chunk_size=CHUNK)
         sources = ClusterSources(SETTINGS, node_id, "127.0.0.1")
         self.node = Node(node_id, sources, RepoCache(Path(folder)), RecordingProgress(f.path, f.size))
-        sources.expose(self.node.cache.folder.parent)
         self.args = (repo_id, f, hub_url)
 
     async def obtain(self) -> str:
+        await self.node.sources.expose(self.node.cache.folder.parent)
         return await self.node.start(*self.args)
 
     async def received(self) -> int:
@@ -251,3 +250,21 @@ async def test_the_downloading_node_killed_mid_blob_one_node_takes_over_the_hub_
     assert swarm.hub.stats.bytes_for(swarm.repo_id) < 2 * SIZE, "the rest of the blob came from the hub once"
     with pytest.raises(ray.exceptions.RayActorError):
         await downloading
+
+
+async def test_a_restarted_downloader_tells_the_coordinator_what_its_node_holds(swarm: Swarm):
+    """A restarted downloader serves its node's blobs at a new URL: its first fetch of the repo (all
+    cached, so it claims nothing) announces them, and other nodes copy from it, not from the hub."""
+    a, b = swarm.nodes["a"], swarm.nodes["b"]
+    assert await swarm.start("a") == "hub"
+    a.sources.close()  # a's downloader dies; its successor on the same node serves the same cache
+    a.sources = ClusterSources(SETTINGS, a.sources.node_id, "127.0.0.1")
+
+    announced = a.sources.expose(a.cache.folder.parent)  # what its first fetch of the repo does
+    assert announced is not None
+    await announced
+
+    assert await swarm.start("b") == "peer"
+    assert b.progress.upstream == a.sources.node_id
+    assert swarm.copy_on("b") == swarm.data
+    assert swarm.hub.stats.bytes_for(swarm.repo_id) == SIZE, "the hub served the blob once"

@@ -62,10 +62,31 @@ class ClusterSources:
         self.server = PeerServer(host, self.secret, settings.peer_bandwidth or None)
         self._coordinator = None
         self._epoch: str | None = None
+        self._exposed: set[Path] = set()
+        self._announcing: set[asyncio.Task[None]] = set()
 
-    def expose(self, cache_dir: Path) -> None:
-        """Let peers copy verified blobs of this cache folder."""
+    def expose(self, cache_dir: Path) -> asyncio.Task[None] | None:
+        """Let peers copy verified blobs of this cache folder; returns the announcement of a new folder.
+
+        A downloader restarted on a node serves the blobs already there at a new URL. Its first
+        fetch of a cached repo claims nothing, so the coordinator would only learn that URL on some
+        later claim, and meanwhile send nodes to the dead one and then to the hub. The folder's blobs
+        are announced at once instead, in the background: a fetch of cached weights never waits on
+        the coordinator.
+        """
+        if cache_dir in self._exposed:
+            return None
+        self._exposed.add(cache_dir)
         self.server.add_root(str(cache_dir))
+        task = asyncio.get_running_loop().create_task(self.announce())
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+        return task
+
+    async def announce(self) -> None:
+        """Register every verified blob this node serves, and the URL it serves it at, with the coordinator."""
+        holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop
+        self._epoch = await self._call("register", self.node_id, holdings)
 
     def blob_url(self, cache: RepoCache, f: RemoteFile) -> str:
         return self.server.blob_url(str(cache.folder.parent), cache.folder.name, f.etag)
@@ -157,9 +178,7 @@ class ClusterSources:
     async def _claim(self, key: BlobKey, tried: list[str], relay_url: str | None) -> Claim | None:
         decision = await self._call("claim", key, self.node_id, tuple(tried), relay_url)
         if decision is not None and decision.epoch != self._epoch:
-            # A coordinator we have not told about our blobs (new, or restarted): tell it now.
-            holdings = await asyncio.to_thread(self.server.holdings)  # a directory walk: off the actor's loop
-            self._epoch = await self._call("register", self.node_id, holdings)
+            await self.announce()  # a coordinator we have not told about our blobs (new, or restarted)
         return decision
 
     async def _call(self, method: str, *args: object) -> object | None:
