@@ -216,3 +216,22 @@ def test_autoscaling_contradictions_are_refused(extra, error):
     entry = {"name": "a", "capability": "text-embedding", "repo_id": "x/y", "autoscaling": {"min_replicas": 0}}
     with pytest.raises(ValueError, match=error):
         load_catalog({"models": [{**entry, **extra}]})
+
+
+@pytest.mark.parametrize(
+    ("runtime_env", "named"),
+    [
+        ({"env_vars": {"HF_TOKEN": "hf_secretvalue123"}}, "env_vars.HF_TOKEN"),
+        ({"env_vars": {"OPENAI_API_KEY": "sk-secretvalue123"}}, "env_vars.OPENAI_API_KEY"),
+        ({"pip": ["--extra-index-url https://me:secretvalue123@pypi.example/simple", "six"]}, "pip"),
+        ({"uv": {"packages": ["six"], "uv_pip_install_options": ["--index-url=https://me:secretvalue123@x/"]}}, "uv"),
+    ],
+)
+def test_a_secret_in_a_model_runtime_env_is_refused_without_echoing_it(runtime_env: dict, named: str):
+    """A runtime_env is shown by Ray's dashboard and ``serve status``: a token there is a token leaked.
+    Replicas need none (the node's downloader fetches with the node's HF_TOKEN)."""
+    entry = {"name": "m", "capability": "text-embedding", "repo_id": "o/m", "runtime_env": runtime_env}
+    with pytest.raises(ValueError, match=f"runtime_env {re.escape(named)}") as refused:
+        load_catalog({"models": [entry]})
+    assert "secretvalue123" not in str(refused.value)
+    load_catalog({"models": [entry | {"runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}]})

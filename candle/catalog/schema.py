@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,11 +24,16 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # What a model's own Ray runtime_env may set: its libraries and environment. Where candle's code comes
 # from (working_dir, py_modules) is the cluster's business: a model's entry must not swap it out.
 RUNTIME_ENV_FIELDS = frozenset({"pip", "uv", "conda", "env_vars"})
+# A runtime_env is shown by Ray's dashboard and `serve status`: no secret may ride in one. Replicas need
+# none: the node's downloader fetches with the node's HF_TOKEN.
+_SECRET_NAME = re.compile(r"(?:^|_)(?:TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIALS)$", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"://[^/\s@]+@")
 _warned_unpinned: set[tuple[str, str, str | None]] = set()
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Errors name the field and say what is wrong, never echo the value: it may be a secret.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class Resources(Strict):
@@ -157,6 +163,18 @@ class ModelSpec(Strict):
         unknown = sorted(set(value) - RUNTIME_ENV_FIELDS)
         if unknown:
             raise ValueError(f"runtime_env may set {', '.join(sorted(RUNTIME_ENV_FIELDS))}, not {', '.join(unknown)}")
+        for name in value.get("env_vars", {}):
+            if _SECRET_NAME.search(name):
+                raise ValueError(
+                    f"runtime_env env_vars.{name} looks like a secret, and Ray shows a runtime_env on its "
+                    "dashboard: set it in the nodes' environment instead"
+                )
+        for field in ("pip", "uv", "conda"):
+            if any(_URL_CREDENTIALS.search(text) for text in _strings(value.get(field))):
+                raise ValueError(
+                    f"runtime_env {field} has a URL with credentials, and Ray shows a runtime_env on its "
+                    "dashboard: configure the package index on the nodes (pip.conf, UV_INDEX_URL) instead"
+                )
         return value
 
     @field_validator("allow_patterns", "ignore_patterns", mode="before")
@@ -228,3 +246,15 @@ class Catalog(Strict):
         if unknown:
             raise ValueError(f"unknown models {unknown}; the catalog has {[m.name for m in self.models]}")
         return Catalog(models=tuple(m for m in self.models if m.name in names))
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a parsed YAML value (a runtime_env field: a list, a mapping or a path)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
