@@ -35,6 +35,16 @@ async def test_a_wait_returns_when_the_download_it_waits_for_ends():
     assert (await coordinator.claim(KEY, "b")).action == "hub"
 
 
+async def test_with_a_shared_cache_nodes_wait_for_the_download_and_never_copy_its_partial_file():
+    """In a shared cache every node's partial file is the same file: a relayed copy would write into
+    the file it reads. The others wait, then link the blob the first node put there."""
+    coordinator = DownloadCoordinator(shared_cache=True)
+    assert (await coordinator.claim(KEY, "a", relay_url=URL)).action == "hub"
+    assert (await coordinator.claim(KEY, "b", relay_url="http://b/relay")).action == "wait"
+    await coordinator.done(KEY, "a", URL)
+    assert (await coordinator.claim(KEY, "b", relay_url="http://b/relay")).action == "shared"
+
+
 async def test_a_shared_answer_names_the_holders_a_node_forgets_when_the_blob_is_gone():
     coordinator = DownloadCoordinator(shared_cache=True)
     await coordinator.claim(KEY, "a")

@@ -124,9 +124,10 @@ class DownloadCoordinator:
     def _decide(self, blob: _Blob, node_id: str, exclude: tuple[str, ...], relay: bool) -> Claim:
         if self.shared_cache and blob.holders:
             return Claim("shared", holders=tuple(blob.holders))
-        # Never with a shared cache: there any holder already answered "shared".
+        # Never with a shared cache: there any holder already answered "shared", and a relay's partial
+        # file is the asking node's own partial file (the others wait for it instead).
         candidates = [n for n, url in blob.holders.items() if n != node_id and url not in exclude]
-        if relay:
+        if relay and not self.shared_cache:
             candidates += [n for n, url in blob.relays.items() if url not in exclude and self._fed(blob, n, node_id)]
         if candidates:
             best = min(candidates, key=lambda n: (self._uploads[n], n not in blob.holders))
