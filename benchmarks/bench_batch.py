@@ -76,9 +76,10 @@ def main() -> None:
         import ray
         from ray import serve
 
+        from candle.testing.cluster import start_local_ray
         from deployments.app import build_model_app
 
-        ray.init(address="local", num_cpus=cores + 2, include_dashboard=False, log_to_driver=False)
+        start_local_ray(num_cpus=cores + 2, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": 0})
         serve.run(build_model_app({"catalog": catalog, "model": MODEL}), name=MODEL, route_prefix=None)
         served = job_rates(workdir, args.rows, "serve", catalog, args.batch_size, args.passes)

@@ -134,7 +134,9 @@ def main() -> None:
         import ray
         from ray import serve
 
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        from candle.testing.cluster import start_local_ray
+
+        start_local_ray(num_cpus=4, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base = f"http://127.0.0.1:{port}"

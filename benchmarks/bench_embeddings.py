@@ -175,9 +175,10 @@ def main() -> None:
         from ray import serve
         from ray.serve.api import RunTarget
 
+        from candle.testing.cluster import start_local_ray
         from deployments.app import build_gateway_app, build_model_app
 
-        ray.init(address="local", num_cpus=cores + 1, include_dashboard=False, log_to_driver=False)
+        start_local_ray(num_cpus=cores + 1, include_dashboard=False, log_to_driver=False)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         base = f"http://127.0.0.1:{port}"

@@ -126,7 +126,9 @@ def main() -> None:
 
     import ray
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    from candle.testing.cluster import start_local_ray
+
+    start_local_ray(include_dashboard=False, log_to_driver=False)
     try:
         for kind in KINDS:  # first-call costs (candle's node actor, hf's session) stay out of the timings
             asyncio.run(timed(kind, WARMUP_REPO, workdir / "warmup", endpoint))

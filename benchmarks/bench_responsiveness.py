@@ -216,7 +216,9 @@ def main() -> None:
             os.environ.update(HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(workdir / "hf-cache"), HF_HUB_DISABLE_XET="1")
             import ray
 
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            from candle.testing.cluster import start_local_ray
+
+            start_local_ray(include_dashboard=False, log_to_driver=False)
             try:
                 hub.state.throttles[TRANSFER_REPO] = args.bandwidth_mb * MB
                 busy, idle = asyncio.run(actor_pings(hub, workdir / "transfer-cache", warmup=args.requests // 10))

@@ -18,6 +18,7 @@ from ray import serve
 
 from candle.demo.hub import LocalHub, write_random_file, write_repo
 from candle.testing import free_port
+from candle.testing.cluster import start_local_ray
 
 HUB_TOKEN = "hf_candle_test_secret_token_1234"
 GATED_REPO = "gated/model"
@@ -61,8 +62,7 @@ def ray_cluster(hub_server: LocalHub, tmp_path_factory: pytest.TempPathFactory) 
     os.environ.update(env)
     metrics_port = free_port()
     # "local": always a fresh cluster of our own, even when other Ray instances run on the machine.
-    ray.init(
-        address="local",
+    start_local_ray(
         num_cpus=4,
         include_dashboard=False,
         namespace="candle-tests",

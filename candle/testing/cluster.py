@@ -99,6 +99,18 @@ def simulated_cluster(
 _SLOW_START = "timed out during startup"
 
 
+def start_local_ray(**options: Any) -> None:
+    """``ray.init(address="local", **options)``: a fresh local Ray, started once more if its raylet
+    missed the registration window."""
+    try:
+        ray.init(address="local", **options)
+    except Exception as e:
+        if _SLOW_START not in str(e):
+            raise
+        ray.shutdown()
+        ray.init(address="local", **options)
+
+
 def _start(head_args: dict[str, Any], worker_args: list[dict[str, Any]], retries: int = 1) -> tuple[Cluster, list[str]]:
     """A started cluster and its node ids (head first), started again if a raylet was too slow."""
     cluster = Cluster()
