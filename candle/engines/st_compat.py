@@ -34,9 +34,9 @@ Normalize: type[torch.nn.Module] = _MODULES.Normalize
 
 
 def dtype_keyword(transformers_version: str) -> str:
-    """The ``from_pretrained`` keyword for the weights' dtype: ``dtype`` since transformers 4.56 (5 warns
-    about ``torch_dtype``); 4.42.4 knows ``torch_dtype`` only and hands ``dtype`` on to the model's
-    ``__init__``, which fails."""
+    """The ``from_pretrained`` keyword for the weights' dtype: ``dtype`` since transformers 4.56 (5 keeps
+    ``torch_dtype`` for backward compatibility only); 4.42.4 knows ``torch_dtype`` only and hands
+    ``dtype`` on to the model's ``__init__``, which fails."""
     major, minor = (int(part) for part in transformers_version.split(".")[:2])
     return "dtype" if (major, minor) >= DTYPE_KEYWORD_SINCE else "torch_dtype"
 
