@@ -20,7 +20,7 @@ from sentence_transformers import SentenceTransformer
 DTYPE_KEYWORD_SINCE = (4, 56)
 
 
-def _modules_package() -> str:
+def modules_package() -> str:
     """Where the Dense and Normalize modules live: ``sentence_transformers.sentence_transformer.modules``
     since sentence-transformers 6 (whose old ``sentence_transformers.models`` warns it is deprecated),
     only ``sentence_transformers.models`` in 3."""
@@ -28,7 +28,8 @@ def _modules_package() -> str:
     return f"{new}.modules" if find_spec(new) is not None else "sentence_transformers.models"
 
 
-_MODULES = import_module(_modules_package())
+MODULES_PACKAGE = modules_package()
+_MODULES = import_module(MODULES_PACKAGE)
 Dense: type[torch.nn.Module] = _MODULES.Dense
 Normalize: type[torch.nn.Module] = _MODULES.Normalize
 
