@@ -189,10 +189,25 @@ def build_nv_embed(folder: Path) -> None:
     config = configuration_nvembed.NVEmbedConfig(latent_attention_config=latent, text_config=text, hidden_size=HIDDEN)
     modeling_nvembed.NVEmbedModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    _tokenizer_for_transformers_4(folder)
     _copy_code(folder, configuration_nvembed, modeling_nvembed)
     auto_map = {"AutoConfig": "configuration_nvembed.NVEmbedConfig", "AutoModel": "modeling_nvembed.NVEmbedModel"}
     _patch_config(folder, architectures=["NVEmbedModel"], auto_map=auto_map)
     _sentence_transformer_files(folder, "mean_tokens", normalize=True)
+
+
+def _tokenizer_for_transformers_4(folder: Path) -> None:
+    """Tokenizer files transformers 4.42.4 (the real NV-Embed-v2's pin) reads too, as the real repo's:
+    a class name both know (5 writes ``TokenizersBackend``), no ``token_type_ids`` for a model that
+    takes none (4's fast tokenizers return them unless told), and BPE merges as ``"a b"`` strings
+    (tokenizers 0.19 cannot read the pairs newer ones write)."""
+    config_path, tokenizer_path = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    config = json.loads(config_path.read_text())
+    config |= {"tokenizer_class": "PreTrainedTokenizerFast", "model_input_names": ["input_ids", "attention_mask"]}
+    _write_json(config_path, config)
+    tokenizer = json.loads(tokenizer_path.read_text())
+    tokenizer["model"]["merges"] = [" ".join(pair) for pair in tokenizer["model"]["merges"]]
+    _write_json(tokenizer_path, tokenizer)
 
 
 def build_jina_v2(folder: Path) -> None:

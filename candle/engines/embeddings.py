@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
 from candle.catalog import ModelSpec
 
 from .device import device, dtype
 from .errors import InvalidInput
+from .st_compat import Dense, Normalize, embedding_dimension, model_kwargs, preprocess, weights_dtype
 
 _HEAD = re.compile(r"^2_Dense_(\d+)$")
 
@@ -34,20 +34,20 @@ class SentenceEmbeddingEngine:
         engine_args = dict(spec.engine_args)
         # candle's dtype rule unless the entry's model_kwargs say otherwise: left alone,
         # sentence-transformers loads the checkpoint's dtype, and bf16 weights crawl on a CPU.
-        model_kwargs = {"dtype": dtype(), **engine_args.pop("model_kwargs", {})}
+        loading = model_kwargs(dtype(), engine_args.pop("model_kwargs", {}))
         append_eos = bool(engine_args.pop("append_eos", False))
         self.model = SentenceTransformer(
             str(folder),
             device=device(),
             trust_remote_code=spec.trust_remote_code,
             prompts=dict(spec.prompts) or None,
-            model_kwargs=model_kwargs,
+            model_kwargs=loading,
             **engine_args,
         )
-        self.dimensions = int(self.model.get_embedding_dimension() or 0)
+        self.dimensions = int(embedding_dimension(self.model) or 0)
         self._suffix = self.model.tokenizer.eos_token if append_eos else ""
         self._head_folders = {int(m[1]): p for p in folder.iterdir() if (m := _HEAD.match(p.name)) and p.is_dir()}
-        self._heads: dict[int, Dense] = {}
+        self._heads: dict[int, torch.nn.Module] = {}
 
     @property
     def prompt_names(self) -> list[str]:
@@ -68,12 +68,12 @@ class SentenceEmbeddingEngine:
     def _embed_with_head(self, texts: list[str], prompt_name: str | None, dimensions: int) -> np.ndarray:
         if dimensions not in self._heads:
             head = Dense.load(str(self._head_folders[dimensions]))
-            self._heads[dimensions] = head.to(device=self.model.device, dtype=self.model.dtype)
+            self._heads[dimensions] = head.to(device=self.model.device, dtype=weights_dtype(self.model))
         # The head replaces everything after pooling (the default Dense head, Normalize): it maps the
         # pooled embedding, as in Stella's [Transformer, Pooling, Dense] pipelines.
         body = list(itertools.takewhile(lambda m: not isinstance(m, (Dense, Normalize)), self.model))
         prompt = self.model.prompts.get(prompt_name, "") if prompt_name else ""
-        features = self.model.preprocess([prompt + t for t in texts])
+        features = preprocess(self.model, [prompt + t for t in texts])
         features = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in features.items()}
         with torch.inference_mode():
             for module in body:
@@ -90,5 +90,5 @@ class SentenceEmbeddingEngine:
         if prompt_name is not None and prompt_name not in self.model.prompts:
             raise InvalidInput(f"unknown input_type {prompt_name!r}; this model knows {self.prompt_names}")
         items = [item + self._suffix for item in items]
-        tokens = self.model.preprocess(items)["attention_mask"].sum(dim=1).tolist()
+        tokens = preprocess(self.model, items)["attention_mask"].sum(dim=1).tolist()
         return self.embed(items, prompt_name, dimensions), [int(t) for t in tokens]

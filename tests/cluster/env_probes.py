@@ -1,21 +1,16 @@
 """What the multinode tests run inside other Ray processes, in a module of its own: Ray imports a
 remote function's module in the process that runs it, and these processes must stay as they are
-(a node's downloader, which should not load the test modules' imports) or run another
-huggingface_hub than the tests (whose test hub uses its internals).
+(a node's downloader, which should not load the test modules' imports) or run other library
+versions than the tests (NV-Embed-v2's replica: transformers 4.42.4 and an older huggingface_hub,
+under which the test hub's and diffusers' imports fail).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from importlib.metadata import version
 
-import huggingface_hub
 import ray
-
-from candle.download import fetch
-
-OLD_HUB = "huggingface_hub==0.36.0"  # what pip resolves under transformers==4.42.4 (NV-Embed-v2's pin)
 
 
 def env_view(actor: object) -> dict[str, str | None]:
@@ -25,12 +20,14 @@ def env_view(actor: object) -> dict[str, str | None]:
         "pin": os.environ.get("CANDLE_TEST_PIN"),
         "bidict": version("bidict"),
         "huggingface_hub": version("huggingface_hub"),
+        "transformers": version("transformers"),
+        "sentence_transformers": version("sentence-transformers"),
     }
 
 
-def fetch_under_old_hub(repo_id: str) -> tuple[str, str]:
-    """As a replica under NV-Embed-v2's pins: this worker's huggingface_hub version, and the snapshot
-    folder the node's downloader fetched."""
-    import deployments.base  # noqa: F401  (the replica's own module must import under the old hub)
+def replica_view(replica: object) -> dict[str, str | None]:
+    """:func:`env_view`, and where the replica's candle comes from."""
+    import candle.download
+    import deployments.base
 
-    return huggingface_hub.__version__, str(asyncio.run(fetch(repo_id)))
+    return env_view(replica) | {"candle": candle.download.__file__, "deployments": deployments.base.__file__}

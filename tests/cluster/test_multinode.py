@@ -5,15 +5,14 @@ The tiny MiniLM runs with Kimi K2's production placement (tensor parallel 8, pip
 its placement group must take exactly two of the three 8-GPU nodes, its replica must bring the
 weights onto both, and the prefetch job must warm every node its bundles may land on. A second
 MiniLM app carries a ``runtime_env`` (an environment variable and a pip pin) that only its own
-replica sees, not the node's downloader it brings up; a worker under NV-Embed-v2's old
-huggingface_hub fetches through the downloader too. Then a branch moves on the hub between two
-nodes' fetches.
+replica sees, not the node's downloader it brings up. NV-Embed-v2's look-alike serves under the
+production entry's own ``runtime_env`` (transformers 4.42.4 and the huggingface_hub 0.36 it brings),
+fetching through a base-env downloader too. Then a branch moves on the hub between two nodes' fetches.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import ray
 import yaml
@@ -28,10 +28,11 @@ from huggingface_hub import HfApi
 from ray import serve
 from ray.serve.api import RunTarget
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from sentence_transformers import SentenceTransformer
 
 from candle.catalog import load_catalog
-from candle.contracts import MODEL_RUNTIME_ENV_VAR
 from candle.demo.hub import LocalHub, write_repo
+from candle.demo.tiny_models import build_tiny_store
 from candle.download import fetch
 from candle.download.client import NAMESPACE, downloader_name
 from candle.jobs import prefetch
@@ -39,8 +40,9 @@ from candle.testing import free_port
 from candle.testing.cluster import NODE_CLASS, NodeSpec, simulated_cluster
 from deployments.app import build_gateway_app, build_model_app
 from tests.cluster.conftest import SERVE_ENV, SimCluster
-from tests.cluster.env_probes import OLD_HUB, env_view, fetch_under_old_hub
+from tests.cluster.env_probes import env_view, replica_view
 from tests.conftest import TEST_ENV
+from tests.replica_threads import replica_threads
 
 NODES = (
     NodeSpec("head", num_cpus=3, labels={NODE_CLASS: "cpu"}),
@@ -49,6 +51,8 @@ NODES = (
 EIGHTS = ["eight-a", "eight-b", "eight-c"]
 KIMI = load_catalog("production").get("kimi-k2")
 MINILM = load_catalog("demo").get("all-minilm-l6-v2")
+NV_EMBED = load_catalog("production").get("nv-embed-v2")
+NV_LOOKALIKE = load_catalog("demo-all").get("nv-embed-v2")
 PIN = {"CANDLE_TEST_PIN": "pinned-app-only"}
 # A small pure-Python package at a version the base env does not have, which nothing candle runs imports.
 PIP_PIN = "bidict==0.23.1"
@@ -62,13 +66,20 @@ CATALOG = {
             "runtime_env": {"env_vars": PIN, "pip": [PIP_PIN]},
             "resources": {"label_selector": {NODE_CLASS: "cpu"}},
         },
+        NV_LOOKALIKE.model_dump()
+        | {
+            "runtime_env": NV_EMBED.runtime_env,  # production's pins, on the look-alike
+            "resources": NV_LOOKALIKE.resources.model_dump() | {"label_selector": ON_HEAD},
+        },
     ]
 }
 MOVING = "pins/moving"
+TEXT = "a cat sits on the mat"
 
 
 @pytest.fixture(scope="module")
 def wide(tiny_store: Path, hub_server: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
+    build_tiny_store(tiny_store, ["nv_embed"])
     cache_root = tmp_path_factory.mktemp("node-caches")
     env = {**TEST_ENV, **SERVE_ENV, "HF_ENDPOINT": hub_server.endpoint}
     with simulated_cluster(NODES, env, cache_root=cache_root) as (cluster, ids):
@@ -77,14 +88,6 @@ def wide(tiny_store: Path, hub_server: LocalHub, tmp_path_factory: pytest.TempPa
     # Each pip runtime_env is a copy of the whole base virtualenv (about 3 GB here), which Ray leaves
     # in the session folder after shutdown.
     shutil.rmtree(session / "runtime_resources", ignore_errors=True)
-
-
-def replica_view(replica: object) -> dict[str, str | None]:
-    """:func:`env_view`, and where the replica's candle comes from."""
-    import candle.download
-    import deployments.base
-
-    return env_view(replica) | {"candle": candle.download.__file__, "deployments": deployments.base.__file__}
 
 
 @pytest.fixture(scope="module")
@@ -175,24 +178,32 @@ def downloader_view(node_id: str) -> dict[str, str | None]:
 
 
 def test_the_downloader_a_pinned_replica_brings_up_runs_in_the_base_env(apps: dict[str, dict[str, str | None]]):
-    # Nothing else fetches on the head: its downloader was brought up for the pinned replica there.
+    # Nothing else fetches on the head: its downloader was brought up for one of the two pinned replicas
+    # there (bidict's pin, or NV-Embed's transformers 4.42.4 with the old huggingface_hub it brings).
+    assert apps["pinned-env"]["node_id"] == apps[NV_LOOKALIKE.name]["node_id"]
     view = downloader_view(apps["pinned-env"]["node_id"])
-    assert (view["pin"], view["bidict"]) == (None, version("bidict"))
+    libraries = ("bidict", "huggingface_hub", "transformers")
+    assert (view["pin"], *(view[name] for name in libraries)) == (None, *(version(name) for name in libraries))
 
 
-def test_a_worker_under_an_old_huggingface_hub_fetches_through_a_base_env_downloader(wide: SimCluster):
-    node = wide.node_ids["eight-c"]
-    with contextlib.suppress(ValueError):  # brought up for the old-hub worker, whatever earlier tests did here
-        ray.kill(ray.get_actor(downloader_name(node), namespace=NAMESPACE), no_restart=True)
-    env = {"pip": [OLD_HUB], "env_vars": {MODEL_RUNTIME_ENV_VAR: "old-hub"}}  # marked as placement.py marks replicas
-    task = ray.remote(fetch_under_old_hub).options(
-        num_cpus=0, runtime_env=env, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+def test_nv_embed_serves_under_its_production_pins_with_the_base_envs_vectors(
+    gateway: str, hub_store: Path, apps: dict[str, dict[str, str | None]]
+):
+    pins = dict(pin.split("==") for pin in NV_EMBED.runtime_env["pip"])
+    view = apps[NV_LOOKALIKE.name]
+    assert (view["transformers"], view["sentence_transformers"]) == (
+        pins["transformers"],
+        pins["sentence-transformers"],
     )
-    hub, folder = ray.get(task.remote(MINILM.repo_id))
-    assert hub == OLD_HUB.split("==")[1]
-    assert Path(folder).parent.parent.name == "models--sentence-transformers--all-MiniLM-L6-v2"
-    assert Path(folder, "config.json").is_file()
-    assert downloader_view(node)["huggingface_hub"] == version("huggingface_hub")
+    assert view["transformers"] != version("transformers") and view["huggingface_hub"] != version("huggingface_hub")
+    body = {"model": NV_LOOKALIKE.name, "input": [TEXT], "input_type": "query"}
+    response = httpx.post(f"{gateway}/v1/embeddings", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    model = SentenceTransformer(str(hub_store / NV_LOOKALIKE.repo_id), trust_remote_code=True)
+    query = NV_LOOKALIKE.prompts["query"] + TEXT + model.tokenizer.eos_token  # the entry's append_eos
+    with replica_threads():
+        expected = model.encode([query], normalize_embeddings=True)[0]
+    np.testing.assert_allclose(response.json()["data"][0]["embedding"], expected, atol=1e-4)
 
 
 @ray.remote(num_cpus=0)

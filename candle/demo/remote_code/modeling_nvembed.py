@@ -3,7 +3,8 @@
 ``NVEmbedModel.forward`` returns the latent-attended token states as ``last_hidden_state``, which
 sentence-transformers mean-pools (the repo's ``1_Pooling``); given a ``pool_mask`` it pools them
 itself, as NV-Embed's own ``encode`` does. The real file imports names transformers removed
-(``MISTRAL_INPUTS_DOCSTRING``), so it loads on transformers 4.42 only; this one loads on candle's.
+(``MISTRAL_INPUTS_DOCSTRING``), so it loads on transformers 4.42 only; this one loads on candle's
+and on 4.42.4 (production's pin for the real one), with the same vectors.
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from .configuration_nvembed import BidirectionalMistralConfig, LatentAttentionCo
 
 
 class BidirectionalMistralModel(MistralModel):
-    """Mistral without the causal mask: NV-Embed trains its decoder to read in both directions."""
+    """Mistral without the causal mask: NV-Embed trains its decoder to read in both directions.
+
+    The padding mask goes in as a 4D additive mask (0 to attend, the dtype's minimum for padding),
+    which transformers 4.42 and 5 both take as given: ``config.is_causal = False`` exists in 5 only,
+    and 4.42 would add its causal mask to a 2D one.
+    """
 
     config_class = BidirectionalMistralConfig
 
-    def __init__(self, config: BidirectionalMistralConfig) -> None:
-        config.is_causal = False
-        super().__init__(config)
-        for layer in self.layers:
-            layer.self_attn.is_causal = False
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BaseModelOutput:
+        keep = attention_mask[:, None, None, :].bool().expand(-1, 1, input_ids.shape[1], -1)
+        blocked = torch.finfo(self.dtype).min
+        mask = torch.zeros(keep.shape, dtype=self.dtype, device=input_ids.device).masked_fill(~keep, blocked)
+        return super().forward(input_ids=input_ids, attention_mask=mask, use_cache=False)
 
 
 class LatentAttentionModel(PreTrainedModel):
