@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from huggingface_hub.errors import HFValidationError
+from safetensors.torch import load_file
+from transformers import PreTrainedModel
 
 from candle.catalog import load_catalog
 from candle.demo.hub import LocalHub
+from candle.demo.remote_code import modeling_bert, modeling_nvembed, modeling_qwen
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.download.remote_code import code_repos
 from candle.jobs import prefetch
@@ -123,3 +127,31 @@ def test_the_prefetch_job_warms_the_code_repos_of_a_trust_remote_code_entry(
     code = next((tmp_path / f"models--{JINA_CODE.replace('/', '--')}" / "snapshots").iterdir())
     assert sorted(p.name for p in code.iterdir()) == ["configuration_bert.py", "modeling_bert.py"]
     assert hub.stats.bodies_for(JINA_CODE) == {"configuration_bert.py": 1, "modeling_bert.py": 1}
+
+
+@pytest.mark.parametrize(
+    ("lookalike", "model_class"),
+    [
+        ("jina_v2", modeling_bert.JinaBertModel),
+        ("gte_qwen2", modeling_qwen.Qwen2Model),
+        ("nv_embed", modeling_nvembed.NVEmbedModel),
+    ],
+)
+def test_a_lookalike_loads_with_every_tensor_its_saved_model_had(
+    store: dict[str, Path], lookalike: str, model_class: type[PreTrainedModel]
+):
+    """``from_pretrained`` builds the model on the meta device and fills in what the checkpoint holds:
+    a tensor the checkpoint does not hold (a ``persistent=False`` buffer) must come out as the built
+    model had it, not as whatever memory it was given, or the model computes something else per load."""
+    folder = store[lookalike]
+    loaded = model_class.from_pretrained(folder).eval()
+    built = model_class(loaded.config).eval()  # built on the CPU, as the look-alike was before it was saved
+    built.load_state_dict(load_file(folder / "model.safetensors"))
+    loaded_buffers = dict(loaded.named_buffers())
+    assert set(loaded_buffers) == {name for name, _ in built.named_buffers()}
+    for name, buffer in built.named_buffers():
+        torch.testing.assert_close(loaded_buffers[name], buffer, msg=name)
+    tokens = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        outputs = [model(input_ids=tokens, attention_mask=torch.ones_like(tokens)) for model in (loaded, built)]
+    torch.testing.assert_close(outputs[0].last_hidden_state, outputs[1].last_hidden_state)

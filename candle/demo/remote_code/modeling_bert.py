@@ -54,7 +54,6 @@ class JinaBertModel(JinaBertPreTrainedModel):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.embeddings_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(JinaBertLayer(config) for _ in range(config.num_hidden_layers))
-        self.register_buffer("slopes", alibi_slopes(config.num_attention_heads), persistent=False)
         self.post_init()
 
     def forward(
@@ -69,7 +68,10 @@ class JinaBertModel(JinaBertPreTrainedModel):
         hidden = self.embeddings_norm(self.word_embeddings(input_ids) + self.token_type_embeddings(types))
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         distance = (positions[None, :] - positions[:, None]).abs().to(hidden.dtype)
-        bias = -self.slopes.to(hidden)[:, None, None] * distance  # (heads, length, length)
+        # Computed per call, not kept as a buffer: transformers builds the model on the meta device and
+        # fills in only what the checkpoint holds, so a non-persistent buffer would be uninitialised memory.
+        slopes = alibi_slopes(self.config.num_attention_heads).to(hidden)
+        bias = -slopes[:, None, None] * distance  # (heads, length, length)
         bias = bias[None] + torch.where(mask[:, None, None, :].bool(), 0.0, -math.inf).to(hidden.dtype)
         for layer in self.layers:
             hidden = layer(hidden, bias)
