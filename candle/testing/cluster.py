@@ -9,16 +9,18 @@ separate machine would. The first node is the head; it can run the dashboard, wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray.cluster_utils import Cluster
 
 from candle.testing import free_port
+
+T = TypeVar("T")
 
 NODE_CLASS = "candle.io/node-class"
 
@@ -84,7 +86,7 @@ def simulated_cluster(
         ports = {"dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()}
         head_args |= {"dashboard_host": "127.0.0.1", **ports}
     worker_args = [_node_args(node, base_env, cache_root) for node in workers]
-    cluster, node_ids = _start(head_args, worker_args)
+    cluster, node_ids = _again_if_slow(lambda: _started_cluster(head_args, worker_args), lambda: None)
     try:
         ids = dict(zip([n.name for n in nodes], node_ids, strict=True))
         ray.init(address=cluster.address, namespace=namespace)
@@ -102,25 +104,28 @@ _SLOW_START = "timed out during startup"
 def start_local_ray(**options: Any) -> None:
     """``ray.init(address="local", **options)``: a fresh local Ray, started once more if its raylet
     missed the registration window."""
-    try:
-        ray.init(address="local", **options)
-    except Exception as e:
-        if _SLOW_START not in str(e):
-            raise
-        ray.shutdown()
-        ray.init(address="local", **options)
+    _again_if_slow(lambda: ray.init(address="local", **options), ray.shutdown)
 
 
-def _start(head_args: dict[str, Any], worker_args: list[dict[str, Any]], retries: int = 1) -> tuple[Cluster, list[str]]:
-    """A started cluster and its node ids (head first), started again if a raylet was too slow."""
+def _started_cluster(head_args: dict[str, Any], worker_args: list[dict[str, Any]]) -> tuple[Cluster, list[str]]:
+    """A started cluster and its node ids (head first); nothing left running if it fails."""
     cluster = Cluster()
     try:
         node_ids = [cluster.add_node(**head_args).node_id]
         node_ids += [cluster.add_node(**args).node_id for args in worker_args]
         cluster.wait_for_nodes()
         return cluster, node_ids
-    except Exception as e:
+    except BaseException:
         cluster.shutdown()
-        if retries and _SLOW_START in str(e):
-            return _start(head_args, worker_args, retries - 1)
         raise
+
+
+def _again_if_slow(start: Callable[[], T], undo: Callable[[], None]) -> T:
+    """``start()``, and once more after ``undo()`` if it failed only because a raylet was too slow."""
+    try:
+        return start()
+    except Exception as e:
+        if _SLOW_START not in str(e):
+            raise
+        undo()
+        return start()
