@@ -178,7 +178,11 @@ class ClusterSources:
     async def _claim(self, key: BlobKey, tried: list[str], relay_url: str | None) -> Claim | None:
         decision = await self._call("claim", key, self.node_id, tuple(tried), relay_url)
         if decision is not None and decision.epoch != self._epoch:
-            await self.announce()  # a coordinator we have not told about our blobs (new, or restarted)
+            # A coordinator we have not told about our blobs (new, or restarted), unless a folder's
+            # announcement under way is telling it now.
+            await asyncio.gather(*self._announcing)
+            if decision.epoch != self._epoch:
+                await self.announce()
         return decision
 
     async def _call(self, method: str, *args: object) -> object | None:
