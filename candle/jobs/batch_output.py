@@ -16,10 +16,11 @@ import re
 import time
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from candle.jobs.batch_rows import PNG_KEY
+from candle.jobs.batch_rows import PNG_KEY, RowError, error_record
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -33,22 +34,28 @@ class BatchFiles:
         base = self.output.parent / self.output.name.removesuffix(".parquet").removesuffix(".jsonl")
         self.errors = Path(errors).resolve() if errors else base.with_name(base.name + ".errors.jsonl")
         self.images = base.with_name(base.name + ".images")
+        self._id_type: type | None = None  # a Parquet output's id type, once known
 
     def done_ids(self) -> set[str]:
         """The ids (as JSON text) already in the output or the errors file."""
         done = {json.dumps(json.loads(line)["id"]) for line in complete_lines(self.errors)}
         if not self.parquet:
             return done | {json.dumps(json.loads(line)["id"]) for line in complete_lines(self.output)}
-        parts = sorted(self.output.glob("part-*.parquet")) if self.output.is_dir() else []
         return done | {
-            json.dumps(i) for part in parts for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()
+            json.dumps(i)
+            for part in self._parts()
+            for i in pq.read_table(part, columns=["id"]).column("id").to_pylist()
         }
 
     def write(self, records: list[str]) -> int:
         """Write one finished batch's records where they belong; return how many failed."""
-        rows = [json.loads(record) for record in records]
+        rows = [orjson.loads(record) for record in records]
         failed = [record for record, row in zip(records, rows, strict=True) if "error" in row]
-        done = [self._with_image_path(row) for row in rows if "error" not in row]
+        done = [row for row in rows if "error" not in row]
+        if done and self.parquet:
+            done, refused = self._split_by_id_type(done)
+            failed += refused
+        done = [self._with_image_path(row) for row in done]
         if failed:
             append_lines(self.errors, failed)
         if done and self.parquet:
@@ -57,8 +64,23 @@ class BatchFiles:
             pq.write_table(pa.Table.from_pylist(done), part.with_suffix(".tmp"))
             part.with_suffix(".tmp").rename(part)
         elif done:
-            append_lines(self.output, [json.dumps(row) for row in done])
+            append_lines(self.output, [orjson.dumps(row).decode() for row in done])
         return len(failed)
+
+    def _split_by_id_type(self, rows: list[dict]) -> tuple[list[dict], list[str]]:
+        """The rows whose id has the type of the Parquet output's id column (its first part's, or
+        the first row's), and an error record for each other row: one column holds one type."""
+        if self._id_type is None:
+            parts = self._parts()
+            column = pq.read_schema(parts[0]).field("id").type if parts else None
+            self._id_type = type(rows[0]["id"]) if column is None else str if pa.types.is_string(column) else int
+        kind = self._id_type
+        refusal = RowError(f"'id' must be {'a string' if kind is str else 'an integer'}, as in the rest of this output")
+        kept = [row for row in rows if type(row["id"]) is kind]
+        return kept, [error_record(row["id"], refusal) for row in rows if type(row["id"]) is not kind]
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.output.glob("part-*.parquet")) if self.output.is_dir() else []
 
     def _with_image_path(self, row: dict) -> dict:
         """A generated image's row: the PNG written beside the output, its path in ``image``."""
@@ -82,10 +104,10 @@ def complete_lines(path: Path) -> list[str]:
     if end < len(data):
         with path.open("r+b") as f:
             f.truncate(end)
-    return [line for line in data[:end].decode().splitlines() if line.strip()]
+    return [line for line in data[:end].decode("utf-8").splitlines() if line.strip()]
 
 
 def append_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
+    with path.open("a", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+import orjson
+from pydantic import BaseModel, Field, ValidationError
 
 from candle.api.conversation import template_conversation
 from candle.api.errors import APIError
@@ -46,7 +47,8 @@ class RowError(ValueError):
 
 
 class Row(BaseModel):
-    id: RowId
+    # An integer id must fit the 64 bits that Parquet's id column and the JSON writer hold.
+    id: str | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 def read_row(text: str) -> tuple[RowId | None, dict[str, Any] | RowError]:
@@ -60,7 +62,7 @@ def read_row(text: str) -> tuple[RowId | None, dict[str, Any] | RowError]:
     try:
         return Row.model_validate(row).id, row
     except ValidationError:
-        return None, RowError("the row has no 'id' (a string or an integer)")
+        return None, RowError("the row has no 'id' (a string or a 64-bit integer)")
 
 
 def id_key(text: str) -> str:
@@ -144,12 +146,19 @@ def success_record(row_id: RowId, result: Result) -> str:
     elif isinstance(result, list):
         fields = {PNG_KEY: base64.b64encode(result[0]).decode()}
     else:
-        fields = {"embedding": [float(x) for x in result[0][0]]}
-    return json.dumps({"id": row_id, **fields})
+        fields = {"embedding": np.ascontiguousarray(result[0][0], dtype=np.float32)}
+    return record({"id": row_id, **fields})
 
 
 def error_record(row_id: RowId | None, error: BaseException) -> str:
-    return json.dumps({"id": row_id, "error": reason(error)})
+    return record({"id": row_id, "error": reason(error)})
+
+
+def record(fields: dict[str, Any]) -> str:
+    """A record's JSON text. orjson writes a float32 vector in its shortest exact form, about 20x
+    faster than ``json`` and in half the characters: at hundreds of rows a second, ``json`` took a
+    tenth of an embedding job's time."""
+    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def reason(error: BaseException) -> str:
