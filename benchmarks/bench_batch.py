@@ -12,7 +12,7 @@ and the whole run, start-up included (Ray Data's planning; for ``actors`` also t
 load), which is what an operator waits for. Goal: ``actors`` steady rate at least 0.8x in-process
 on one node.
 
-    python benchmarks/bench_batch.py [--rows 4096] [--passes 2] [--batch-size 64] [--smoke] [--results FILE]
+    python benchmarks/bench_batch.py [--rows 4096] [--passes 2] [--batch-size N] [--smoke] [--results FILE]
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from benchlib import Report, parse_args
 MODEL = "all-minilm-l6-v2"
 
 
-def job_rates(workdir: Path, rows: int, via: str, catalog: dict, batch_size: int, passes: int) -> tuple[float, float]:
+def job_rates(
+    workdir: Path, rows: int, via: str, catalog: dict, batch_size: int | None, passes: int
+) -> tuple[float, float]:
     """Median rows/s of ``passes`` runs of the batch job over the input in ``workdir``: steady, and whole runs."""
     from candle.jobs.batch import build_parser, run
 
@@ -40,7 +42,8 @@ def job_rates(workdir: Path, rows: int, via: str, catalog: dict, batch_size: int
         catalog_path = workdir / "catalog.yaml"
         catalog_path.write_text(json.dumps(catalog))  # JSON is YAML
         argv = ["--model", MODEL, "--catalog", str(catalog_path), "--input", str(workdir / "rows.jsonl")]
-        argv += ["--output", str(output), "--via", via, "--concurrency", "1", "--batch-size", str(batch_size)]
+        argv += ["--output", str(output), "--via", via, "--concurrency", "1"]
+        argv += ["--batch-size", str(batch_size)] if batch_size else []
         summary = run(build_parser().parse_args(argv))
         if summary.failed or sum(1 for _ in output.open()) != rows:
             raise RuntimeError(f"the batch job via {via} wrote the wrong rows: {summary}")
@@ -53,13 +56,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per Ray Data batch")
-    args = parse_args(parser, smoke={"rows": 64, "passes": 1})
+    parser.add_argument("--batch-size", type=int, help="rows per Ray Data batch (default: the job's)")
+    args = parse_args(parser, smoke={"rows": 64, "passes": 1, "batch_size": 16})
     report = Report("bench_batch: the batch job's rows/s vs in-process encode (MiniLM)")
 
     from candle.catalog import Resources, load_catalog
     from candle.demo.hub import LocalHub
     from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
+    from candle.jobs.batch import BATCH_SIZES
 
     workdir = Path(tempfile.mkdtemp(prefix="candle-bench-batch-"))
     store = workdir / "store"
@@ -88,7 +92,8 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
 
-    report(f"rows: {args.rows}; batch size {args.batch_size}; {cores} CPUs; in-process encode {baseline:.1f} rows/s")
+    batch_size = args.batch_size or BATCH_SIZES["text-embedding"]
+    report(f"rows: {args.rows}; batch size {batch_size}; {cores} CPUs; in-process encode {baseline:.1f} rows/s")
     report(f"job runs: the median of {args.passes} runs; steady = after the first batch, whole = start-up included")
     row = "{:>8}{:>16}{:>8}{:>16}{:>8}"
     report(row.format("via", "steady rows/s", "ratio", "whole rows/s", "ratio"))

@@ -40,6 +40,15 @@ class EmbeddingReplica(ModelReplica):
             raise result
         return result
 
+    async def embed_many(self, calls: list[EmbedCall]) -> list[tuple[np.ndarray, int] | Exception]:
+        """Many calls in one request (a batch job's rows): each call's result or error, in order.
+
+        One request per row would cost a Serve round trip per row, which is slower than the forward
+        pass of a small encoder; the caller keeps each request to a few dozen rows, a pass as long as
+        an online batch's, so online requests are not held behind it.
+        """
+        return self.embed_calls(calls)
+
     @serve.batch(max_batch_size=MAX_BATCH_ITEMS, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _embed_batched(self, calls: list[EmbedCall]) -> list[tuple[np.ndarray, int] | Exception]:
         return self.embed_calls(calls)

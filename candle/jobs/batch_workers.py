@@ -24,6 +24,7 @@ from candle.placement import max_queued_requests
 from deployments.embeddings import EmbedCall
 
 Via = Literal["serve", "actors"]
+ROWS_PER_REQUEST = 32  # embedding rows per request to a deployment: a client's batch, not a row's round trip
 Embedded = tuple[np.ndarray, int] | BaseException
 
 
@@ -36,7 +37,8 @@ class Target(Protocol):
 
 
 class ServeTarget:
-    """The running deployment, called like the gateway calls it: one request per row.
+    """The running deployment, called through its handle: one request per row, or per few dozen
+    embedding rows.
 
     At most as many rows are in flight per actor as Serve queues for one caller
     (``max_queued_requests``): past that Serve refuses, and the row would fail for no fault of its own.
@@ -49,11 +51,15 @@ class ServeTarget:
         self.slots = asyncio.Semaphore(max_queued_requests(spec))
 
     async def embed(self, calls: list[EmbedCall]) -> list[Embedded]:
-        async def one(call: EmbedCall) -> tuple[np.ndarray, int]:
-            async with self.slots:  # the replica's serve.batch gathers concurrent calls into one pass
-                return await self.handle.embed.remote(list(call.items), call.prompt_name, call.dimensions)
+        async def send(part: list[EmbedCall]) -> list[Embedded]:
+            async with self.slots:
+                try:
+                    return await self.handle.embed_many.remote(part)
+                except Exception as e:  # the request failed as a whole (the replica died): each row with it
+                    return [e] * len(part)
 
-        return await asyncio.gather(*(one(call) for call in calls), return_exceptions=True)
+        parts = [calls[i : i + ROWS_PER_REQUEST] for i in range(0, len(calls), ROWS_PER_REQUEST)]
+        return [result for part in await asyncio.gather(*(send(p) for p in parts)) for result in part]
 
     async def stream(self, call: ChatCall | CompletionCall) -> AsyncIterator[TextChunk]:
         method = "chat" if isinstance(call, ChatCall) else "complete"

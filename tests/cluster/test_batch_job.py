@@ -111,10 +111,10 @@ def answers(tiny_store: Path) -> list[str]:
         return ["".join(c.text for c in engine.complete(CompletionCall(p, params))) for p in PROMPTS]
 
 
-def write_rows(path: Path, rows: list[dict], bad: dict) -> Path:
-    """``rows`` as JSONL with ``bad`` in the middle."""
+def write_rows(path: Path, rows: list[dict], *bad: dict) -> Path:
+    """``rows`` as JSONL with the ``bad`` rows in the middle."""
     lines = [json.dumps(row) for row in rows]
-    lines.insert(len(lines) // 2, json.dumps(bad))
+    lines[len(lines) // 2 : len(lines) // 2] = [json.dumps(row) for row in bad]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -192,18 +192,22 @@ def assert_vectors(records: list[dict], errors: Path, expected: np.ndarray) -> N
     got = np.array([r["embedding"] for r in sorted(records, key=lambda r: int(r["id"][1:]))])
     cosine = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
     assert cosine.min() >= 0.999
-    bad = read_jsonl(errors)
-    assert [r["id"] for r in bad] == ["bad"] and bad[0]["error"].startswith("invalid row: input"), bad
+    bad = {r["id"]: r["error"] for r in read_jsonl(errors)}
+    assert sorted(bad) == ["bad", "wide"], bad
+    assert bad["bad"].startswith("invalid row: input"), bad
+    assert "dimensions must be at most 384" in bad["wide"], bad  # the engine refused it, beside good rows
 
 
 @pytest.fixture(scope="module")
 def passages(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [{"id": f"p{i}", "input": text} for i, text in enumerate(TEXTS)]
-    return write_rows(tmp_path_factory.mktemp("passages") / "passages.jsonl", rows, {"id": "bad", "input": None})
+    bad = {"id": "bad", "input": None}, {"id": "wide", "input": "a passage", "dimensions": 100_000}
+    return write_rows(tmp_path_factory.mktemp("passages") / "passages.jsonl", rows, *bad)
 
 
 def test_embeddings_through_serve_resume_after_stop(jobs: Jobs, passages: Path, tmp_path: Path, vectors: np.ndarray):
-    output, args = tmp_path / "vectors.jsonl", ("--input", str(passages), "--batch-size", "8")
+    # 40-row batches: two requests each (ROWS_PER_REQUEST), the engine's refusal inside one of them.
+    output, args = tmp_path / "vectors.jsonl", ("--input", str(passages), "--batch-size", "40")
     resume(jobs, MINILM, output, start_and_stop(jobs, MINILM, output, 100, *args), *args)
     assert_vectors(read_jsonl(output), tmp_path / "vectors.errors.jsonl", vectors)
 
@@ -213,7 +217,7 @@ def test_embeddings_in_an_actor_pool_into_parquet(jobs: Jobs, passages: Path, tm
     job = submit(jobs, MINILM, "--input", str(passages), "--output", str(output), "--via", "actors")
     status, lines = finish(jobs, job)
     assert status == JobStatus.SUCCEEDED, "\n".join(lines)
-    assert computed(lines) == ROWS + 1
+    assert computed(lines) == ROWS + 2
     assert sorted(p.suffix for p in output.iterdir()) == [".parquet"] * len(list(output.iterdir()))
     assert_vectors(pq.read_table(output).to_pylist(), tmp_path / "vectors.errors.jsonl", vectors)
 
