@@ -297,6 +297,8 @@ QUEUE_BUDGET_S = 60.0
 QUEUE_REQUEST_S = 0.5
 TIGHT_BUDGET_S = 2.0  # queues 4 requests
 SLOW_INPUT = [f"sentence {i} " + "word " * 60 for i in range(64)]  # makes each request take a while
+# A burst's requests take long enough that most of it is still queued once the last one arrives.
+BURST_INPUT = SLOW_INPUT[:16]
 
 
 def queue_model(name: str, budget_s: float) -> ModelSpec:
@@ -363,9 +365,9 @@ def test_remote_fetches_run_off_the_gateway_event_loop(guarded: str):
     np.testing.assert_allclose(fetched.json()["data"][0]["embedding"], inline.json()["data"][0]["embedding"], atol=1e-5)
 
 
-def burst(url: str, model: str, n: int) -> list[httpx.Response]:
+def burst(url: str, model: str, n: int, texts: list[str] = SLOW_INPUT) -> list[httpx.Response]:
     with ThreadPoolExecutor(n) as pool:
-        body = {"model": model, "input": SLOW_INPUT}
+        body = {"model": model, "input": texts}
         return list(pool.map(lambda _: httpx.post(url, json=body, timeout=300), range(n)))
 
 
@@ -382,7 +384,7 @@ def test_the_queue_bound_is_derived_from_the_latency_budget():
 def test_a_burst_over_the_old_fixed_bound_is_queued_not_refused(guarded: str):
     """80 concurrent requests to a replica that works one at a time: the old 64-request queue refused
     the rest with 503; the derived queue of 120 holds them all."""
-    responses = burst(f"{guarded}/v1/embeddings", "queue-minilm", 80)
+    responses = burst(f"{guarded}/v1/embeddings", "queue-minilm", 80, BURST_INPUT)
     assert [r.status_code for r in responses] == [200] * 80, {r.status_code: r.text[:200] for r in responses}
 
 
