@@ -1,10 +1,10 @@
-"""The batch job's records and files, without Ray: what a row's result becomes on disk, and what a
-rerun then skips.
+"""The batch job's records and files: what a row's result becomes on disk, what a rerun then
+skips, and how an input file is cut into rows.
 
 A vector is written in the shortest text that reads back as the same float32 values, every id
 (any JSON string or 64-bit integer, any script) is found again by the rerun, a row whose id a
 Parquet output cannot hold goes to the errors file, and a record's text is exactly what the output
-and errors files hold.
+and errors files hold. JSON Lines end at "\n" only, on the way in (Ray Data) and on the way out.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from candle.jobs.batch import read_rows
 from candle.jobs.batch_output import BatchFiles
 from candle.jobs.batch_rows import RowError, error_record, read_row, success_record
 
@@ -36,6 +38,7 @@ def test_a_vector_reads_back_as_the_same_float32_values(vector: np.ndarray, row_
 
 @settings(max_examples=50, deadline=None)
 @given(ids=st.lists(IDS, min_size=1, max_size=8, unique_by=lambda i: json.dumps(i)))
+@example(ids=["line\u2028separator", "next\x85line", "file\x1cseparator", 1])  # str.splitlines breaks there
 def test_a_rerun_finds_every_written_id(tmp_path_factory: pytest.TempPathFactory, ids: list[str | int]) -> None:
     folder = tmp_path_factory.mktemp("batch")
     vector = np.ones((1, 4), dtype=np.float32)
@@ -73,3 +76,11 @@ def test_a_parquet_output_keeps_one_id_type_and_refuses_the_other(tmp_path: Path
     refused = json.loads((tmp_path / "out.errors.jsonl").read_text())
     assert refused == {"id": "two", "error": "invalid row: 'id' must be an integer, as in the rest of this output"}
     assert files.done_ids() == {"1", '"two"', "3"}
+
+
+def test_an_input_row_is_cut_at_newlines_only(ray_cluster: dict[str, str], tmp_path: Path) -> None:
+    rows = [{"id": "a\u2028b", "input": "one\x85two"}, {"id": 2, "input": "three\x1cfour"}, {"id": 3, "input": "five"}]
+    lines = [orjson.dumps(row) for row in rows]  # orjson leaves those separators raw, as JSON allows
+    (tmp_path / "in.jsonl").write_bytes(lines[0] + b"\r\n" + lines[1] + b"\n\n" + lines[2])
+    read = read_rows(str(tmp_path / "in.jsonl")).take_all()
+    assert [json.loads(r["row"]) for r in read] == rows

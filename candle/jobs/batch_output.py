@@ -104,7 +104,7 @@ def complete_lines(path: Path) -> list[str]:
     if end < len(data):
         with path.open("r+b") as f:
             f.truncate(end)
-    return [line for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+    return [line for line in data[:end].decode("utf-8").split("\n") if line.strip()]
 
 
 def append_lines(path: Path, lines: list[str]) -> None:
