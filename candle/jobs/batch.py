@@ -31,11 +31,11 @@ from candle.placement import replica_resources
 from candle.raycluster import connect, error_line
 
 PROGRESS_INTERVAL_S = 5.0
-# Rows per actor call. An embedding call of many rows is cheap to hold and sentence-transformers
-# sorts a call's texts by length before batching them, so larger calls pad less (256 rows: about
-# 1.4x the rows/s of 64 for MiniLM on 2 CPUs, bench_batch); generation rows run concurrently
-# within a call, so their calls stay small.
-BATCH_SIZES = {"text-embedding": 256, "image-embedding": 256}
+# Rows per actor call. Text rows are small and sentence-transformers sorts a call's texts by
+# length before batching them, so larger calls pad less (256 rows: about 1.4x the rows/s of 64 for
+# MiniLM on 2 CPUs, bench_batch). Image rows may each be megabytes, and generation rows run
+# concurrently within a call: their calls stay small.
+BATCH_SIZES = {"text-embedding": 256}
 DEFAULT_BATCH_SIZE = 64
 SERVE_WORKER_CPUS = 0.1  # a --via serve actor only waits on the deployment
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--errors", help="JSONL of failed rows (default: beside the output, NAME.errors.jsonl)")
     parser.add_argument("--via", choices=("serve", "actors"), default="serve", help="deployment or own engines")
     parser.add_argument("--concurrency", type=int, default=2, help="Ray Data actors in the pool")
-    sizes = f"default: {BATCH_SIZES['text-embedding']} for embeddings, {DEFAULT_BATCH_SIZE} otherwise"
+    sizes = f"default: {BATCH_SIZES['text-embedding']} for text embeddings, {DEFAULT_BATCH_SIZE} otherwise"
     parser.add_argument("--batch-size", type=int, help=f"rows per actor call ({sizes})")
     parser.add_argument("--catalog", default="production", help="production, demo or a catalog YAML path")
     parser.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS")
