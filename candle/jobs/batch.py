@@ -92,9 +92,13 @@ def run(args: argparse.Namespace) -> Summary:
     pending = read_rows(args.input).filter(lambda r: id_key(r["row"]) not in done)
     total = pending.count()
     print(f"{spec.name}: {len(done)} rows already done, {total} to compute via {args.via}", flush=True)
-    results = pending.map_batches(
+    batch_size = args.batch_size or BATCH_SIZES.get(spec.capability, DEFAULT_BATCH_SIZE)
+    # One block per batch: an actor hands back its output per input block, and a whole input file
+    # is one block, so without this the driver would write (and a stopped job keep) nothing until
+    # the file's last row.
+    results = pending.repartition(target_num_rows_per_block=batch_size).map_batches(
         fn_constructor_kwargs={"spec": spec.model_dump(), "via": args.via},
-        batch_size=args.batch_size or BATCH_SIZES.get(spec.capability, DEFAULT_BATCH_SIZE),
+        batch_size=batch_size,
         batch_format="numpy",
         **worker_options(spec, args.via, args.concurrency),
     )
