@@ -63,7 +63,7 @@ def main() -> None:
     from candle.catalog import Resources, load_catalog
     from candle.demo.hub import LocalHub
     from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
-    from candle.jobs.batch import BATCH_SIZES
+    from candle.jobs.batch import rows_per_call
 
     workdir = Path(tempfile.mkdtemp(prefix="candle-bench-batch-"))
     store = workdir / "store"
@@ -92,7 +92,7 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
 
-    batch_size = args.batch_size or BATCH_SIZES["text-embedding"]
+    batch_size = rows_per_call(spec.capability, args.batch_size)
     report(f"rows: {args.rows}; batch size {batch_size}; {cores} CPUs; in-process encode {baseline:.1f} rows/s")
     report(f"job runs: the median of {args.passes} runs; steady = after the first batch, whole = start-up included")
     row = "{:>8}{:>16}{:>8}{:>16}{:>8}"

@@ -40,6 +40,11 @@ DEFAULT_BATCH_SIZE = 64
 SERVE_WORKER_CPUS = 0.1  # a --via serve actor only waits on the deployment
 
 
+def rows_per_call(capability: str, requested: int | None = None) -> int:
+    """``--batch-size`` where given, else the capability's default."""
+    return requested or BATCH_SIZES.get(capability, DEFAULT_BATCH_SIZE)
+
+
 def read_rows(path: str) -> ray.data.Dataset:
     """The input as one column ``row``: each row's JSON text (so one bad row cannot fail the read)."""
     if path.rstrip("/").endswith(".parquet") or Path(path).is_dir():
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> Summary:
     pending = read_rows(args.input).filter(lambda r: id_key(r["row"]) not in done)
     total = pending.count()
     print(f"{spec.name}: {len(done)} rows already done, {total} to compute via {args.via}", flush=True)
-    batch_size = args.batch_size or BATCH_SIZES.get(spec.capability, DEFAULT_BATCH_SIZE)
+    batch_size = rows_per_call(spec.capability, args.batch_size)
     # One block per batch: an actor hands back its output per input block, and a whole input file
     # is one block, so without this the driver would write (and a stopped job keep) nothing until
     # the file's last row.
