@@ -161,7 +161,7 @@ def stream_close(workdir: Path, trials: int, max_tokens: int, report: Report) ->
     from candle.catalog import ModelSpec
     from candle.contracts import ChatCall, GenerationParams
     from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
-    from candle.engines.text import TransformersTextEngine
+    from candle.engines.chat.transformers import TransformersTextEngine
 
     folder = build_tiny_store(workdir / "engine-store", ["qwen3"])["qwen3"]
     engine = TransformersTextEngine(

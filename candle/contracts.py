@@ -10,29 +10,13 @@ whether its generators are plain (run in a worker thread) or async (iterated on 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 StreamKind = Literal["sync", "async"]
-# Set on the replicas of a model that brings its own Ray runtime_env (placement.py), to the model's name:
-# such a process never brings up node-wide actors, which would inherit its libraries (download.factory).
-MODEL_RUNTIME_ENV_VAR = "CANDLE_MODEL_RUNTIME_ENV"
-# The image formats candle reads (PIL's names): the gateway checks clients' images against them and
-# replicas decode with nothing else, so no other PIL plugin (EPS runs Ghostscript) ever sees input.
-IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF")
-# What PIL's decoders raise on malformed input: OSError (truncation, unknown formats) and the rest.
-IMAGE_DECODE_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    IndexError,
-)
 
 
 @dataclass(frozen=True)
@@ -99,7 +83,17 @@ class TextChunk:
 
 
 @dataclass(frozen=True)
-class ChatCall:
+class Sent:
+    """What every call carries besides its input: ``sent_at``, the wall-clock time (``time.time()``) the
+    gateway handed it to the model's replica, so the replica's queue time counts the wait for a free
+    replica too. ``None`` for calls from elsewhere (the batch job); never compared, so two calls of the
+    same input are equal."""
+
+    sent_at: float | None = field(default=None, kw_only=True, compare=False)
+
+
+@dataclass(frozen=True)
+class ChatCall(Sent):
     """One chat turn. ``messages`` use ``{"type": "image"}`` placeholders, one per entry of ``images``,
     in order: encoded bytes from the gateway to the replica, decoded images from the replica on."""
 
@@ -111,13 +105,13 @@ class ChatCall:
 
 
 @dataclass(frozen=True)
-class CompletionCall:
+class CompletionCall(Sent):
     prompt: str
     params: GenerationParams
 
 
 @dataclass(frozen=True)
-class ImageCall:
+class ImageCall(Sent):
     """``n`` pictures of ``width`` x ``height``; ``None`` fields take the catalog's defaults."""
 
     prompt: str
@@ -127,6 +121,26 @@ class ImageCall:
     seed: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class EmbedCall(Sent):
+    """Texts (or encoded images, for image embeddings) to embed in order, under one prompt and size."""
+
+    items: tuple[str | bytes, ...]
+    prompt_name: str | None = None
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True)
+class RerankCall(Sent):
+    """Documents to score against one query, in order, under one prompt (an instruction, for rerankers
+    that take one) and with each document cut to at most ``max_tokens_per_doc`` tokens."""
+
+    query: str
+    documents: tuple[str, ...]
+    prompt_name: str | None = None
+    max_tokens_per_doc: int | None = None
 
 
 TextStream = Iterator[TextChunk] | AsyncIterator[TextChunk]
@@ -158,122 +172,19 @@ class EmbeddingEngine(Protocol):
 
 
 @runtime_checkable
+class RerankEngine(Protocol):
+    """Rerankers: a relevance score per (query, document) pair and the tokens each pair used."""
+
+    def score_pairs(
+        self, pairs: list[tuple[str, str]], prompt_name: str | None = None, max_tokens_per_doc: int | None = None
+    ) -> tuple[np.ndarray, list[int]]: ...
+
+
+@runtime_checkable
 class ImageEngine(Protocol):
     """Text-to-image engines: PNG bytes. Blocking: the replica runs it in a thread."""
 
     def generate(self, call: ImageCall) -> list[bytes]: ...
 
 
-Engine = ChatEngine | CompletionEngine | EmbeddingEngine | ImageEngine
-
-
-# -- download progress: what the downloader reports and the CLI, jobs, metrics and /v1/models read --
-
-FileState = Literal["queued", "downloading", "done", "failed"]
-DownloadState = Literal["resolving", "downloading", "done", "failed"]
-# Where a blob's bytes come from: the hub, a peer's verified copy, a peer still receiving it (a
-# relay), a shared cache another node filled, or this node's own cache.
-BlobSource = Literal["hub", "peer", "relay", "shared", "cache"]
-
-
-class _Totals:
-    """Bytes done and total, rate and ETA of something made of ``parts`` (files, or nodes)."""
-
-    @property
-    def parts(self) -> tuple[Any, ...]:
-        raise NotImplementedError
-
-    @property
-    def bytes_done(self) -> int:
-        return sum(part.bytes_done for part in self.parts)
-
-    @property
-    def bytes_total(self) -> int:
-        return sum(part.bytes_total for part in self.parts)
-
-    @property
-    def rate(self) -> float:
-        return sum(part.rate for part in self.parts)
-
-    @property
-    def eta_s(self) -> float | None:
-        rate = self.rate
-        return max(0, self.bytes_total - self.bytes_done) / rate if rate > 0 else None
-
-
-@dataclass(frozen=True)
-class FileProgressRecord:
-    path: str
-    state: FileState
-    bytes_done: int
-    bytes_total: int
-    rate: float  # bytes/s over the last few seconds
-    source: BlobSource | None = None  # None: not started
-    upstream: str | None = None  # the node id it copies from (peer or relay)
-
-
-@dataclass(frozen=True)
-class RepoProgressRecord(_Totals):
-    """One model at one revision on one node, as its downloader sees it now."""
-
-    repo_id: str
-    revision: str
-    commit: str | None
-    state: DownloadState
-    error: str | None
-    files: tuple[FileProgressRecord, ...] = ()
-
-    @property
-    def parts(self) -> tuple[FileProgressRecord, ...]:
-        return self.files
-
-
-@dataclass(frozen=True)
-class ModelProgress(_Totals):
-    """One model across the nodes fetching it: ``(node id, that node's record)`` pairs."""
-
-    nodes: tuple[tuple[str, RepoProgressRecord], ...]
-
-    @property
-    def parts(self) -> tuple[RepoProgressRecord, ...]:
-        return tuple(record for _, record in self.nodes)
-
-    @property
-    def in_flight(self) -> bool:
-        return any(record.state in ("resolving", "downloading") for record in self.parts)
-
-    def as_json(self) -> dict[str, Any]:
-        """The ``progress`` object of ``/v1/models`` and of 503 answers."""
-        total = self.bytes_total
-        eta = self.eta_s
-        return {
-            "bytes_done": self.bytes_done,
-            "bytes_total": total,
-            "fraction": round(self.bytes_done / total, 4) if total else 1.0,
-            "rate_bytes_per_s": round(self.rate, 1),
-            "eta_s": round(eta, 1) if eta is not None else None,
-            "nodes": [
-                {
-                    "node_id": node,
-                    "state": r.state,
-                    "bytes_done": r.bytes_done,
-                    "bytes_total": r.bytes_total,
-                    "error": r.error,
-                    "commit": r.commit,
-                    "rate_bytes_per_s": round(r.rate, 1),
-                    "transfers": [
-                        {
-                            "path": f.path,
-                            "source": f.source,
-                            "upstream": f.upstream,
-                            "bytes_done": f.bytes_done,
-                            "bytes_total": f.bytes_total,
-                            "rate_bytes_per_s": round(f.rate, 1),
-                        }
-                        for f in r.files
-                        if f.state == "downloading"
-                    ],
-                }
-                for node, r in self.nodes
-            ],
-        }
+Engine = ChatEngine | CompletionEngine | EmbeddingEngine | RerankEngine | ImageEngine

@@ -11,8 +11,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from candle.catalog import ModelSpec
-from candle.contracts import MODEL_RUNTIME_ENV_VAR
+from candle.catalog import Deployable
+from candle.download.config import MODEL_RUNTIME_ENV_VAR
 
 # A node as ``ray.nodes()`` describes it: "NodeID", "Alive", "Labels", "Resources" (totals).
 NodeInfo = Mapping[str, Any]
@@ -22,8 +22,9 @@ _IN = re.compile(r"^in\((?P<values>.*)\)$")
 RANK_BUNDLE = {"GPU": 1.0, "CPU": 1.0}
 
 
-def deployment_options(spec: ModelSpec) -> dict[str, Any]:
-    """Options for ``Deployment.options``: where one replica of ``spec`` may run and how many there are.
+def deployment_options(spec: Deployable) -> dict[str, Any]:
+    """Options for ``Deployment.options``: where one replica of ``spec`` (a model's own deployment or a
+    pool's) may run and how many there are.
 
     Tensor-parallel engines get one placement-group bundle per GPU rank, ``STRICT_PACK``ed onto one
     node (the replica's own bundle first, holding its CPUs); with pipeline parallelism the ranks of
@@ -40,7 +41,7 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     if resources.label_selector:
         actor["label_selector"] = dict(resources.label_selector)
     if spec.runtime_env:  # serve_config.py sets it on the model's application too
-        # Marked, so the replica leaves node-wide actors to the base env (candle/download/factory.py).
+        # Marked, so the replica leaves node-wide actors to the base env (candle/download/cluster/factory.py).
         env_vars = {**spec.runtime_env.get("env_vars", {}), MODEL_RUNTIME_ENV_VAR: spec.name}
         actor["runtime_env"] = {**spec.runtime_env, "env_vars": env_vars}
     options: dict[str, Any] = {
@@ -48,7 +49,7 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": max_queued_requests(spec),
         # Past the queue the gateway answers 503 with this Retry-After: by then the queue has drained.
-        "backpressure_config": {"retry_after_s": spec.limits.queue_latency_budget_s},
+        "backpressure_config": {"retry_after_s": spec.queue_budget()[0]},
         "ray_actor_options": actor,
     }
     if resources.ranks > 1:
@@ -61,7 +62,7 @@ def deployment_options(spec: ModelSpec) -> dict[str, Any]:
     return options
 
 
-def replica_count(spec: ModelSpec) -> dict[str, Any]:
+def replica_count(spec: Deployable) -> dict[str, Any]:
     """``num_replicas``, or Serve's ``autoscaling_config`` for an entry that autoscales.
 
     An autoscaled deployment still starts with a replica even when ``min_replicas`` is 0: it fetches
@@ -74,7 +75,7 @@ def replica_count(spec: ModelSpec) -> dict[str, Any]:
     return {"autoscaling_config": {**scaling.model_dump(), "initial_replicas": max(scaling.min_replicas, 1)}}
 
 
-def max_queued_requests(spec: ModelSpec) -> int:
+def max_queued_requests(spec: Deployable) -> int:
     """Requests each caller (each gateway replica) queues for ``spec`` before answering 503.
 
     When every slot is busy the deployment finishes ``max_ongoing_requests x num_replicas`` requests
@@ -86,13 +87,13 @@ def max_queued_requests(spec: ModelSpec) -> int:
     Serve keeps this queue per caller: with G gateway replicas up to G x Q requests wait in all. An
     autoscaled deployment counts the replicas it always has (at least one: a cold start's queue).
     """
-    limits = spec.limits
+    budget_s, request_time_s = spec.queue_budget()
     replicas = max(spec.autoscaling.min_replicas, 1) if spec.autoscaling else spec.num_replicas
     slots = spec.max_ongoing_requests * replicas
-    return max(1, math.ceil(limits.queue_latency_budget_s / limits.request_time_s * slots))
+    return max(1, math.ceil(budget_s / request_time_s * slots))
 
 
-def replica_resources(spec: ModelSpec) -> dict[str, float]:
+def replica_resources(spec: Deployable) -> dict[str, float]:
     """CPUs and GPUs one replica takes (a placement group takes the sum of its bundles)."""
     options = deployment_options(spec)
     actor = options["ray_actor_options"]
@@ -112,13 +113,13 @@ def label_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> boo
     return True
 
 
-def node_share(spec: ModelSpec) -> dict[str, float]:
+def node_share(spec: Deployable) -> dict[str, float]:
     """The least a node must have to hold part of a replica: all of it, or, when its pipeline stages
     may span nodes, one rank's bundle (``PACK`` may put any number of them on a node)."""
     return dict(RANK_BUNDLE) if spec.resources.pipeline_parallel_size > 1 else replica_resources(spec)
 
 
-def can_host(spec: ModelSpec, node: NodeInfo) -> bool:
+def can_host(spec: Deployable, node: NodeInfo) -> bool:
     """Whether (part of) a replica of ``spec`` could ever run on ``node``: its labels match, it has the
     CPUs and GPUs of :func:`node_share`. Those are the nodes a replica's weights must be on."""
     if not node.get("Alive", True) or not label_matches(spec.resources.label_selector, node.get("Labels") or {}):
@@ -127,6 +128,6 @@ def can_host(spec: ModelSpec, node: NodeInfo) -> bool:
     return all(float(capacity.get(key, 0)) >= need for key, need in node_share(spec).items() if need)
 
 
-def hosting_nodes(spec: ModelSpec, nodes: Iterable[NodeInfo]) -> list[str]:
+def hosting_nodes(spec: Deployable, nodes: Iterable[NodeInfo]) -> list[str]:
     """Ids of the alive nodes where ``spec``'s deployment (or part of one replica) can land."""
     return [node["NodeID"] for node in nodes if can_host(spec, node)]

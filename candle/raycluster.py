@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 
 import ray
 from ray.exceptions import RayTaskError
@@ -18,14 +19,14 @@ def connect(namespace: str = "candle") -> None:
     """
     if ray.is_initialized():
         return
-    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "namespace": namespace}
+    quiet = partial(ray.init, logging_level=logging.ERROR, log_to_driver=False, namespace=namespace)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
+        quiet()
         return
     try:
-        ray.init(address="auto", **quiet)
+        quiet(address="auto")
     except ConnectionError:
-        ray.init(address="local", include_dashboard=False, **quiet)
+        quiet(address="local", include_dashboard=False)
 
 
 def unwrap_error(error: BaseException) -> BaseException:

@@ -1,7 +1,8 @@
 """Serve configs generated from a catalog, so the config and the catalog cannot drift apart.
 
-Layout: the gateway app at ``/`` and one app per model with no HTTP route of its own (the gateway
-reaches each through a deployment handle). ``python -m candle.serve_config production`` prints
+Layout: the gateway app at ``/``, one app per model with no HTTP route of its own (the gateway
+reaches each through a deployment handle), and one app per warm pool, which serves its models (they
+get no app of their own). ``python -m candle.serve_config production`` prints
 the production config; the committed ``serve_config.yaml`` is checked against it by the tests.
 """
 
@@ -36,23 +37,26 @@ def build(
     proxy_location: str = "EveryNode",
     gateway_replicas: int = GATEWAY_REPLICAS,
 ) -> dict[str, Any]:
-    models = load_catalog(catalog).models
+    loaded = load_catalog(catalog)
     gateway = {
         "name": "gateway",
         "route_prefix": "/",
         "import_path": "deployments.app:build_gateway_app",
         "args": {"catalog": catalog, "num_replicas": gateway_replicas},
     }
+    # (name, builder, its args, runtime_env): the app's own libraries, for its builder too (the
+    # deployment gets them from placement).
+    own = [(m.name, "build_model_app", {"model": m.name}, m.runtime_env) for m in loaded.models if m.pool is None]
+    pools = [(p.name, "build_pool_app", {"pool": p.name}, p.runtime_env) for p in loaded.pools.values()]
     apps = [
         {
-            "name": model.name,
+            "name": name,
             "route_prefix": None,
-            "import_path": "deployments.app:build_model_app",
-            "args": {"catalog": catalog, "model": model.name},
-            # The app's own libraries, for its builder too (the deployment gets them from placement).
-            **({"runtime_env": model.runtime_env} if model.runtime_env else {}),
+            "import_path": f"deployments.app:{builder}",
+            "args": {"catalog": catalog, **args},
+            **({"runtime_env": runtime_env} if runtime_env else {}),
         }
-        for model in models
+        for name, builder, args, runtime_env in [*own, *pools]
     ]
     return {
         "proxy_location": proxy_location,

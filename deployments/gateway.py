@@ -2,11 +2,12 @@
 
 It validates and bounds every request before a model sees it (OpenAI error shapes throughout),
 refuses requests to models that are not ready with 503 + progress + ``Retry-After`` instead of
-letting them queue behind a download (but lets a request wake a model scaled to zero, waiting a
-bounded time for its replica), and answers chat and completions whole or as SSE. The routes
-and readiness live here; what must be decided before a body is parsed (API keys, body size, the
-request deadline) is in ``guards``, the OpenAI shape of every error in ``http_errors``, and how a
-replica's chunks become answers and events in ``streaming``.
+letting them queue behind a download (but lets a request wake a model scaled to zero, or have a
+pool replica load a pooled one, waiting a bounded time for it), and answers chat and completions
+whole or as SSE. The routes and readiness live here; what must be decided before a body is parsed
+(API keys, body size, the request deadline) is in ``guards``, the OpenAI shape of every error in
+``http_errors``, how a replica's chunks become answers and events in ``streaming``, and which handle
+reaches a model in ``routing``.
 
 (No ``from __future__ import annotations`` here: FastAPI must see real types, e.g. ``Request``,
 on the routes that ``serve.ingress`` rewraps.)
@@ -16,44 +17,46 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, IPvAnyNetwork
+from pydantic import BaseModel, Field, IPvAnyNetwork, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from candle.api import responses
-from candle.api.conversation import template_conversation
+from candle.api import calls, responses
+from candle.api.calls import ImageAccess
 from candle.api.errors import APIError, bad_request, model_not_found, wrong_capability
-from candle.api.images import is_image_reference, load_image_bytes
-from candle.api.limits import check_input_chars, sampling_temperature
+from candle.api.limits import DEFAULT_MAX_BODY_BYTES
+from candle.api.models import ModelStatus, model_card
 from candle.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ImageGenerationRequest,
-    SamplingFields,
+    RerankRequest,
+    ScoreRequest,
     new_id,
 )
 from candle.catalog import ModelSpec
-from candle.catalog.capabilities import REGISTRY, capabilities_for
-from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall
-from candle.download.factory import downloader_factory
+from candle.catalog.capabilities import capabilities_for
+from candle.download.cluster.factory import downloader_factory
 
-from . import guards, http_errors, streaming
+from . import guards, http_errors, metrics, streaming
+from .coalescer import embedding_coalescer, rerank_coalescer
 from .http_errors import ERRORS
-from .model_status import ModelStatus, collect
+from .model_status import collect
+from .routing import model_handle
 
 logger = logging.getLogger("ray.serve")
 
 STATUS_REFRESH_S = 1.0
 COLD_START_POLL_S = 0.1
-# States in which a model that may scale to zero takes requests: Serve queues them and starts a replica.
+# States in which a model that may scale to zero, or a pooled one, takes requests: Serve queues them and
+# starts a replica, or routes them to a pool replica that loads the model.
 WAKING_STATES = ("idle", "downloading", "loading")
 T = TypeVar("T")
-DEFAULT_MAX_TOKENS = 256
-DEFAULT_IMAGE_SIZE = 1024
 
 
 class GatewaySettings(BaseModel):
@@ -61,80 +64,71 @@ class GatewaySettings(BaseModel):
 
     api_keys_env: str = "CANDLE_API_KEYS"  # env var of comma-separated keys (preferred: keeps keys out of configs)
     api_keys: list[str] = Field(default_factory=list, repr=False)  # more keys, from the Serve config
+    # A replica that finds no key fails to start, instead of serving open (without it: a warning).
+    require_api_keys: bool = False
     allow_remote_images: bool = False
     # Non-public networks remote images may come from anyway (an internal image store); never metadata.
     remote_image_allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    # JSON values (the document, every element and member value) a body may hold, counted before it is
+    # parsed: a 32 MiB body of 2M tiny objects costs seconds of CPU and gigabytes to parse and validate.
+    max_body_values: int = Field(default=65_536, ge=1024)
+    # Bytes of request bodies one gateway replica holds at once; past them new requests get 503 + Retry-After.
+    max_body_bytes_in_flight: int = Field(default=256 * 1024 * 1024, ge=1024)
     retry_after_s: int = 5
     # Every request ends by then (503, or an error event in a started stream), and its model call is cancelled.
     request_timeout_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _a_full_body_fits_in_flight(self) -> "GatewaySettings":
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below max_body_bytes "
+                f"({self.max_body_bytes}): no body of the allowed size could be served"
+            )
+        return self
 
 
 app = FastAPI(title="candle", description="OpenAI-compatible API for models served by candle on Ray Serve.")
 http_errors.install(app)
 
 
-def generation_params(body: SamplingFields, budget: int | None, spec: ModelSpec) -> GenerationParams:
-    """The sampling fields as engines take them, within the model's limits (the batch job uses it too)."""
-    limits = spec.limits
-    max_tokens = budget or int(spec.defaults.get("max_tokens", DEFAULT_MAX_TOKENS))
-    if max_tokens > limits.max_tokens:
-        raise bad_request(f"max_tokens must be at most {limits.max_tokens}, got {max_tokens}", "max_tokens")
-    if body.n > limits.max_n:
-        raise bad_request(f"n must be at most {limits.max_n}, got {body.n}", "n")
-    return GenerationParams(
-        max_tokens=max_tokens,
-        temperature=sampling_temperature(body.temperature),
-        top_p=body.top_p,
-        stop=tuple(body.stop_list()),
-        seed=body.seed,
-        response_format=body.output_format(),
-        max_tokens_requested=budget is not None,
-    )
-
-
-def image_call(body: ImageGenerationRequest, spec: ModelSpec) -> ImageCall:
-    """The request as the engines take it, within the model's limits (the batch job uses it too)."""
-    check_input_chars(len(body.prompt), spec.limits.max_input_chars, "prompt")
-    if body.n > spec.limits.max_n:
-        raise bad_request(f"n must be at most {spec.limits.max_n}, got {body.n}", "n")
-    default = int(spec.defaults.get("size", DEFAULT_IMAGE_SIZE))
-    try:
-        width, height = body.dimensions((default, default))
-    except ValueError as e:
-        raise bad_request(str(e), "size") from None
-    if width * height > spec.limits.max_image_pixels:
-        raise bad_request(f"size {width}x{height} exceeds {spec.limits.max_image_pixels} pixels", "size")
-    return ImageCall(
-        body.prompt,
-        width,
-        height,
-        n=body.n,
-        seed=body.seed,
-        num_inference_steps=body.num_inference_steps,
-        guidance_scale=body.guidance_scale,
-    )
-
-
-# Module-level helpers stay above the class: Serve ships the class by value, with the globals
-# that exist when it is decorated.
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
-    async def __init__(self, models: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> None:
-        self.specs = {m.name: m for m in (ModelSpec.model_validate(raw) for raw in models)}
+    async def __init__(self, models: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> None:  # type: ignore[misc]  # an async constructor: Ray Serve awaits it
         self.settings = GatewaySettings.model_validate(settings or {})
-        keys = os.environ.get(self.settings.api_keys_env, "").split(",") + self.settings.api_keys
+        keys = guards.api_keys(
+            os.environ.get(self.settings.api_keys_env, "").split(",") + self.settings.api_keys,
+            required=self.settings.require_api_keys,
+            env_var=self.settings.api_keys_env,
+        )
+        self.specs = {m.name: m for m in (ModelSpec.model_validate(raw) for raw in models)}
+        self.images = ImageAccess(
+            self.settings.max_body_bytes,
+            self.settings.allow_remote_images,
+            tuple(self.settings.remote_image_allowed_networks),
+        )
         guards.install(
             app,
             max_body_bytes=self.settings.max_body_bytes,
-            api_keys=[k.strip() for k in keys if k.strip()],
+            max_body_values=self.settings.max_body_values,
+            max_body_bytes_in_flight=self.settings.max_body_bytes_in_flight,
+            api_keys=keys,
             deadline_s=self.settings.request_timeout_s,
             retry_after_s=self.settings.retry_after_s,
         )
-        self.handles: dict[str, DeploymentHandle] = {
-            name: serve.get_deployment_handle(REGISTRY[spec.capability].deployment, app_name=name)
+        metrics.install(app, self.specs)
+        self.handles: dict[str, DeploymentHandle] = {name: model_handle(spec) for name, spec in self.specs.items()}
+        self.embedders = {
+            name: embedding_coalescer(self.handles[name], spec)
             for name, spec in self.specs.items()
+            if spec.capability in capabilities_for("/v1/embeddings")
+        }
+        self.rankers = {
+            name: rerank_coalescer(self.handles[name], spec)
+            for name, spec in self.specs.items()
+            if spec.capability in capabilities_for("/v1/rerank")
         }
         self.status: dict[str, ModelStatus] = {}
         # The gateway runs in the base env: it brings up the downloader factory that replicas under a
@@ -143,10 +137,10 @@ class Gateway:
         self._refresher = asyncio.create_task(self._refresh_status())
 
     async def _refresh_status(self) -> None:
-        names = {name: REGISTRY[spec.capability].deployment for name, spec in self.specs.items()}
         while True:
             try:
-                self.status = await collect(self.specs, names)
+                self.status = await collect(self.specs)
+                metrics.publish_status(self.specs, self.status)
             except Exception:
                 logger.exception("refreshing model status failed")
             await asyncio.sleep(STATUS_REFRESH_S)
@@ -162,13 +156,22 @@ class Gateway:
         spec = self.specs.get(name)
         if spec is None:
             raise model_not_found(name)
+        metrics.attribute(spec)
         if spec.capability not in capabilities_for(endpoint):
             raise wrong_capability(name, spec.capability, endpoint)
         status = self._status(name)
-        wakes = spec.scales_to_zero() and status.state in WAKING_STATES
-        if status.state != "ready" and not wakes:
+        if status.state != "ready" and not self._wakes(spec, status):
             raise self._unavailable(name, status, f": {status.reason}" if status.reason else "; retry later.")
         return spec
+
+    @staticmethod
+    def _wakes(spec: ModelSpec, status: ModelStatus) -> bool:
+        """Whether a request to a model not ready goes on: it wakes a model scaled to zero or has a pool
+        replica load a pooled one; a pooled model whose last load failed is tried again (or refused with
+        the reason) by the pool replica it failed on."""
+        if status.state in WAKING_STATES:
+            return spec.pool is not None or spec.scales_to_zero()
+        return spec.pool is not None and status.state == "failed" and bool(status.replicas)
 
     def _unavailable(self, name: str, status: ModelStatus, why: str) -> APIError:
         """503 with the model's status and a ``Retry-After`` from its download's ETA, if one is known."""
@@ -185,8 +188,9 @@ class Gateway:
 
     async def _answer(self, spec: ModelSpec, answer: Awaitable[T]) -> T:
         """``answer`` from the model; while it has no running replica (woken from zero, Serve holds the
-        request until one starts) bounded by ``cold_start_timeout_s``: past it the call is cancelled
-        and the client gets a 503 with ``Retry-After``. Once a replica runs, ``answer`` takes its time."""
+        request until one starts) or, pooled, is loaded on none, bounded by ``cold_start_timeout_s``:
+        past it the call is cancelled and the client gets a 503 with ``Retry-After``. Once the model is
+        ready, ``answer`` takes its time."""
         if self._status(spec.name).state == "ready":
             return await answer
         task = asyncio.ensure_future(answer)
@@ -203,7 +207,8 @@ class Gateway:
             running.cancel()
         task.cancel()
         status = self._status(spec.name)
-        raise self._unavailable(spec.name, status, f"; no replica started within {timeout:g}s, retry later.")
+        waited = "it did not load" if spec.pool else "no replica started"
+        raise self._unavailable(spec.name, status, f"; {waited} within {timeout:g}s, retry later.")
 
     async def _running(self, name: str) -> None:
         while self._status(name).state != "ready":
@@ -226,31 +231,16 @@ class Gateway:
         return self._model_card(name)
 
     def _model_card(self, name: str) -> dict[str, Any]:
-        spec = self.specs[name]
-        status = self._status(name)
-        return {
-            "id": name,
-            "object": "model",
-            "created": 0,
-            "owned_by": spec.repo_id.split("/")[0],
-            "capability": spec.capability,
-            "repo_id": spec.repo_id,
-            "status": status.as_dict(),
-        }
+        return model_card(self.specs[name], self._status(name))
 
     @app.post("/v1/chat/completions", responses=ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/chat/completions")
-        check_input_chars(body.input_chars(), spec.limits.max_input_chars, "messages")
-        params = generation_params(body, body.token_budget, spec)
-        messages, images = await self._conversation(body, spec)
-        tools, tool_choice = body.tool_request()
+        call = await calls.chat_call(body, spec, self.images)
         handle = self.handles[spec.name].options(stream=True)
 
-        call = ChatCall(messages, params, tools, tool_choice, tuple(images))
-
         def run() -> Any:
-            return handle.chat.remote(call)
+            return metrics.send(handle.chat, call)
 
         completion_id = new_id("chatcmpl")
         if body.stream:
@@ -263,13 +253,10 @@ class Gateway:
     @app.post("/v1/completions", responses=ERRORS)
     async def completions(self, body: CompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/completions")
-        params = generation_params(body, body.token_budget, spec)
-        prompts = body.prompts()
-        if len(prompts) > spec.limits.max_input_items:
-            raise bad_request(f"prompt must have at most {spec.limits.max_input_items} items", "prompt")
-        check_input_chars(body.input_chars(), spec.limits.max_input_chars, "prompt")
         handle = self.handles[spec.name].options(stream=True)
-        runs = [(lambda p=p: handle.complete.remote(CompletionCall(p, params))) for p in prompts for _ in range(body.n)]
+        runs: list[streaming.Run] = [
+            partial(metrics.send, handle.complete, call) for call in calls.completion_calls(body, spec)
+        ]
         completion_id = new_id("cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -287,23 +274,8 @@ class Gateway:
     @app.post("/v1/embeddings", responses=ERRORS)
     async def embeddings(self, body: EmbeddingRequest) -> Any:
         spec = self._model(body.model, "/v1/embeddings")
-        inputs = body.inputs()
-        limits = spec.limits
-        if len(inputs) > limits.max_input_items:
-            raise bad_request(f"input must have at most {limits.max_input_items} items, got {len(inputs)}", "input")
-        text = [i for i in inputs if spec.capability == "text-embedding" or not is_image_reference(i)]
-        check_input_chars(sum(len(i) for i in text), limits.max_input_chars, "input")
-        items: list[str | bytes] = list(inputs)
-        if spec.capability == "image-embedding":
-            images = [i for i in inputs if is_image_reference(i)]
-            if len(images) > limits.max_images_per_request:
-                raise bad_request(f"at most {limits.max_images_per_request} images per request", "input")
-            items = [
-                await self._image(i, f"input[{n}]", spec) if is_image_reference(i) else i for n, i in enumerate(inputs)
-            ]
-        vectors, tokens = await self._answer(
-            spec, streaming.call(self.handles[spec.name].embed.remote(items, body.input_type, body.dimensions))
-        )
+        call = await calls.embed_call(body, spec, self.images)
+        vectors, tokens = await self._answer(spec, streaming.call(self.embedders[spec.name](metrics.stamped(call))))
         # A response object skips FastAPI's per-value jsonable_encoder walk, which dominates for vectors.
         return responses.FastJSONResponse(responses.embeddings(spec.name, vectors, tokens, body.encoding_format))
 
@@ -312,26 +284,32 @@ class Gateway:
         spec = self._model(body.model, "/v1/images/generations")
         if body.response_format != "b64_json":
             raise bad_request("Only response_format 'b64_json' is supported.", "response_format")
-        pngs = await self._answer(spec, streaming.call(self.handles[spec.name].generate.remote(image_call(body, spec))))
+        call = calls.image_call(body, spec)
+        pngs = await self._answer(spec, streaming.call(metrics.send(self.handles[spec.name].generate, call)))
         return responses.FastJSONResponse(responses.images(pngs))
 
-    # -- helpers -------------------------------------------------------------------------------
+    # Cohere's routes (v1 and v2: the SDK's Client and ClientV2, which LangChain's CohereRerank uses), and
+    # the bare one Infinity, TEI and vLLM serve; one shape, a superset of each.
+    @app.post("/v1/rerank", responses=ERRORS)
+    @app.post("/v2/rerank", responses=ERRORS)
+    @app.post("/rerank", responses=ERRORS)
+    async def rerank(self, body: RerankRequest) -> Any:
+        spec = self._model(body.model, "/v1/rerank")
+        call = calls.rerank_call(body, spec)
+        scores, tokens = await self._answer(spec, streaming.call(self.rankers[spec.name](metrics.stamped(call))))
+        results = responses.ranking(call, scores, body.top_n, body.return_documents)
+        return responses.FastJSONResponse(responses.rerank(spec.name, results, tokens))
 
-    async def _image(self, url: str, param: str, spec: ModelSpec) -> bytes:
-        """Fetching and decoding block: in a thread, so the event loop keeps serving other requests."""
-        return await asyncio.to_thread(
-            load_image_bytes,
-            url,
-            param=param,
-            max_pixels=spec.limits.max_image_pixels,
-            max_bytes=self.settings.max_body_bytes,
-            allow_remote=self.settings.allow_remote_images,
-            allowed_networks=self.settings.remote_image_allowed_networks,
-        )
-
-    async def _conversation(
-        self, body: ChatCompletionRequest, spec: ModelSpec
-    ) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Messages for the chat template and the images' bytes, read once the request passed every check."""
-        conversation = template_conversation(body, spec)
-        return conversation.messages, [await self._image(image.url, image.param, spec) for image in conversation.images]
+    @app.post("/v1/score", responses=ERRORS)
+    @app.post("/score", responses=ERRORS)
+    async def score(self, body: ScoreRequest) -> Any:
+        spec = self._model(body.model, "/v1/score")
+        work = calls.score_calls(body, spec)
+        if len(work) == 1:  # one text_1 against every text_2: a list with other requests' calls
+            results = [await self._answer(spec, streaming.call(self.rankers[spec.name](work[0])))]
+        else:  # pairwise: a call per pair, already one list
+            results = await self._answer(spec, streaming.call(self.handles[spec.name].rerank_many.remote(work)))
+            if failed := next((r for r in results if isinstance(r, Exception)), None):
+                raise http_errors.client_error(failed)
+        values = [float(score) for scores, _ in results for score in scores]
+        return responses.FastJSONResponse(responses.scores(spec.name, values, sum(tokens for _, tokens in results)))

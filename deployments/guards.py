@@ -2,14 +2,16 @@
 
 From the outside in: a deadline on the whole request (503 + ``Retry-After``, or an in-band error
 event when an SSE stream has started), the API key from the headers alone (a stranger's 32 MB body
-is never read), and the body-size limit, counted as the body arrives, declared or chunked. Every
-refusal is an OpenAI-shaped error.
+is never read), and the body: its size, counted as it arrives, declared or chunked; the bytes of
+all bodies the replica holds at once (503 + ``Retry-After`` past them); and the count of its JSON
+values, before anything parses it. Every refusal is an OpenAI-shaped error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Sequence
 
 from fastapi import FastAPI
@@ -17,7 +19,12 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candle.api.errors import APIError, too_large, unauthorized
+from candle.api.limits import json_values
 from candle.api.responses import sse
+
+from . import metrics
+
+logger = logging.getLogger("ray.serve")
 
 OPEN_PATHS = frozenset({"/health"})
 
@@ -71,6 +78,7 @@ class Deadline:
             if content_type is None:
                 await send_error(send, error)
             else:  # headers are gone: an SSE stream ends with the error event and [DONE], as OpenAI's do
+                metrics.failed_in_band(error.status)
                 frames = sse(error.body()) + sse("[DONE]") if content_type.startswith(b"text/event-stream") else ""
                 await send({"type": "http.response.body", "body": frames.encode(), "more_body": False})
 
@@ -94,16 +102,41 @@ class ApiKeys:
         return any(hmac.compare_digest(token, key) for key in self.keys)
 
 
+class BodiesInFlight:
+    """The bytes of request bodies one gateway replica holds at once, each reserved as it is declared
+    or arrives: many large bodies at once would otherwise take the replica's memory (a 32 MiB body
+    of tiny JSON objects parses into gigabytes). The guards share one per replica (its one loop)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
 class BodyLimit:
-    """413 for bodies over ``max_bytes``, declared or streamed, before anything parses them.
+    """413 for bodies over ``max_bytes`` (declared or streamed) or ``max_values`` JSON values, 503 while
+    the replica holds ``in_flight.limit`` bytes of bodies; all before anything parses them.
 
     The body is read here and handed on whole: FastAPI turns any error raised while it reads a body
-    into a 400, so the limit has to be enforced before it starts.
+    into a 400, so the limits have to be enforced before it starts.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, max_values: int, in_flight: BodiesInFlight, retry_after_s: float
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_values = max_values
+        self.in_flight = in_flight
+        self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,38 +146,106 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await send_error(send, self._too_large())
             return
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
+        reserved = 0  # bytes of this body counted in in_flight: the declared length, or what arrived
+        try:
+            if declared is not None and declared.isdigit():
+                if not self.in_flight.take(int(declared)):
+                    await send_error(send, self._busy())
+                    return
+                reserved = int(declared)
+            chunks: list[bytes] = []
+            size, more = 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.max_bytes:
+                    await send_error(send, self._too_large())
+                    return
+                if size > reserved:
+                    if not self.in_flight.take(size - reserved):
+                        await send_error(send, self._busy())
+                        return
+                    reserved = size
+                more = message.get("more_body", False)
+            body: bytes | None = b"".join(chunks)
+            if body and json_values(body, self.max_values) > self.max_values:
+                await send_error(send, self._too_many_values())
                 return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await send_error(send, self._too_large())
-                return
-            more = message.get("more_body", False)
-        body: bytes | None = b"".join(chunks)
 
-        async def replay() -> Message:
-            nonlocal body
-            if body is None:
-                return await receive()
-            message, body = {"type": "http.request", "body": body, "more_body": False}, None
-            return message
+            async def replay() -> Message:
+                nonlocal body
+                if body is None:
+                    return await receive()
+                message, body = {"type": "http.request", "body": body, "more_body": False}, None
+                return message
 
-        await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+        finally:
+            self.in_flight.give_back(reserved)
 
     def _too_large(self) -> APIError:
         return too_large(f"Request body is larger than {self.max_bytes} bytes.")
 
+    def _too_many_values(self) -> APIError:
+        return too_large(
+            f"Request body holds more than {self.max_values} JSON values (the gateway's max_body_values "
+            f"({self.max_values})); send fewer items per request."
+        )
 
-def install(app: FastAPI, *, max_body_bytes: int, api_keys: Sequence[str], deadline_s: float, retry_after_s: float):
+    def _busy(self) -> APIError:
+        return APIError(
+            503,
+            f"This gateway replica holds as many request bodies as its max_body_bytes_in_flight "
+            f"({self.in_flight.limit}) allows; retry later.",
+            type="service_unavailable",
+            code="overloaded",
+            retry_after=self.retry_after_s,
+        )
+
+
+def api_keys(candidates: Sequence[str], *, required: bool, env_var: str) -> list[str]:
+    """The keys clients must send (blanks dropped). None configured opens the API to anyone who
+    reaches it: said loudly at start, or, with ``required``, refused, so a replica on a node whose
+    secret is missing fails to start instead of serving open beside keyed ones."""
+    keys = [key.strip() for key in candidates if key.strip()]
+    if not keys and required:
+        raise ValueError(
+            f"require_api_keys is set but no API key is configured: set {env_var} on this node "
+            "(comma-separated keys) or api_keys in the gateway settings"
+        )
+    if not keys:
+        logger.warning(
+            "No API keys are configured: every route of this gateway is open to anyone who can reach it. "
+            "Set %s (comma-separated keys), and require_api_keys in the gateway settings to refuse to start "
+            "without them.",
+            env_var,
+        )
+    return keys
+
+
+def install(
+    app: FastAPI,
+    *,
+    max_body_bytes: int,
+    max_body_values: int,
+    max_body_bytes_in_flight: int,
+    api_keys: Sequence[str],
+    deadline_s: float,
+    retry_after_s: float,
+) -> None:
     """Add the guards to the app once (it is module-level, as ``serve.ingress`` needs; one gateway per process)."""
     if any(m.cls is BodyLimit for m in app.user_middleware):
         return
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=max_body_bytes,
+        max_values=max_body_values,
+        in_flight=BodiesInFlight(max_body_bytes_in_flight),
+        retry_after_s=retry_after_s,
+    )
     if api_keys:  # none configured: the API is open
         app.add_middleware(ApiKeys, keys=list(api_keys))
     app.add_middleware(Deadline, seconds=deadline_s, retry_after_s=retry_after_s)

@@ -19,6 +19,8 @@ from candle.api.schemas import ErrorResponse
 from candle.engines.errors import InvalidInput
 from candle.raycluster import unwrap_error
 
+from . import metrics
+
 logger = logging.getLogger("ray.serve")
 
 # What the API's routes may answer besides success, for the OpenAPI schema (all in OpenAI's shape).
@@ -36,6 +38,7 @@ async def http_error(request: Request, error: StarletteHTTPException) -> JSONRes
 
 
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    metrics.claim(error.body)
     first = error.errors()[0] if error.errors() else {}
     where = (first.get("ctx") or {}).get("param") or ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     reason = str(first.get("msg", "malformed body")).removeprefix("Value error, ")

@@ -7,22 +7,29 @@ is "downloading" while its weights are in flight and "loading" once they are on 
 says in the deployment's message once a replica has waited ``RAY_SERVE_SLOW_STARTUP_WARNING_S``
 (30 s by default) to be scheduled. A model whose autoscaling allows zero replicas and has none,
 not even one starting, is "idle": a request wakes it.
+
+A pooled model lives in its pool's deployment: while the pool has running replicas, its state is
+what their records say (``pool_records``): "ready" where one holds it (with where), "downloading" or
+"loading" while one loads it, "failed" with the reason when its last load failed, else "idle"
+(loaded nowhere: a request loads it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import replace
 
 from ray import serve
+from ray.serve.schema import DeploymentStatusOverview, ReplicaState
 
+from candle.api.models import ModelStatus
 from candle.catalog import ModelSpec
-from candle.contracts import ModelProgress
-from candle.download.status import cluster_progress, model_progress
+from candle.download.cluster.status import cluster_progress, model_progress
+from candle.download.records import RepoProgressRecord
 
-State = Literal["idle", "pending", "downloading", "loading", "ready", "failed", "not_deployed"]
+from . import pool_records
+from .routing import deployment_of
 
 # Serve 2.60's message for replicas still waiting for a node (``DeploymentState``'s startup check);
 # "required" is a dict, or a list of bundles for placement-group deployments; "available" is what
@@ -35,31 +42,16 @@ _UNSCHEDULED = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class ModelStatus:
-    state: State
-    reason: str | None = None
-    progress: ModelProgress | None = field(default=None)
-
-    def as_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"state": self.state}
-        if self.reason:
-            body["reason"] = self.reason
-        if self.progress:
-            body["progress"] = self.progress.as_json()
-        return body
-
-
 def _last_line(message: str) -> str:
     """Serve reports constructor failures with a traceback; the last line names the error."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return lines[-1] if lines else message
 
 
-def _idle(spec: ModelSpec, status: str, replica_states: dict[str, int]) -> bool:
+def _idle(spec: ModelSpec, status: str, replica_states: dict[ReplicaState, int]) -> bool:
     """Scaled to zero: no replica running or on its way (all ``STOPPING``, or none), and not while a
     (re)deploy is ``UPDATING``, which has no replica yet for a moment before it starts its first."""
-    live = sum(count for state, count in replica_states.items() if state != "STOPPING")
+    live = sum(count for state, count in replica_states.items() if state != ReplicaState.STOPPING)
     return spec.scales_to_zero() and status != "UPDATING" and not live
 
 
@@ -82,29 +74,67 @@ def pending_reason(message: str, spec: ModelSpec) -> str | None:
     )
 
 
-async def collect(specs: dict[str, ModelSpec], deployment_names: dict[str, str]) -> dict[str, ModelStatus]:
-    """Status of every model: ``deployment_names`` maps model name -> its deployment in its app."""
-    serve_status, progress = await asyncio.gather(asyncio.to_thread(serve.status), cluster_progress())
+async def collect(specs: dict[str, ModelSpec]) -> dict[str, ModelStatus]:
+    """Status of every model, from Serve, the download actors and the pools' records."""
+    pools = sorted({spec.pool for spec in specs.values() if spec.pool})
+    serve_status, progress, records = await asyncio.gather(
+        asyncio.to_thread(serve.status),
+        cluster_progress(),
+        asyncio.gather(*(asyncio.to_thread(pool_records.read, pool) for pool in pools)),
+    )
+    held = dict(zip(pools, records, strict=True))
     statuses: dict[str, ModelStatus] = {}
     for name, spec in specs.items():
-        app = serve_status.applications.get(name)
-        deployment = app.deployments.get(deployment_names[name]) if app else None
-        if deployment is None:
-            statuses[name] = ModelStatus("not_deployed", f"no Serve application named {name!r} is running")
+        app_name, deployment_name = deployment_of(spec)
+        app = serve_status.applications.get(app_name)
+        deployment = app.deployments.get(deployment_name) if app else None
+        if app is None or deployment is None:
+            statuses[name] = ModelStatus("not_deployed", f"no Serve application named {app_name!r} is running")
             continue
-        if deployment.replica_states.get("RUNNING", 0) > 0:
-            statuses[name] = ModelStatus("ready")
-            continue
-        if deployment.status in ("DEPLOY_FAILED", "UNHEALTHY"):  # a str enum: compares by value
-            statuses[name] = ModelStatus("failed", _last_line(deployment.message or app.message or "deploy failed"))
-            continue
-        if _idle(spec, deployment.status, deployment.replica_states):
-            statuses[name] = ModelStatus("idle", "scaled to zero; a request starts a replica")
-            continue
-        if reason := pending_reason(deployment.message or "", spec):
-            statuses[name] = ModelStatus("pending", reason)
-            continue
+        pooled = held[spec.pool] if spec.pool else None
+        status = _status(spec, app.message, deployment, progress, pooled)
+        replicas = {ReplicaState(state).value.lower(): n for state, n in deployment.replica_states.items()}
+        statuses[name] = replace(status, replica_states=replicas)
+    return statuses
+
+
+def _status(
+    spec: ModelSpec,
+    app_message: str,
+    deployment: DeploymentStatusOverview,
+    progress: dict[str, list[RepoProgressRecord]],
+    pooled: list[pool_records.ReplicaRecord] | None,
+) -> ModelStatus:
+    """The status of a deployed model, from its deployment's view, its download's progress and, for a
+    pooled model, its pool replicas' records."""
+    fetching = model_progress(progress, spec.repo_id)
+    if deployment.replica_states.get(ReplicaState.RUNNING, 0) > 0:
+        if pooled is not None:
+            return pooled_status(spec, pooled, progress)
+        return ModelStatus("ready", None, fetching)  # with its weights' place on each node
+    if deployment.status in ("DEPLOY_FAILED", "UNHEALTHY"):  # a str enum: compares by value
+        return ModelStatus("failed", _last_line(deployment.message or app_message or "deploy failed"))
+    if _idle(spec, deployment.status, deployment.replica_states):
+        return ModelStatus("idle", "scaled to zero; a request starts a replica")
+    if reason := pending_reason(deployment.message or "", spec):
+        return ModelStatus("pending", reason)
+    downloading = fetching is not None and fetching.in_flight
+    return ModelStatus("downloading" if downloading else "loading", None, fetching)
+
+
+def pooled_status(
+    spec: ModelSpec, records: list[pool_records.ReplicaRecord], progress: dict[str, list[RepoProgressRecord]]
+) -> ModelStatus:
+    """A pooled model's state from its pool's running replicas' records."""
+    placements = tuple(p for record in records if (p := record.placement(spec.name)))
+    states = {p.state for p in placements}
+    if "ready" in states:
+        return ModelStatus("ready", None, None, placements)
+    if "loading" in states:
         fetching = model_progress(progress, spec.repo_id)
         downloading = fetching is not None and fetching.in_flight
-        statuses[name] = ModelStatus("downloading" if downloading else "loading", None, fetching)
-    return statuses
+        return ModelStatus("downloading" if downloading else "loading", None, fetching, placements)
+    failed = [record.models[spec.name].reason for record in records if spec.name in record.models]
+    if "failed" in states:
+        return ModelStatus("failed", next(filter(None, failed), "its load failed"), None, placements)
+    return ModelStatus("idle", f"loaded on no replica of pool {spec.pool!r}; a request loads it", None, placements)

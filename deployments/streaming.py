@@ -14,6 +14,7 @@ from candle.api import responses
 from candle.api.errors import APIError
 from candle.contracts import TextChunk
 
+from . import metrics
 from .http_errors import client_error
 
 Run = Callable[[], Any]  # starts one generation: a streaming DeploymentResponseGenerator of TextChunks
@@ -106,6 +107,7 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
             async for event in events:
                 yield responses.sse(event)
         except APIError as e:  # headers are gone: report in-band, as OpenAI does
+            metrics.failed_in_band(e.status)
             yield responses.sse(e.body())
         yield responses.sse("[DONE]")
 

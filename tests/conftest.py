@@ -34,6 +34,18 @@ TEST_ENV = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark what a test needs from the fixtures it uses, so no mark can be forgotten: ``serve`` for
+    Ray Serve on the session's cluster, ``ray`` for that cluster alone (``make check`` runs neither)."""
+    for item in items:
+        needs = getattr(item, "fixturenames", ())
+        if "serve_base" in needs:
+            item.add_marker(pytest.mark.serve)
+        if "ray_cluster" in needs:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def hub_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("hub-store")

@@ -10,6 +10,7 @@ import base64
 import importlib.util
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ from candle.demo.hub import LocalHub
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.testing import catalog_apps, wait_for_models
 from deployments.app import build_gateway_app, build_model_app
+from tests.serve_counts import replica_requests
 
 DEMO = load_catalog("demo")
 API_KEY = "sk-candle-test-key-0123456789"
@@ -233,6 +235,37 @@ def test_query_prompt_changes_the_embedding(client: openai.OpenAI):
     plain = client.embeddings.create(model="all-minilm-l6-v2", input="cats").data[0].embedding
     query = client.embeddings.create(model="all-minilm-l6-v2", input="cats", extra_body={"input_type": "query"})
     assert cos(plain, query.data[0].embedding) < 0.9999
+
+
+def test_concurrent_embedding_requests_become_one_replica_call(api: str, ray_cluster: dict[str, str]):
+    """While two long lists keep MiniLM's replica busy, 32 one-text requests wait in the gateway and
+    reach the replica together: 34 requests, 3 replica calls. Each still gets its own vector."""
+    metrics, model, url = ray_cluster["METRICS_URL"], "all-minilm-l6-v2", f"{api}/v1/embeddings"
+    before = replica_requests(metrics, model)
+    long_input = [f"a long list of sentences, this one number {n}" for n in range(512)]
+    texts = [f"sentence {n} is about a cat on a mat" for n in range(32)]
+    sent: list[float] = []
+    long_done: list[float] = []
+
+    def post(inputs: list[str] | str) -> httpx.Response:
+        sent.append(time.monotonic())
+        response = httpx.post(url, json={"model": model, "input": inputs}, timeout=300)
+        if isinstance(inputs, list):
+            long_done.append(time.monotonic())
+        return response
+
+    with ThreadPoolExecutor(34) as pool:
+        long_lists = [pool.submit(post, long_input) for _ in range(2)]
+        time.sleep(0.5)  # both long lists are out: the gateway sends two at a time per replica
+        del sent[:]
+        short = list(pool.map(post, texts))
+        assert [f.result().status_code for f in long_lists] == [200, 200]
+    assert max(sent) < min(long_done), "a long list was answered before every short request was sent"
+    assert [r.status_code for r in short] == [200] * 32
+    assert replica_requests(metrics, model) - before == 3
+    together = httpx.post(url, json={"model": model, "input": texts}, timeout=300).json()
+    for response, expected in zip(short, together["data"], strict=True):
+        np.testing.assert_allclose(response.json()["data"][0]["embedding"], expected["embedding"], atol=1e-5)
 
 
 def test_clip_embeds_each_image_and_text(client: openai.OpenAI):

@@ -44,3 +44,4 @@ def test_routes_reach_the_capabilities_that_serve_them():
     assert capabilities_for("/v1/completions") == ("text-to-text",)
     assert capabilities_for("/v1/embeddings") == ("text-embedding", "image-embedding")
     assert capabilities_for("/v1/images/generations") == ("text-to-image",)
+    assert capabilities_for("/v1/rerank") == capabilities_for("/v1/score") == ("rerank",)

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ray.serve import Application
 from ray.serve._private.build_app import build_app
 from ray.serve.schema import ServeDeploySchema
 
 from candle.catalog import CAPABILITIES, load_catalog
-from candle.contracts import MODEL_RUNTIME_ENV_VAR
+from candle.download.config import MODEL_RUNTIME_ENV_VAR
 from candle.placement import deployment_options
 from candle.serve_config import build, render
 from deployments.app import GATEWAY_CPUS, build_gateway_app, build_model_app
@@ -36,10 +38,12 @@ DESIGN_REPOS = {
     "black-forest-labs/FLUX.1-schnell",
     "openai/clip-vit-large-patch14",
     "llava-hf/llava-1.5-7b-hf",
+    "BAAI/bge-reranker-v2-m3",  # issue 26: the reranker retrieval users serve beside their embedder
+    "jinaai/jina-reranker-v2-base-multilingual",
 }
 
 
-def test_production_catalog_is_the_designed_twelve():
+def test_production_catalog_is_the_designed_fourteen():
     assert {m.repo_id for m in PRODUCTION.models} == DESIGN_REPOS
     assert {m.capability for m in PRODUCTION.models} == set(CAPABILITIES)
     assert PRODUCTION.get("sd3.5-large-turbo").gated
@@ -54,6 +58,7 @@ def test_remote_code_models_fetch_their_code():
         "jina-embeddings-v2-base-en",
         "nv-embed-v2",
         "gte-qwen2-1.5b-instruct",
+        "jina-reranker-v2-base-multilingual",
     }
     for spec in remote:
         kept = selected(spec.fetch_allow_patterns(), spec.ignore_patterns)
@@ -150,7 +155,7 @@ def test_a_model_runtime_env_goes_on_its_app_and_deployment_only():
     assert apps["pinned"]["runtime_env"] == env
     assert "runtime_env" not in apps["plain"] and "runtime_env" not in apps["gateway"]
     pinned = served_options(build_model_app({"catalog": catalog, "model": "pinned"}))
-    # The replica is marked as running under its model's libraries (candle/download/factory.py).
+    # The replica is marked as running under its model's libraries (candle/download/cluster/factory.py).
     marked = env | {"env_vars": {"CANDLE_PIN": "1", MODEL_RUNTIME_ENV_VAR: "pinned"}}
     assert pinned["ray_actor_options"]["runtime_env"] == marked
     plain = served_options(build_model_app({"catalog": catalog, "model": "plain"}))
@@ -235,3 +240,112 @@ def test_a_secret_in_a_model_runtime_env_is_refused_without_echoing_it(runtime_e
         load_catalog({"models": [entry]})
     assert "secretvalue123" not in str(refused.value)
     load_catalog({"models": [entry | {"runtime_env": {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}}]})
+
+
+# A runtime_env secret is found by its name or by its value, wherever it sits, and never echoed back.
+SECRET_VALUE = "Zq8secretvalue7Kp"
+_SECRET_WORDS = ["TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "PASS", "PWD", "PAT", "APIKEY", "CREDENTIALS", "AUTH"]
+
+
+def _refusal(runtime_env: dict) -> str:
+    entry = {"name": "m", "capability": "text-embedding", "repo_id": "o/m", "runtime_env": runtime_env}
+    with pytest.raises(ValueError, match=r"looks like a secret|with credentials|looks like a token") as refused:
+        load_catalog({"models": [entry]})
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("runtime_env", "named"),
+    [
+        ({"env_vars": {"HF_ENDPOINT": f"https://user:{SECRET_VALUE}@mirror.example"}}, "env_vars.HF_ENDPOINT"),
+        ({"env_vars": {"HF_ENDPOINT": f"https://{SECRET_VALUE}@mirror.example/"}}, "env_vars.HF_ENDPOINT"),
+        ({"env_vars": {"PIP_INDEX_URL": f"https://me:{SECRET_VALUE}@pypi.example/simple"}}, "env_vars.PIP_INDEX_URL"),
+        ({"env_vars": {"UV_INDEX_URL": f"https://pypi.example/simple?token={SECRET_VALUE}"}}, "env_vars.UV_INDEX_URL"),
+        ({"pip": [f"--index-url=https://pypi.example/simple?token={SECRET_VALUE}", "six"]}, "pip"),
+        ({"pip": [f"--extra-index-url https://pypi.example/simple/?x=1&access_token={SECRET_VALUE}"]}, "pip"),
+        ({"uv": {"packages": [f"six @ git+https://{SECRET_VALUE}@github.com/o/six"]}}, "uv"),
+        ({"env_vars": {"GITHUB_PAT": SECRET_VALUE}}, "env_vars.GITHUB_PAT"),
+        ({"env_vars": {"DB_PASS": SECRET_VALUE}}, "env_vars.DB_PASS"),
+        ({"env_vars": {"OPENAI_APIKEY": SECRET_VALUE}}, "env_vars.OPENAI_APIKEY"),
+        ({"env_vars": {"wandbApiKey": SECRET_VALUE}}, "env_vars.wandbApiKey"),
+        ({"env_vars": {"MY_SETTING": f"hf_{SECRET_VALUE}abcdefghijklmnopq"}}, "env_vars.MY_SETTING"),
+    ],
+)
+def test_a_secret_in_a_runtime_env_value_or_name_is_refused_without_echoing_it(runtime_env: dict, named: str):
+    message = _refusal(runtime_env)
+    assert f"runtime_env {named} " in message
+    assert SECRET_VALUE not in message
+
+
+_NAME_WORD = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.lists(_NAME_WORD, max_size=3),
+    word=st.sampled_from(_SECRET_WORDS),
+    lower=st.booleans(),
+    digits=st.sampled_from(["", "2", "_2"]),
+)
+def test_any_name_whose_word_is_a_secret_word_is_refused(prefix: list[str], word: str, lower: bool, digits: str):
+    name = "_".join([*prefix, word]) + digits
+    name = name.lower() if lower else name
+    message = _refusal({"env_vars": {name: SECRET_VALUE}})
+    assert f"env_vars.{name} " in message and SECRET_VALUE not in message
+
+
+_URL_PART = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._~", min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scheme=st.sampled_from(["https", "http", "git+https", "s3"]),
+    user=st.one_of(st.none(), _URL_PART),
+    host=_URL_PART,
+    path=st.lists(_URL_PART, max_size=3),
+    field=st.sampled_from(["env_vars", "pip", "uv", "conda"]),
+    where=st.sampled_from(["userinfo", "query"]),
+    param=st.sampled_from(["token", "access_token", "api_key", "X-Amz-Signature", "sig", "password", "auth"]),
+)
+def test_any_url_carrying_credentials_is_refused_in_every_field(scheme, user, host, path, field, where, param):
+    base = f"{host}/{'/'.join(path)}"
+    userinfo = f"{user}:{SECRET_VALUE}" if user else SECRET_VALUE
+    url = f"{scheme}://{userinfo}@{base}" if where == "userinfo" else f"{scheme}://{base}?v=1&{param}={SECRET_VALUE}"
+    setting = {
+        "env_vars": {"INDEX": url},
+        "pip": [f"--index-url={url}"],
+        "uv": {"uv_pip_install_options": ["--index-url", url]},
+        "conda": {"channels": [url]},
+    }[field]
+    message = _refusal({field: setting})
+    assert SECRET_VALUE not in message
+    assert f"runtime_env {field}" in message
+
+
+@pytest.mark.parametrize(
+    "env_vars",
+    [
+        {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2", "KEYBOARD_LAYOUT": "us", "PATH_EXTRA": "/opt"},
+        {"HF_ENDPOINT": "https://mirror.example/hub", "PIP_INDEX_URL": "https://pypi.example/simple?page=2"},
+        {"PASSTHROUGH": "1", "BYPASS_CACHE": "1", "PATHS": "a:b"},
+    ],
+)
+def test_plain_settings_pass_the_secret_check(env_vars: dict):
+    entry = {"name": "m", "capability": "text-embedding", "repo_id": "o/m", "runtime_env": {"env_vars": env_vars}}
+    load_catalog({"models": [entry]})
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ({"code_revisions": {"../etc": "a" * 40}}, r"code_revisions: '../etc' is not a repo id"),
+        ({"code_revisions": {"o/code": "main"}}, r"code_revisions.o/code must be a 40-hex commit"),
+        ({"trust_remote_code": False, "code_revisions": {"o/code": "a" * 40}}, "code_revisions without trust_remote"),
+    ],
+)
+def test_code_revisions_name_repos_and_commits_of_remote_code(extra: dict, error: str):
+    entry = {"name": "m", "capability": "text-embedding", "repo_id": "o/m", "trust_remote_code": True}
+    with pytest.raises(ValueError, match=error):
+        load_catalog({"models": [entry | extra]})
+    pinned = load_catalog({"models": [entry | {"code_revisions": {"o/code": "a" * 40}}]}).models[0]
+    assert pinned.code_revisions == {"o/code": "a" * 40}

@@ -5,13 +5,20 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import select
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
+from rich.console import Console
+
+from candle.cli import status_view
 from candle.demo.hub import LocalHub, write_repo
+from candle.download.records import FileProgressRecord, RepoProgressRecord
 from tests.conftest import RepoFactory
 
 MB = 1024 * 1024
@@ -123,6 +130,77 @@ def test_status_says_where_each_file_in_flight_comes_from(
         assert "from hub" in file_rows[0] and file_rows[0].rstrip().endswith("B/s")
     finally:
         assert prefetch.wait(timeout=120) == 0
+
+
+def test_the_status_view_draws_a_bar_per_model_and_node_with_its_source():
+    def record(repo: str, state, done: int, source=None, upstream=None, rate=0.0) -> RepoProgressRecord:
+        weights = FileProgressRecord("model.safetensors", state, done, 4 * MB, rate, source, upstream)
+        return RepoProgressRecord(repo, "main", "c" * 40, state, None, (weights,))
+
+    head, worker = "a1b2c3d4e5f6a1b2", "99887766aabbccdd"
+    view = status_view(
+        {
+            head: [record("org/big", "downloading", 3 * MB, "hub", rate=MB), record("org/small", "done", 4 * MB)],
+            worker: [record("org/big", "downloading", MB, "relay", head, 2 * MB)],
+        }
+    )
+    console = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(view)
+    lines = [line for line in console.export_text().splitlines() if "org/" in line]
+    rows = [line.split("│")[1:4] for line in lines]
+    assert [[cell.strip() for cell in row] for row in rows] == [
+        ["org/big", "99887766", "downloading"],  # by model, then node
+        ["org/big", "a1b2c3d4", "downloading"],
+        ["org/small", "a1b2c3d4", "done"],
+    ]
+    assert " 25% " in lines[0] and lines[0].rstrip(" │").endswith("relay a1b2c3d4")  # the head's copy, as it arrives
+    assert " 75% " in lines[1] and lines[1].rstrip(" │").endswith("hub")
+    assert " 100% " in lines[2] and "4.19MB/4.19MB" in lines[2]
+
+
+def read_until(fd: int, needles: list[bytes], timeout_s: float) -> bytes:
+    """What a terminal showed until every needle appeared (or the time ran out)."""
+    drawn, deadline = b"", time.monotonic() + timeout_s
+    while not all(n in drawn for n in needles) and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                drawn += os.read(fd, 65536)
+            except OSError:
+                break
+    return drawn
+
+
+def test_status_watch_redraws_the_download_live_until_ctrl_c(
+    ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
+    make_repo({"model.safetensors": 6 * MB})
+    hub.state.throttles[repo_name] = MB  # 6 s: several redraws while it runs
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 160, 0, 0))
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "candle.cli", "status", repo_name, "--watch", "--interval", "0.2"],
+        env={**os.environ, **ray_cluster},
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    try:
+        assert b"candle downloads" in read_until(controller, [b"candle downloads"], 60)  # watching: now fetch
+        command = [sys.executable, "-m", "candle.cli", "prefetch", repo_name, "--cache-dir", str(tmp_path), "--quiet"]
+        prefetch = subprocess.Popen(command, env={**os.environ, **ray_cluster}, stdout=subprocess.DEVNULL)
+        during = read_until(controller, [b"downloading", b"hub"], 60)
+        assert prefetch.poll() is None  # drawn while the download still ran
+        assert prefetch.wait(timeout=120) == 0
+        after = read_until(controller, [b"done", b"100%"], 30)
+        os.killpg(watch.pid, signal.SIGINT)  # Ctrl-C ends a watch: not an error
+        assert watch.wait(timeout=30) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        os.close(controller)
+    assert repo_name.encode() in during and b"downloading" in during and b"hub" in during, during[-2000:]
+    assert b"done" in after and b"100%" in after, after[-2000:]
 
 
 def test_prefetch_job_sends_the_callers_hub_with_every_request(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from candle.download.coordinator import Claim, DownloadCoordinator
+from candle.download.cluster.coordinator import Claim, DownloadCoordinator
 
 KEY = ("model", "org/name", "a" * 64)
 URL = "http://a/blobs/x/models--org--name/" + "a" * 64
@@ -146,3 +146,19 @@ async def test_complete_copies_are_spread_over_their_holders():
     assert {first[1], second[1]} == {"a", "b"} and not first[2] and not second[2]
     await coordinator.done(KEY, "c", url("c"))  # c copies no more: its source's uplink is free again
     assert (await source(coordinator, "e"))[1] != second[1], "not the holder still uploading to d"
+
+
+async def test_a_node_that_can_use_several_connections_gets_several_holders_the_least_busy_first():
+    coordinator = DownloadCoordinator()
+    for node in "abc":
+        await coordinator.done(KEY, node, url(node))
+    answer = await coordinator.claim(KEY, "d", (), want=2)
+    assert len(answer.peers) == 2 and not answer.relay
+    (third,) = set("abc") - set(answer.peers)
+    again = await coordinator.claim(KEY, "e", (url(third),), want=3)
+    assert len(again.peers) == 2, "the excluded copy is not offered"
+    assert (await coordinator.claim(KEY, "f", (), want=1)).peers == {third: url(third)}, "d's and e's holders are busy"
+    await coordinator.done(KEY, "d", url("d"))  # d copies no more: both its holders are free of it
+    await coordinator.done(KEY, "e", url("e"))
+    answer = await coordinator.claim(KEY, "g", (), want=4)
+    assert set(answer.peers) == {"a", "b", "d", "e"}, "the four least busy: not f's holder, still uploading"

@@ -26,8 +26,8 @@ from candle.download import (
     node_downloader,
 )
 from candle.download.client import make_request
+from candle.download.cluster.factory import DownloaderActor
 from candle.download.downloader import NodeDownloader
-from candle.download.factory import DownloaderActor
 from tests.conftest import GATED_REPO, HUB_TOKEN, RepoFactory
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -318,6 +318,8 @@ async def test_progress_is_exported_as_prometheus_metrics(ray_cluster, hub: Loca
             await asyncio.sleep(0.5)
     assert {k: series.get(k) for k in expected} == expected
     assert re.search(r'^ray_candle_download_source_bytes_total\{.*source="hub".*\} [1-9]', exposition, re.M)
+    # A node that serves no peer exports its upload rate as 0 (its byte counter appears only once it counts).
+    assert re.search(r"^ray_candle_download_peer_upload_rate_bytes_per_second\{.*\} 0\.0$", exposition, re.M)
 
 
 def test_the_downloader_actor_forwards_every_remote_method_of_the_downloader():

@@ -17,22 +17,21 @@ import errno
 import hashlib
 import random
 import re
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import hf_hub_download
 
 from candle.demo.hub import Fault, LocalHub
 from candle.download import DownloadError, DownloaderSettings, OutOfDisk
 from candle.download.client import make_request
 from candle.download.downloader import NodeDownloader
 from tests.conftest import RepoFactory
+from tests.small_disk import tmpfs
 
 SEED = 20261201
 MB = 1024 * 1024
@@ -45,6 +44,7 @@ SETTINGS = DownloaderSettings(
     niceness=0,
     coordinate=False,
 )
+FAULT_KINDS = ("drop", "corrupt", "429", "500", "stall")
 FETCH_BOUND_S = 60  # a fetch that takes longer than this hangs: a liveness bound, not a speed check
 Key = tuple[str, str]  # (repo id, path in the repo)
 BLOB_NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -189,7 +189,7 @@ class Soak:
     async def faults(self) -> None:
         while self.running():
             repo = self.rng.choice(sorted(self.repos))
-            kind = self.rng.choice(["drop", "corrupt", "429", "500", "stall"])
+            kind = self.rng.choice(FAULT_KINDS)
             path = self.rng.choice(self.repos[repo])
             at = self.rng.random()
             self.hub.state.add_fault(Fault(kind, path, repo, times=1, at=at, retry_after=1, stall_seconds=2.5))
@@ -268,19 +268,6 @@ def fill(path: Path) -> None:
                 raise
 
 
-@contextmanager
-def tmpfs(path: Path, size_mb: int) -> Iterator[bool]:
-    """A small file system of its own at ``path``, if this process may mount one (root)."""
-    path.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "candle-soak", str(path)]
-    mounted = subprocess.run(mount, capture_output=True).returncode == 0
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            subprocess.run(["umount", "--lazy", str(path)], check=True)
-
-
 @pytest.fixture
 def soak_repos(make_repo: RepoFactory, repo_name: str, hub: LocalHub) -> dict[str, list[str]]:
     """Three repos of LFS weights and plain text files."""
@@ -319,28 +306,21 @@ async def soak(hub: LocalHub, repos: dict[str, list[str]], root: Path, seconds: 
     for key, visible in invariants.visible_files():
         assert invariants.check_file(key, visible)
     assert not invariants.violations, f"seed {SEED}: " + "\n".join(list(invariants.violations)[:20])
+    for (_, _, kind), n in hub.stats.faults.items():  # what the hub injected and clients met, not what was set up
+        invariants.seen[f"fired {kind}"] += n
     return invariants.seen
 
 
-@pytest.fixture
-def restore_hf_constants(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The downloaders set huggingface_hub's read time-out and chunk size for this process."""
-    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", constants.HF_HUB_DOWNLOAD_TIMEOUT)
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", constants.DOWNLOAD_CHUNK_SIZE)
-
-
-@pytest.mark.usefixtures("restore_hf_constants")
 async def test_soak_faults_second_writer_and_damaged_blobs(hub: LocalHub, soak_repos, tmp_path):
     seen = await soak(hub, soak_repos, tmp_path, seconds=30, disk=None)
     print(dict(seen))
-    for happened in ("fetch byte-exact", "fault corrupt", "fault drop", "hf_hub_download", "blob zero"):
+    for happened in ("fetch byte-exact", "hf_hub_download", "blob zero", *(f"fired {kind}" for kind in FAULT_KINDS)):
         assert seen[happened] > 0, (happened, dict(seen))
     # A blob damaged twice before a fetch repairs it counts twice here and is repaired once: that every
     # damage was repaired is ``soak``'s own check (nothing left in ``damaged``).
     assert seen["blob repaired"] > 0, dict(seen)
 
 
-@pytest.mark.usefixtures("restore_hf_constants")
 async def test_soak_disk_full(hub: LocalHub, soak_repos, tmp_path):
     with tmpfs(tmp_path / "disk", size_mb=40) as mounted:
         if not mounted:
@@ -349,3 +329,4 @@ async def test_soak_disk_full(hub: LocalHub, soak_repos, tmp_path):
     print(dict(seen))
     assert seen[f"typed {OutOfDisk.__name__}"] > 0 and seen["disk filled"] > 0, dict(seen)
     assert seen["fetch byte-exact"] > 0, dict(seen)
+    assert seen["fired corrupt"] > 0 and seen["fired drop"] > 0, dict(seen)

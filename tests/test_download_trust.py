@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,14 +20,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from candle.demo.hub import Fault, ListingOverride, LocalHub
-from candle.download import DownloadError, DownloaderSettings, RepoNotFound, UnsafeListing, fetch
-from candle.download.cache_layout import RepoCache
+from candle.download import DownloadError, DownloaderSettings, IntegrityError, RepoNotFound, UnsafeListing, fetch
 from candle.download.client import make_request
-from candle.download.listing import list_repo, storage_folder
-from candle.download.progress import FileProgress
-from candle.download.redact import redact_text, redact_url
-from candle.download.safe_names import check_commit, check_revision, path_problem
-from candle.download.transfer import download_verified
+from candle.download.node.cache_layout import RepoCache
+from candle.download.node.listing import ListingLimits, RemoteFile, RepoListing, list_repo, storage_folder
+from candle.download.node.partial_file import PartialFile
+from candle.download.node.progress import FileProgress
+from candle.download.node.ranges import Links, Source
+from candle.download.node.redact import redact_text, redact_url
+from candle.download.node.safe_names import check_commit, check_revision, path_problem
+from candle.download.node.transfer import download_verified
 from candle.testing import free_port
 from tests.conftest import RepoFactory
 
@@ -152,6 +156,96 @@ async def test_an_honest_listing_with_odd_but_safe_names_is_fetched(
     assert sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()) == sorted(source)
 
 
+# -- a hostile body ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ListedFile:
+    """One file as ``endpoint`` lists it, its repo's cache folder, and a partial file of its own."""
+
+    repo_id: str
+    file: RemoteFile
+    cache: RepoCache
+    url: str
+    partial: Path
+
+    def download(self, settings: DownloaderSettings, progress: FileProgress | None = None) -> set[str]:
+        links = Links(settings)
+        try:
+            return download_verified(
+                repo_id=self.repo_id,
+                sources=[Source(self.url)],
+                cache=self.cache,
+                partial=PartialFile(self.partial, self.file),
+                progress=progress or FileProgress(self.file.path, self.file.size),
+                settings=settings,
+                links=links,
+            )
+        finally:
+            links.close()
+
+
+def listed_file(endpoint: str, repo_id: str, cache_dir: Path, path: str) -> ListedFile:
+    listing = list_repo(make_request(repo_id, cache_dir=cache_dir, endpoint=endpoint))
+    (f,) = [f for f in listing.files if f.path == path]
+    cache = RepoCache(storage_folder(make_request(repo_id, cache_dir=cache_dir)))
+    url = hf_hub_url(repo_id, path, revision=listing.commit, endpoint=endpoint)
+    return ListedFile(repo_id, f, cache, url, cache.partial_path(f))
+
+
+class PartialSizes(FileProgress):
+    """Progress that records the partial file's size whenever a chunk is reported."""
+
+    def __init__(self, path: str, total: int, partial: Path) -> None:
+        super().__init__(path, total)
+        self.partial = partial
+        self.sizes: list[int] = []
+
+    def update(self, n: int) -> None:
+        self.sizes.append(self.partial.stat().st_size if self.partial.exists() else 0)
+        super().update(n)
+
+
+def test_a_source_sending_more_than_listed_never_grows_the_partial_past_it(
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
+    """A blob listed at 1,024 B, and a source that sends 64 MiB: it fills no disk, and it is to blame."""
+    make_repo({"model.safetensors": 1024})
+    weights = listed_file(hub.endpoint, repo_name, tmp_path, "model.safetensors")
+    hub.state.add_fault(Fault("overflow", path="model.safetensors", extra=64 * MB, times=None))
+    progress = PartialSizes(weights.file.path, weights.file.size, weights.partial)
+    with pytest.raises(IntegrityError, match=r"more than the listed 1,024 bytes on 2 attempts"):
+        weights.download(DownloaderSettings(max_attempts=2, backoff_base=0.01), progress)
+    assert max(progress.sizes, default=0) <= weights.file.size
+    assert hub.stats.faults == {(repo_name, "model.safetensors", "overflow"): 2}
+    assert hub.stats.body_bytes[(repo_name, "model.safetensors")] < 64 * MB, "the connection was dropped early"
+    assert not weights.cache.blob_path(weights.file).exists()
+    partial = weights.partial
+    assert (partial.stat().st_size if partial.exists() else 0) == 0, "what the source sent was dropped"
+
+
+def test_an_empty_file_listed_with_a_wrong_checksum_fails_its_attempts(
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
+    """No bytes, so no source wrote any: still that source's failure, never a mix to sort out forever."""
+    make_repo(texts={"empty.txt": b""})
+    hub.state.override_listing(repo_name, ListingOverride(fields={"empty.txt": {"oid": "f" * 40}}))
+    empty = listed_file(hub.endpoint, repo_name, tmp_path, "empty.txt")
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            empty.download(DownloaderSettings(max_attempts=2))
+        except BaseException as e:  # handed to the test
+            outcome.append(e)
+
+    worker = threading.Thread(target=attempt, daemon=True)  # daemon: a loop must not hang the test run
+    worker.start()
+    worker.join(60)  # a guard against a loop, not a measurement
+    assert not worker.is_alive(), "the transfer kept starting over"
+    assert len(outcome) == 1 and isinstance(outcome[0], IntegrityError) and "on 2 attempts" in str(outcome[0])
+
+
 # -- errors say what the server answered, and never carry credentials ------------------------------
 
 
@@ -189,25 +283,13 @@ def test_listing_logs_and_errors_carry_no_credentials(
 
 def test_transfer_retry_logs_carry_no_credentials(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path, caplog):
     source = make_repo({"model.safetensors": 1 * MB})
-    endpoint = with_credentials(hub.endpoint)
-    listing = list_repo(make_request(repo_name, cache_dir=tmp_path, endpoint=endpoint))
-    (weights,) = [f for f in listing.files if f.path == "model.safetensors"]
+    weights = listed_file(with_credentials(hub.endpoint), repo_name, tmp_path, "model.safetensors")
     hub.state.add_fault(Fault("drop", path="model.safetensors"))
     caplog.set_level(logging.DEBUG)
-    cache = RepoCache(storage_folder(make_request(repo_name, cache_dir=tmp_path)))
-    download_verified(
-        repo_id=repo_name,
-        url=hf_hub_url(repo_name, weights.path, revision=listing.commit, endpoint=endpoint),
-        headers={},
-        f=weights,
-        cache=cache,
-        partial=cache.partial_path(weights),
-        progress=FileProgress(weights.path, weights.size),
-        settings=DownloaderSettings(),
-    )
-    assert cache.blob_path(weights).read_bytes() == source["model.safetensors"].read_bytes()
+    weights.download(DownloaderSettings())
+    assert weights.cache.blob_path(weights.file).read_bytes() == source["model.safetensors"].read_bytes()
     assert hub.stats.faults == {(repo_name, "model.safetensors", "drop"): 1}
-    assert [r for r in caplog.records if "Error while downloading from" in r.getMessage()]
+    assert [r for r in caplog.records if "127.0.0.1" in r.getMessage() and "retrying" in r.getMessage()]
     assert not [r for r in caplog.records if SECRET in r.getMessage()]
 
 
@@ -313,3 +395,47 @@ def test_ordinary_revisions_are_accepted(revision):
 def test_revisions_git_refuses_are_refused(revision):
     with pytest.raises(UnsafeListing, match="revision"):
         check_revision("o/n", revision)
+
+
+def _listing(hub: LocalHub, repo_name: str, tmp_path: Path, limits: ListingLimits | None = None) -> RepoListing:
+    request = make_request(repo_name, cache_dir=tmp_path / "cache", endpoint=hub.endpoint)
+    return list_repo(request, limits or ListingLimits())
+
+
+def test_a_paged_listing_is_followed_to_its_end(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
+    source = make_repo({"a.safetensors": 1024, "b.safetensors": 1024}, texts={"config.json": b"{}", "x/y.txt": b"y"})
+    hub.state.override_listing(repo_name, ListingOverride(page_size=1))
+    listing = _listing(hub, repo_name, tmp_path)
+    assert sorted(f.path for f in listing.files) == sorted(source)
+    assert hub.stats.api_calls[repo_name] == 1 + 5  # repo_info, then one page per entry (4 files, 1 folder)
+
+
+def test_an_endless_paged_listing_stops_at_the_page_bound(hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path):
+    make_repo({"model.safetensors": 1024})
+    hub.state.override_listing(repo_name, ListingOverride(page_size=1, endless=True))
+    with pytest.raises(UnsafeListing, match=rf"^{repo_name}: .*tree listing has more than 20 pages"):
+        _listing(hub, repo_name, tmp_path, ListingLimits(max_pages=20))
+    assert hub.stats.api_calls[repo_name] == 1 + 20, "no page past the bound is asked for"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_listing_with_too_many_entries_is_refused_before_its_end(
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
+    make_repo({"model.safetensors": 1024})
+    aliases = {f"copy-{i:04d}.json": "config.json" for i in range(200)}
+    hub.state.override_listing(repo_name, ListingOverride(aliases=aliases, page_size=10))
+    with pytest.raises(UnsafeListing, match=rf"^{repo_name}: .*tree listing has more than 25 entries"):
+        _listing(hub, repo_name, tmp_path, ListingLimits(max_entries=25))
+    assert hub.stats.api_calls[repo_name] == 1 + 3, "the pages past the bound are never asked for"
+
+
+@pytest.mark.usefixtures("ray_cluster")
+async def test_a_listing_claiming_more_bytes_than_any_model_is_refused(
+    hub: LocalHub, make_repo: RepoFactory, repo_name, tmp_path
+):
+    make_repo({"model.safetensors": 1024})
+    huge = {"size": 2**62, "lfs": {"oid": "0" * 64, "size": 2**62, "pointerSize": 134}}
+    hub.state.override_listing(repo_name, ListingOverride(fields={"model.safetensors": huge}))
+    message = await assert_refused_writing_nothing(repo_name, tmp_path, "model.safetensors")
+    assert "tree listing claims more than" in message

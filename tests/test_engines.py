@@ -28,11 +28,11 @@ from candle.catalog import ModelSpec, load_catalog
 from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall, TextChunk
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.engines import engine_kind, load_engine
+from candle.engines.chat.transformers import TransformersTextEngine
 from candle.engines.device import gpu_count
-from candle.engines.embeddings import SentenceEmbeddingEngine
+from candle.engines.embedding.sentence_transformers import SentenceEmbeddingEngine
 from candle.engines.errors import InvalidInput
-from candle.engines.images import DiffusionEngine
-from candle.engines.text import TransformersTextEngine
+from candle.engines.image_generation.diffusers import DiffusionEngine
 
 # On a GPU machine load_engine picks vLLM for text and loads models in bf16 on CUDA, so these exact
 # checks of the CPU paths skip there; tests/test_gpu_engines.py covers the GPU paths.
@@ -347,8 +347,8 @@ def test_cpu_text_engine_never_imports_vllm(store: Path):
 
 def test_vllm_engine_module_imports_without_vllm(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now fails, installed or not
-    monkeypatch.delitem(sys.modules, "candle.engines.vllm_text", raising=False)
-    module = importlib.import_module("candle.engines.vllm_text")
+    monkeypatch.delitem(sys.modules, "candle.engines.chat.vllm", raising=False)
+    module = importlib.import_module("candle.engines.chat.vllm")
     assert isinstance(module.VLLMEngine, type)
 
 

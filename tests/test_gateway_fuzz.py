@@ -2,8 +2,9 @@
 
 Bodies are generated from ``/openapi.json`` (valid ones, and invalid ones schemathesis derives from
 the schema) per route, with ``model`` pinned to the demo models that serve each route, so requests reach the
-tiny models instead of stopping at a 404. Every answer must be a success or an OpenAI-shaped 4xx,
-or a 503 that says when to come back; every request must answer (the gateway's deadline bounds the
+tiny models instead of stopping at a 404. Every answer to a valid body must be a success or an
+OpenAI-shaped 4xx, or a 503 that says when to come back; every invalid body must be refused with an
+OpenAI-shaped 400 (413 where a size limit comes first); every request must answer (the gateway's deadline bounds the
 slow ones); and the gateway must serve normally afterwards. Examples per route are few and the
 deadline is short, so the module stays within a few minutes on two cores.
 """
@@ -29,6 +30,8 @@ MODELS = {
     "/v1/completions": ["qwen3-coder-tiny"],
     "/v1/embeddings": ["all-minilm-l6-v2", "clip-vit-tiny"],
     "/v1/images/generations": ["sd3.5-turbo-tiny"],
+    "/v1/rerank": ["bge-reranker-tiny"],
+    "/v1/score": ["bge-reranker-tiny"],
 }
 REQUEST_TIMEOUT_S = 10  # the gateway's deadline: a generated request asking for minutes of work gets a 503
 CLIENT_TIMEOUT_S = 120  # far past the deadline: a request still unanswered by then never answers
@@ -47,10 +50,14 @@ def gateway_schema(fuzzed: str) -> Any:
     return schemathesis.openapi.from_url(f"{fuzzed}/openapi.json")
 
 
-def assert_openai_answer(response: Any) -> None:
-    """2xx; or 4xx / 503-with-Retry-After whose body is ``{"error": {message, type, param, code}}``."""
+def assert_openai_answer(response: Any, mode: GenerationMode) -> None:
+    """For a valid body: 2xx, or a 4xx / 503-with-Retry-After (limits, load) whose body is
+    ``{"error": {message, type, param, code}}``. For an invalid one: a 400 (or a 413 where a limit
+    speaks first) in that shape, never a success nor a 503."""
     status = response.status_code
-    if status < 300:
+    if mode is GenerationMode.NEGATIVE:
+        assert status in (400, 413), f"invalid input answered with HTTP {status}: {response.text[:500]}"
+    elif status < 300:
         return
     retry_after = "retry-after" in {name.lower() for name in response.headers}  # schemathesis lower-cases names
     assert status < 500 or (status == 503 and retry_after), f"HTTP {status}: {response.text}"
@@ -85,9 +92,10 @@ def test_every_answer_is_a_success_or_an_openai_error(
         suppress_health_check=list(HealthCheck),
     )
     def answers(case: Case, model: str) -> None:
-        if model and isinstance(case.body, dict):
+        # Only a string ``model`` is pinned: an invalid one (a number, or none) may be the case's fault.
+        if model and isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
             case.body["model"] = model
-        assert_openai_answer(case.call(base_url=fuzzed, timeout=CLIENT_TIMEOUT_S))
+        assert_openai_answer(case.call(base_url=fuzzed, timeout=CLIENT_TIMEOUT_S), mode)
 
     answers()
 
@@ -99,6 +107,8 @@ def test_the_gateway_serves_after_fuzzing(fuzzed: str):
         "/v1/completions": {"prompt": "x", "max_tokens": 2},
         "/v1/embeddings": {"input": "hello"},
         "/v1/images/generations": {"prompt": "x", "size": "32x32"},
+        "/v1/rerank": {"query": "x", "documents": ["a", "b"]},
+        "/v1/score": {"text_1": "x", "text_2": ["a", "b"]},
     }
     for path, models in MODELS.items():
         for model in models:

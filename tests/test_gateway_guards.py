@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from ray import serve
+from ray.serve.api import RunTarget
 
 from candle.demo.hub import LocalHub
+from deployments import guards
+from deployments.gateway import Gateway
 from tests.demo_gateways import DEMO, demo_gateway
 
 API_KEY = "sk-candle-guards-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BODY_BYTES = 1_000_000
+BODIES_IN_FLIGHT = 2_500_000  # two bodies of nearly MAX_BODY_BYTES, and half of one more
 REQUEST_TIMEOUT_S = 20
 MAX_INPUT_CHARS = DEMO.get("qwen3-coder-tiny").limits.max_input_chars
 CHAT = [{"role": "user", "content": "Write a function."}]
@@ -30,7 +37,12 @@ CHAT = [{"role": "user", "content": "Write a function."}]
 
 @pytest.fixture(scope="module")
 def api(serve_base: str, hub_server: LocalHub, hub_store: Path) -> Iterator[str]:
-    settings = {"api_keys": [API_KEY], "max_body_bytes": MAX_BODY_BYTES, "request_timeout_s": REQUEST_TIMEOUT_S}
+    settings = {
+        "api_keys": [API_KEY],
+        "max_body_bytes": MAX_BODY_BYTES,
+        "max_body_bytes_in_flight": BODIES_IN_FLIGHT,
+        "request_timeout_s": REQUEST_TIMEOUT_S,
+    }
     with demo_gateway(serve_base, hub_store, "gateway-guards", "/guards", settings, AUTH) as base:
         yield base
 
@@ -243,3 +255,149 @@ def test_a_stream_past_the_deadline_ends_with_an_error_event_and_done(api: str):
     assert json.loads(events[-2])["error"]["code"] == "timeout"
     assert all("choices" in json.loads(event) for event in events[:-2])
     assert_serves(api)
+
+
+# -- issue 22, item 2: bodies bounded by count, and by the bytes in flight --------------------
+
+
+def test_a_body_of_too_many_json_values_is_413_before_it_is_parsed(api: str):
+    """The issue's body in small: {"role": "user"} messages until the body limit, 60k of them (the
+    issue's 2M at 32 MiB cost 14.7 s of CPU and 1.6 GB to parse and validate)."""
+    messages = b",".join([b'{"role":"user"}'] * 60_000)
+    body = b'{"model": "qwen3-coder-tiny", "max_tokens": 2, "messages": [' + messages + b"]}"
+    assert len(body) < MAX_BODY_BYTES
+    response = post(api, "/v1/chat/completions", body)
+    assert response.status_code == 413, response.text[:300]
+    error = error_of(response)
+    assert error["code"] == "request_too_large" and "max_body_values (65536)" in error["message"]
+    assert_serves(api)
+
+
+TOO_MANY = {
+    "messages": {"messages": [{"role": "user", "content": "x"}] * 2049},
+    "content": {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}] * 257}]},
+    "tools": {
+        "messages": CHAT,
+        "tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)],
+    },
+    "tool_calls": {
+        "messages": [
+            *CHAT,
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}] * 129},
+        ]
+    },
+}
+PARAMS = {
+    "messages": "messages",
+    "content": "messages.0.content",
+    "tools": "tools",
+    "tool_calls": "messages.1.tool_calls",
+}
+
+
+@pytest.mark.parametrize("field", sorted(TOO_MANY))
+def test_lists_past_the_apis_caps_are_400_naming_them(api: str, field: str):
+    response = post(api, "/v1/chat/completions", {"model": "qwen3-coder-tiny", "max_tokens": 2, **TOO_MANY[field]})
+    assert response.status_code == 400, response.text[:300]
+    error = error_of(response)
+    assert error["param"] == PARAMS[field] and "at most" in error["message"], error
+
+
+def test_completions_prompts_and_embedding_inputs_past_the_apis_cap_are_400(api: str):
+    """Refused as the body is validated (each model's own ``max_input_items`` comes after, and is lower)."""
+    for path, body, param in (
+        ("/v1/completions", {"model": "qwen3-coder-tiny", "prompt": ["x"] * 2049, "max_tokens": 2}, "prompt"),
+        ("/v1/embeddings", {"model": "all-minilm-l6-v2", "input": ["x"] * 2049}, "input"),
+    ):
+        response = post(api, path, body)
+        assert response.status_code == 400, response.text[:300]
+        error = error_of(response)
+        assert error["param"] == param and "at most 2048" in error["message"], error
+
+
+class HeldBody:
+    """A POST whose headers and first bytes are sent, the rest held back: in flight until ``finish``."""
+
+    def __init__(self, base: str, declared: int) -> None:
+        url = httpx.URL(base)
+        self.head = b'{"model": "all-minilm-l6-v2", "input": "hello", "pad": "'
+        self.declared = declared
+        lines = [f"POST {url.path}/v1/embeddings HTTP/1.1", f"Host: {url.host}:{url.port}"]
+        lines += ["Content-Type: application/json", f"Authorization: Bearer {API_KEY}"]
+        lines += [f"Content-Length: {declared}", "", ""]
+        self.conn = socket.create_connection((url.host, url.port), timeout=60)
+        self.conn.sendall("\r\n".join(lines).encode() + self.head)
+
+    def finish(self) -> tuple[int, bytes]:
+        self.conn.sendall(b"x" * (self.declared - len(self.head) - 2) + b'"}')
+        answer = http.client.HTTPResponse(self.conn)
+        answer.begin()
+        status, body = answer.status, answer.read()
+        self.conn.close()
+        return status, body
+
+
+def padded(size: int) -> bytes:
+    """An embeddings body of exactly ``size`` bytes (an ignored field holds the padding)."""
+    head, tail = b'{"model": "all-minilm-l6-v2", "input": "hello", "pad": "', b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+def test_bodies_in_flight_are_bounded_per_gateway_replica(api: str):
+    """Two nearly full bodies in flight take 2 MB of the 2.5 MB budget: a 0.6 MB body is 503 with
+    Retry-After, a 0.4 MB one is served; once the two finish (served: they were in flight all
+    along), the 0.6 MB one is served too."""
+    held = [HeldBody(api, MAX_BODY_BYTES - 1) for _ in range(2)]
+    try:
+        for _ in range(100):  # until the gateway has both: their headers travel through Serve's proxy
+            refused = post(api, "/v1/embeddings", padded(600_000))
+            if refused.status_code != 200:
+                break
+            time.sleep(0.1)
+        assert refused.status_code == 503, refused.text[:300]
+        assert int(refused.headers["Retry-After"]) >= 1
+        error = error_of(refused)
+        assert error["code"] == "overloaded" and f"max_body_bytes_in_flight ({BODIES_IN_FLIGHT})" in error["message"]
+        assert post(api, "/v1/embeddings", padded(400_000)).status_code == 200
+    finally:
+        answers = [body.finish() for body in held]
+    assert [status for status, _ in answers] == [200, 200], answers
+    assert post(api, "/v1/embeddings", padded(600_000)).status_code == 200
+
+
+# -- issue 22, item 4: a gateway without keys is open: it says so, or refuses to start ---------
+
+
+def test_a_gateway_without_keys_warns_that_it_is_open(caplog: pytest.LogCaptureFixture):
+    logger = logging.getLogger("ray.serve")
+    logger.addHandler(caplog.handler)  # Serve's logger may not propagate to the root's
+    try:
+        assert guards.api_keys(["", " "], required=False, env_var="CANDLE_API_KEYS") == []
+    finally:
+        logger.removeHandler(caplog.handler)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "No API keys" in warning.getMessage() and "require_api_keys" in warning.getMessage()
+
+
+def test_keys_are_stripped_and_required_keys_pass():
+    assert guards.api_keys([" sk-a", "sk-b ", ""], required=True, env_var="CANDLE_API_KEYS") == ["sk-a", "sk-b"]
+
+
+def test_a_gateway_that_requires_keys_does_not_start_without_them(serve_base: str):
+    """One node missing its secret cannot serve open beside keyed ones: its replica fails to start."""
+    settings = {"require_api_keys": True, "api_keys_env": "CANDLE_TEST_KEYS_NEVER_SET"}
+    app = Gateway.options(max_constructor_retry_count=1).bind([], settings)
+    serve.run_many(
+        [RunTarget(app, name="gateway-keyless", route_prefix="/keyless")], wait_for_applications_running=False
+    )
+    try:
+        for _ in range(600):
+            status = serve.status().applications.get("gateway-keyless")
+            if status is not None and status.status in ("DEPLOY_FAILED", "RUNNING"):
+                break
+            time.sleep(0.5)
+        assert status is not None and status.status == "DEPLOY_FAILED", status
+        why = status.deployments["Gateway"].message  # the replica's constructor error
+        assert "require_api_keys is set but no API key" in why and "CANDLE_TEST_KEYS_NEVER_SET" in why, why
+    finally:
+        serve.delete("gateway-keyless", _blocking=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from candle.engines.generation import StopTrimmer
+from candle.engines.chat.generation import StopTrimmer
 
 
 def feed_all(stops: tuple[str, ...], pieces: list[str]) -> tuple[str, bool]:

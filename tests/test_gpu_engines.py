@@ -17,18 +17,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense
 from transformers import AutoProcessor, AutoTokenizer, CLIPModel, CLIPProcessor
 
-import candle.engines.images
+import candle.engines.image_generation.diffusers
+from candle.catalog import load_catalog
 from candle.contracts import ChatCall, GenerationParams, ImageCall
 from candle.engines import load_engine
-from candle.engines.clip import ClipEngine
-from candle.engines.embeddings import SentenceEmbeddingEngine
-from candle.engines.images import DiffusionEngine
-from candle.engines.text import TransformersTextEngine
-from candle.engines.vision import LlavaEngine
+from candle.engines.chat.transformers import TransformersTextEngine
+from candle.engines.embedding.sentence_transformers import SentenceEmbeddingEngine
+from candle.engines.image_embedding.clip import ClipEngine
+from candle.engines.image_generation.diffusers import DiffusionEngine
+from candle.engines.rerank.sentence_transformers import CrossEncoderEngine
+from candle.engines.vision.transformers import LlavaEngine
 from tests.test_engines import CHAT, GREEDY, TEXTS, normalize, run, save_decoder_embedder, spec_for, tiny_folder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -159,6 +161,20 @@ def test_sentence_embeddings_and_their_head_on_the_gpu_agree_with_the_cpu(decode
     assert cosines(headed, expected_head).min() > 0.99
 
 
+def test_a_reranker_in_its_entrys_fp16_on_the_gpu_agrees_with_the_cpu(store: Path):
+    """bge-reranker-v2-m3 runs in fp16 in production (its entry's ``model_kwargs``, not candle's bf16):
+    the weights are there in fp16 and the scores within half precision of the fp32 CPU reference."""
+    entry = load_catalog("production").get("bge-reranker-v2-m3")
+    folder = tiny_folder(store, "bge_reranker")
+    engine = load_engine(spec_for("bge_reranker", "rerank", engine_args=entry.engine_args), folder)
+    assert isinstance(engine, CrossEncoderEngine)
+    on_gpu_in(engine.model, torch.float16)
+    pairs = [("where does the cat sit?", text) for text in TEXTS]
+    scores, tokens = engine.score_pairs(pairs)
+    np.testing.assert_allclose(scores, CrossEncoder(str(folder), device="cpu").predict(pairs), atol=1e-2)
+    assert scores.dtype == np.float32 and len(tokens) == len(pairs)
+
+
 # ---------------------------------------------------------------------------------------------
 # Images: one GPU takes the whole pipeline; several share it through diffusers' balanced map
 
@@ -187,7 +203,7 @@ def test_balanced_device_map_places_every_component_on_a_gpu(store: Path, monkey
     """The replica of a multi-GPU entry. On a one-GPU machine the engine is told there are two, so it
     takes that path (``device_map="balanced"``, no ``.to``) and diffusers puts everything on GPU 0."""
     gpus = torch.cuda.device_count()
-    monkeypatch.setattr(candle.engines.images, "gpu_count", lambda: max(2, gpus))
+    monkeypatch.setattr(candle.engines.image_generation.diffusers, "gpu_count", lambda: max(2, gpus))
     engine = load_engine(spec_for("sd3", "text-to-image"), tiny_folder(store, "sd3"))
     assert isinstance(engine, DiffusionEngine)
     placed: dict[str, Any] = engine.pipeline.hf_device_map

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import ray
@@ -30,7 +31,7 @@ from tests.test_api import CHAT, assert_the_image_is_read, cos, data_url
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-GPU_SHARE = 0.2  # four models on one GPU, with room to spare
+GPU_SHARE = 0.15  # five models on one GPU, with room to spare
 OFF_GPU = "all-minilm-l6-v2-gpu"  # the one entry that asks for no GPU
 
 
@@ -127,3 +128,14 @@ def test_clip_and_minilm_embed_side_by_side(client: openai.OpenAI):
 
 def test_vision_answers_from_the_gpu(client: openai.OpenAI, hub_store: Path):
     assert_the_image_is_read(client, "llava-tiny-gpu", hub_store)
+
+
+def test_rerank_from_the_gpu(gpu_api: str):
+    documents = ["a cat sits on the mat", "quarterly tax report spreadsheet", "a kitten rests on a rug"]
+    body = {"model": "bge-reranker-tiny-gpu", "query": "where does the cat sit?", "documents": documents}
+    answer = httpx.post(f"{gpu_api}/v1/rerank", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert sorted(r["index"] for r in results) == [0, 1, 2]
+    scores = [r["relevance_score"] for r in results]
+    assert scores == sorted(scores, reverse=True) and all(0 < score < 1 for score in scores)

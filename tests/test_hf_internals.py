@@ -1,7 +1,8 @@
 """The private parts of huggingface_hub (and Ray) that candle relies on behave as candle assumes.
 
-Each is used through one wrapper (``candle.download.hf_internals``, ``candle.download.cluster_kv``); a
-release that renames or changes one fails here, by name, instead of deep inside a fetch. (The blob
+Each is used through one wrapper (``candle.download.node.hf_internals``, ``candle.download.cluster.kv``,
+``deployments.replicas.serve_multiplex``); a release that renames or changes one fails here, by name,
+instead of deep inside a fetch or a pool replica. (The blob
 lock's path is checked where it matters: tests/test_download_integrity.py proves hf_hub_download
 waits on the lock candle holds.)
 """
@@ -9,16 +10,18 @@ waits on the lock candle holds.)
 from __future__ import annotations
 
 import inspect
-import io
 import os
+import types
 
-from huggingface_hub import hf_hub_url
-from huggingface_hub.file_download import http_get
+import pytest
+from huggingface_hub import HfApi
 
-from candle.demo.hub import LocalHub
-from candle.download import cluster_kv, hf_internals
-from candle.download.coordinator import peer_secret
-from candle.download.hf_internals import TreeCacheEntry
+from candle.demo.hub import ListingOverride, LocalHub
+from candle.download.cluster import kv
+from candle.download.cluster.coordinator import peer_secret
+from candle.download.node import hf_internals
+from candle.download.node.hf_internals import TreeCacheEntry
+from deployments.replicas import serve_multiplex
 from tests.conftest import RepoFactory
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -52,36 +55,58 @@ def test_refs_record_a_branch_and_skip_a_commit(tmp_path):
     assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == ["main"]
 
 
-def test_http_get_resumes_into_a_file_and_reports_each_chunk(hub: LocalHub, make_repo: RepoFactory, repo_name):
-    source = make_repo({"model.safetensors": 300_000})["model.safetensors"].read_bytes()
-
-    class Counted:
-        total = 0
-
-        def update(self, n: int) -> None:
-            self.total += n
-
-    out, progress = io.BytesIO(source[:1000]), Counted()
-    out.seek(1000)
-    url = hf_hub_url(repo_name, "model.safetensors", endpoint=hub.endpoint)
-    hf_internals.download_into(url, out, resume=1000, headers={}, size=len(source), progress=progress)
-    assert out.getvalue() == source and progress.total == len(source) - 1000
-
-
-def test_http_get_reads_the_tuned_constants_at_every_request():
-    """tune_transfers sets module constants: they only matter while http_get reads them per call."""
-    body = inspect.getsource(http_get)
-    assert "constants.HF_HUB_DOWNLOAD_TIMEOUT" in body and "constants.DOWNLOAD_CHUNK_SIZE" in body
-
-
 def test_the_peer_secret_is_kept_in_rays_key_value_store(ray_cluster):
     assert len(peer_secret()) >= 32 and peer_secret() == peer_secret()
 
 
 def test_the_clusters_key_value_store_keeps_the_first_value(ray_cluster):
-    assert cluster_kv.connected()
+    assert kv.connected()
     key = f"candle/test/{os.getpid()}"
-    assert cluster_kv.get(key) is None
-    assert cluster_kv.put_if_absent(key, b"first") == b"first"
-    assert cluster_kv.put_if_absent(key, b"second") == b"first"
-    assert cluster_kv.get(key) == b"first"
+    assert kv.get(key) is None
+    assert kv.put_if_absent(key, b"first") == b"first"
+    assert kv.put_if_absent(key, b"second") == b"first"
+    assert kv.get(key) == b"first"
+
+
+def test_the_clusters_key_value_store_keeps_records_up_to_date(ray_cluster):
+    prefix = f"candle/test-records/{os.getpid()}/"
+    kv.put(prefix + "a", b"1")
+    kv.put(prefix + "b", b"2")
+    kv.put(prefix + "a", b"3")
+    kv.put(prefix.rstrip("/") + "-other", b"not under the prefix")
+    assert kv.scan(prefix) == {prefix + "a": b"3", prefix + "b": b"2"}
+    kv.delete(prefix + "a")
+    assert kv.scan(prefix) == {prefix + "b": b"2"}
+
+
+def test_serve_keeps_a_replicas_multiplexed_models_where_candle_reads_and_unloads_them():
+    """The names serve_multiplex.py uses, without a replica (tests/test_pools.py unloads through them on
+    real Serve): the attribute ``@serve.multiplexed`` sets on the replica, its wrapper's LRU-ordered
+    models, load lock, push flag and LRU unload."""
+    from ray.serve import api, multiplex
+
+    assert f'"{serve_multiplex.WRAPPER}"' in inspect.getsource(api.multiplexed)
+    init = inspect.getsource(multiplex._ModelMultiplexWrapper.__init__)
+    for needed in ("self.models = OrderedDict()", "self._model_cache_lock = ", "self._push_multiplexed_replica_info"):
+        assert needed in init, needed
+    assert inspect.iscoroutinefunction(multiplex._ModelMultiplexWrapper.unload_model_lru)
+
+
+def test_a_changed_multiplexed_model_cache_fails_loudly():
+    replica = types.SimpleNamespace()
+    assert serve_multiplex.multiplexed_cache(replica) is None  # before its first load
+    setattr(replica, serve_multiplex.WRAPPER, types.SimpleNamespace(models={}, unload_model_lru=None))
+    with pytest.raises(
+        RuntimeError,
+        match=r"Ray Serve \S+ changed its model multiplexing internals \(missing: _model_cache_lock, "
+        r"_push_multiplexed_replica_info\): update deployments/replicas/serve_multiplex.py",
+    ):
+        serve_multiplex.multiplexed_cache(replica)
+
+
+def test_tree_pages_are_the_hubs_pages_each_marked_last_or_not(hub: LocalHub, make_repo: RepoFactory, repo_name):
+    make_repo({"model.safetensors": 1024})
+    hub.state.override_listing(repo_name, ListingOverride(page_size=1))
+    pages = list(hf_internals.tree_pages(HfApi(endpoint=hub.endpoint), repo_name, revision="main", repo_type="model"))
+    assert [(len(page), last) for page, last in pages] == [(1, False), (1, True)]
+    assert {item.path for page, _ in pages for item in page} == {"config.json", "model.safetensors"}

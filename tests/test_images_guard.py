@@ -29,15 +29,16 @@ import pytest
 from PIL import Image
 
 from candle.api.errors import APIError
-from candle.api.images import load_image_bytes
+from candle.api.image_urls import load_image_bytes
 from candle.catalog import ModelSpec, load_catalog
+from candle.contracts import EmbedCall
 from candle.demo.hub import LocalHub
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.engines import load_engine
 from candle.engines.errors import InvalidInput
 from candle.placement import deployment_options
 from candle.testing import catalog_apps, wait_for_models
-from deployments.embeddings import EmbedCall, EmbeddingReplica
+from deployments.replicas.embedding import EmbeddingReplica
 
 DEMO = load_catalog("demo")
 MAX_PIXELS = 1024 * 1024
@@ -228,6 +229,7 @@ def test_loopback_is_refused_after_resolution(host: str):
         "http://[2002:a01:203::1]/cat.png",  # ... inside a 6to4 one
         "http://224.0.0.1/cat.png",  # multicast
         "http://0.0.0.0/cat.png",
+        "http://[fec0::1]/cat.png",  # IPv6 site-local (deprecated, still routed inside sites)
     ],
 )
 def test_private_link_local_multicast_and_metadata_addresses_are_refused(url: str):
@@ -299,6 +301,8 @@ TIGHT_BUDGET_S = 2.0  # queues 4 requests
 SLOW_INPUT = [f"sentence {i} " + "word " * 60 for i in range(64)]  # makes each request take a while
 # A burst's requests take long enough that most of it is still queued once the last one arrives.
 BURST_INPUT = SLOW_INPUT[:16]
+# Seconds of work per request on two shared cores, far longer than sending a burst takes.
+HEAVY_INPUT = [f"passage {i} " + "word " * 60 for i in range(256)]
 
 
 def queue_model(name: str, budget_s: float) -> ModelSpec:
@@ -365,6 +369,29 @@ def test_remote_fetches_run_off_the_gateway_event_loop(guarded: str):
     np.testing.assert_allclose(fetched.json()["data"][0]["embedding"], inline.json()["data"][0]["embedding"], atol=1e-5)
 
 
+def test_a_requests_remote_images_share_one_deadline(guarded: str):
+    """Two images, each sent 6 s after the one before it was: each alone within the 10 s deadline, the
+    pair not. One deadline covers the request's fetches, so it is refused, not served after 12 s."""
+    sent = [threading.Event(), threading.Event()]
+
+    def after_previous(index: int):
+        def handler(request: BaseHTTPRequestHandler) -> None:
+            if index > 0:
+                sent[index - 1].wait(60)
+            time.sleep(6)
+            send(PNG)(request)
+            sent[index].set()
+
+        return handler
+
+    with image_server({"/0.png": after_previous(0), "/1.png": after_previous(1)}) as base:
+        body = {"model": "guard-clip", "input": [f"{base}/0.png", f"{base}/1.png"]}
+        response = httpx.post(f"{guarded}/v1/embeddings", json=body, timeout=120)
+        assert sent[0].is_set(), "the first image was served: the deadline ran over the pair"
+    assert response.status_code == 400, response.text[:300]
+    assert error_of(response)["code"] == "remote_image_timeout"
+
+
 def burst(url: str, model: str, n: int, texts: list[str] = SLOW_INPUT) -> list[httpx.Response]:
     with ThreadPoolExecutor(n) as pool:
         body = {"model": model, "input": texts}
@@ -388,11 +415,42 @@ def test_a_burst_over_the_old_fixed_bound_is_queued_not_refused(guarded: str):
     assert [r.status_code for r in responses] == [200] * 80, {r.status_code: r.text[:200] for r in responses}
 
 
-def test_past_the_bound_a_burst_gets_503_with_retry_after(guarded: str):
-    """A two-second budget queues 4 requests: the rest of a burst of 20 hear when to come back (once
-    the budget has passed, the queue has been worked off)."""
-    responses = burst(f"{guarded}/v1/embeddings", "tight-minilm", 20)
+def processing(metrics_url: str, app: str) -> float:
+    """Requests ``app``'s replica is working on, as Serve exports it (Ray's agent refreshes it every second)."""
+    for line in httpx.get(metrics_url, timeout=30).text.splitlines():
+        if line.startswith("ray_serve_replica_processing_queries{") and f'application="{app}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_past_the_bound_a_burst_gets_503_with_retry_after(guarded: str, ray_cluster: dict[str, str]):
+    """A two-second budget queues 4 requests behind the one a replica works on. With one running, a
+    burst of 11 (each request takes seconds) has exactly 4 queued and served, and 7 hear when to come
+    back (once the budget has passed, the queue has been worked off). Serve counts a request as
+    queued until its replica takes it, so the burst starts once the first one runs."""
+    url, body = f"{guarded}/v1/embeddings", {"model": "tight-minilm", "input": HEAVY_INPUT}
+    sent: list[float] = []
+    first_done: list[float] = []
+
+    def post(index: int) -> httpx.Response:
+        sent.append(time.monotonic())
+        response = httpx.post(url, json=body, timeout=300)
+        if index == 0:
+            first_done.append(time.monotonic())
+        return response
+
+    with ThreadPoolExecutor(12) as pool:
+        first = pool.submit(post, 0)
+        for _ in range(240):
+            if processing(ray_cluster["METRICS_URL"], "tight-minilm") >= 1:
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"the first request never ran: {first.result().text[:200] if first.done() else 'pending'}")
+        responses = list(pool.map(post, range(1, 12)))
+        assert first.result().status_code == 200, first.result().text[:200]
+    assert max(sent) < first_done[0], "the whole burst was sent while the first request ran"
     statuses = [r.status_code for r in responses]
-    assert set(statuses) == {200, 503}, statuses
+    assert sorted(statuses) == [200] * 4 + [503] * 7, statuses
     for response in (r for r in responses if r.status_code == 503):
         assert error_of(response)["code"] == "overloaded" and response.headers["Retry-After"] == "2"

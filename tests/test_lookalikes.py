@@ -19,7 +19,7 @@ from sentence_transformers import SentenceTransformer
 from candle.catalog import load_catalog
 from candle.demo.hub import LocalHub
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
-from candle.download.status import cluster_progress
+from candle.download.cluster.status import cluster_progress
 from candle.testing import catalog_apps, wait_for_models
 from tests.replica_threads import replica_threads
 

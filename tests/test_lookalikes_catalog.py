@@ -47,6 +47,6 @@ def test_engine_args_are_productions_except_vllms_on_a_cpu(name: str):
     assert demo.engine_args == ({} if vllm_in_production_only else production.engine_args)
 
 
-def test_the_twelve_and_the_gateway_fit_two_cores():
+def test_the_fourteen_and_the_gateway_fit_two_cores():
     assert sum(m.resources.num_cpus * m.num_replicas for m in DEMO_ALL.models) + GATEWAY_CPUS <= 2
     assert all(m.resources.num_gpus == 0 for m in DEMO_ALL.models)

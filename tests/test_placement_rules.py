@@ -13,8 +13,8 @@ import pytest
 from candle.catalog import Catalog, ModelSpec, Resources, load_catalog
 from candle.jobs.prefetch import plan
 from candle.placement import can_host, deployment_options, hosting_nodes, label_matches, replica_resources
-from deployments.base import hide_gpus_from_cpu_replicas
 from deployments.model_status import pending_reason
+from deployments.replicas.base import hide_gpus_from_cpu_replicas
 from tests.repo_files import CODE, OTHER_FORMATS, SAFETENSORS, selected
 
 PRODUCTION = load_catalog("production")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pickle
 
-from candle.contracts import FileProgressRecord, ModelProgress, RepoProgressRecord
+from candle.api.models import progress_json
+from candle.download.records import FileProgressRecord, ModelProgress, RepoProgressRecord
 
 
 def record(state: str, *files: tuple[int, int, float]) -> RepoProgressRecord:
@@ -22,7 +23,7 @@ def test_a_nodes_record_sums_its_files():
 def test_a_model_across_nodes_sums_the_nodes_and_keeps_the_json_of_v1_models():
     model = ModelProgress((("n1", record("downloading", (25, 100, 10.0))), ("n2", record("done", (100, 100, 0.0)))))
     assert model.in_flight and not ModelProgress((("n2", record("done", (1, 1, 0.0))),)).in_flight
-    body = model.as_json()
+    body = progress_json(model)
     assert body | {"nodes": None} == {
         "bytes_done": 125,
         "bytes_total": 200,
@@ -41,7 +42,7 @@ def test_each_node_shows_where_its_blobs_come_from_and_how_fast():
     moving = FileProgressRecord("model.safetensors", "downloading", 40, 100, 8.0, "relay", "n1")
     done = FileProgressRecord("config.json", "done", 10, 10, 0.0, "hub")
     node = RepoProgressRecord("org/model", "main", "a" * 40, "downloading", None, (moving, done))
-    (entry,) = ModelProgress((("n2", node),)).as_json()["nodes"]
+    (entry,) = progress_json(ModelProgress((("n2", node),)))["nodes"]
     assert entry["rate_bytes_per_s"] == 8.0
     assert entry["transfers"] == [
         {
@@ -53,3 +54,20 @@ def test_each_node_shows_where_its_blobs_come_from_and_how_fast():
             "rate_bytes_per_s": 8.0,
         }
     ]
+
+
+def test_each_node_says_how_far_it_is_and_whom_it_copies_from_now():
+    """What `candle status --watch` draws and `/v1/models` gives per node: the fraction, the ETA and each
+    source in flight once (files from one upstream summed), never a finished file's."""
+    relayed = [FileProgressRecord(f"part-{i}", "downloading", 10, 100, 4.0, "relay", "n1") for i in range(2)]
+    hub = FileProgressRecord("extra.bin", "downloading", 30, 100, 2.0, "hub")
+    done = FileProgressRecord("config.json", "done", 10, 10, 0.0, "peer", "n3")
+    node = RepoProgressRecord("org/model", "main", "a" * 40, "downloading", None, (*relayed, hub, done))
+    (entry,) = progress_json(ModelProgress((("n2", node),)))["nodes"]
+    assert (entry["fraction"], entry["eta_s"]) == (0.1935, 25.0)  # 60 of 310 bytes; 250 left at 10 B/s
+    assert entry["sources"] == [
+        {"source": "relay", "upstream": "n1", "rate_bytes_per_s": 8.0},
+        {"source": "hub", "upstream": None, "rate_bytes_per_s": 2.0},
+    ]
+    finished = RepoProgressRecord("org/model", "main", "a" * 40, "done", None, ())
+    assert (finished.fraction, finished.sources) == (1.0, ())  # nothing to fetch: done, from nowhere

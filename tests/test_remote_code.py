@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from candle.catalog import load_catalog
 from candle.demo.hub import LocalHub
 from candle.demo.remote_code import modeling_bert, modeling_nvembed, modeling_qwen
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
-from candle.download.remote_code import code_repos
+from candle.download.client import make_request
+from candle.download.remote_code import FetchedModel, code_repos, fetch_model
 from candle.jobs import prefetch
 from candle.testing import free_port
 from tests.test_cli import run_cli
@@ -36,7 +39,7 @@ LOAD_OFFLINE = """
 import sys
 from pathlib import Path
 from candle.catalog import load_catalog
-from candle.engines.embeddings import SentenceEmbeddingEngine
+from candle.engines.embedding.sentence_transformers import SentenceEmbeddingEngine
 engine = SentenceEmbeddingEngine(Path(sys.argv[1]), load_catalog("demo-all").get("jina-embeddings-v2-base-en"))
 print(engine.embed_items(["a cat sits on the mat"])[0].shape[1])
 """
@@ -155,3 +158,104 @@ def test_a_lookalike_loads_with_every_tensor_its_saved_model_had(
     with torch.no_grad():
         outputs = [model(input_ids=tokens, attention_mask=torch.ones_like(tokens)) for model in (loaded, built)]
     torch.testing.assert_close(outputs[0].last_hidden_state, outputs[1].last_hidden_state)
+
+
+# Loads the Jina look-alike as a replica does (the snapshot and code commits it fetched: argv), with the
+# hub reachable; prints what code ran.
+LOAD_AS_A_REPLICA = """
+import json, sys
+from pathlib import Path
+from candle.catalog import load_catalog
+from candle.download.remote_code import FetchedModel
+from deployments.replicas.base import load_fetched
+fetched = FetchedModel(Path(sys.argv[1]), {repo: Path(p) for repo, p in json.loads(sys.argv[2]).items()})
+engine = load_fetched(load_catalog("demo-all").get("jina-embeddings-v2-base-en"), fetched)
+remote = [type(m).__module__ for m in engine.model.modules() if "transformers_modules" in type(m).__module__]
+modules = {sys.modules[name] for name in remote}
+print(json.dumps({
+    "width": int(engine.embed_items(["a cat sits on the mat"])[0].shape[1]),
+    "files": sorted(m.__file__ for m in modules),
+    "newer": any(hasattr(m, "NEWER_THAN_FETCHED") for m in modules),
+}))
+"""
+
+
+def _fetch(cache: Path, code_revisions: dict[str, str] | None = None) -> FetchedModel:
+    request = make_request(TINY_MODELS["jina_v2"], cache_dir=cache)
+    return asyncio.run(fetch_model(request, True, code_revisions=code_revisions))
+
+
+def _load_as_a_replica(fetched: FetchedModel, cache: Path, hub: LocalHub, tmp_path: Path) -> dict:
+    """Load in a fresh process that could reach the hub; what ran, and that the hub was asked nothing."""
+    before = (dict(hub.stats.heads), dict(hub.stats.bodies), dict(hub.stats.api_calls))
+    env = {"HF_HUB_CACHE": str(cache), "HF_ENDPOINT": hub.endpoint, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_AS_A_REPLICA,
+            str(fetched.folder),
+            json.dumps({r: str(p) for r, p in fetched.code.items()}),
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert (dict(hub.stats.heads), dict(hub.stats.bodies), dict(hub.stats.api_calls)) == before, "it asked the hub"
+    ran = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert ran["width"] == 64 and ran["files"], ran
+    return ran
+
+
+@contextmanager
+def main_moved(hub: LocalHub, store: dict[str, Path]) -> Iterator[str]:
+    """The code repo's ``main`` moved to newer code (marked ``NEWER_THAN_FETCHED``) while the block runs."""
+    original = {p.name: p.read_bytes() for p in store["jina_bert_code"].iterdir() if p.is_file()}
+    newer = {**original, "modeling_bert.py": original["modeling_bert.py"] + b"\nNEWER_THAN_FETCHED = True\n"}
+    try:
+        yield hub.state.publish(JINA_CODE, newer)
+    finally:
+        hub.state.publish(JINA_CODE, original)
+
+
+def test_the_code_a_replica_loads_is_the_commit_fetched_even_after_main_moves(
+    ray_cluster, hub: LocalHub, store: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """transformers resolves a code repo's branch again when it loads: the load must run the commit the
+    download service fetched and verified, from the cache, and ask the hub nothing."""
+    fetched = _fetch(tmp_path / "node-a")
+    assert f"the code of {JINA_CODE} runs at its default branch" in caplog.text  # no commit in the catalog
+    (commit,) = (snapshot.name for snapshot in fetched.code.values())
+    with main_moved(hub, store) as moved:
+        assert moved != commit
+        ran = _load_as_a_replica(fetched, tmp_path / "node-a", hub, tmp_path)
+        assert not ran["newer"], f"newer code than the fetched commit ran: {ran['files']}"
+        assert all(f"/{commit}/" in path for path in ran["files"]), ran["files"]
+        # Another node of this cluster fetching now gets the commit the cluster recorded, not the new main.
+        assert _fetch(tmp_path / "node-b").code[JINA_CODE].name == commit
+
+
+def test_a_code_commit_named_in_the_catalog_is_the_one_fetched_and_run(
+    ray_cluster, hub: LocalHub, store: dict[str, Path], tmp_path: Path
+):
+    with main_moved(hub, store) as moved:
+        pass  # main moved on and back: the moved-to commit stays served by its hash
+    fetched = _fetch(tmp_path / "cache", {JINA_CODE: moved})
+    assert fetched.code[JINA_CODE].name == moved
+    ran = _load_as_a_replica(fetched, tmp_path / "cache", hub, tmp_path)
+    assert ran["newer"] and all(f"/{moved}/" in path for path in ran["files"]), ran["files"]
+
+
+def test_a_replica_imports_no_huggingface_hub_internals():
+    """A model's runtime_env may bring an older huggingface_hub (NV-Embed-v2's): what a replica imports
+    to fetch and load must not reach its private modules, or the replica fails at import."""
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, deployments.replicas.base; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "candle.download.node.hf_internals" not in imported.stdout.split("'")

@@ -8,8 +8,9 @@ fails the way the case at hand does (a disk that fills up cannot be made on this
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,24 +18,28 @@ import httpx
 import pytest
 import ray
 
-from candle.download.cache_layout import RepoCache
+from candle.download.cluster.coordinator import BlobKey, coordinator, peer_secret
+from candle.download.cluster.peer import PeerServer
+from candle.download.cluster.sourcing import BlobJob, ClusterSources
 from candle.download.config import DownloaderSettings
-from candle.download.coordinator import BlobKey, coordinator, peer_secret
 from candle.download.errors import DownloadError, IntegrityError, OutOfDisk, TransferFailed
-from candle.download.listing import RemoteFile
-from candle.download.peer import PeerServer
-from candle.download.progress import FileProgress
-from candle.download.sourcing import BlobJob, ClusterSources
+from candle.download.node.cache_layout import RepoCache
+from candle.download.node.integrity import verify_published
+from candle.download.node.listing import RemoteFile
+from candle.download.node.partial_file import PartialFile
+from candle.download.node.progress import FileProgress
+from candle.download.node.ranges import Drop, Source
 
 DATA = b"verified weights" * 1024
-FILE = RemoteFile("model.safetensors", len(DATA), "b" * 40, "e" * 64)
-HUB = ("http://hub.invalid/model.safetensors", {})
-PARTIAL = Path("/nonexistent/model.incomplete")  # these transfers write nothing: a relay would serve no byte
+FILE = RemoteFile("model.safetensors", len(DATA), "b" * 40, hashlib.sha256(DATA).hexdigest())
+HUB = Source("http://hub.invalid/model.safetensors")
 
 
 async def obtain(sources: ClusterSources, holder: Holder, cache: RepoCache, transfer) -> str:  # type: ignore[no-untyped-def]
+    # These transfers write nothing (a relay would serve no byte): the partial file is never opened.
+    partial = PartialFile(Path("/nonexistent/model.incomplete"), FILE)
     return await sources.obtain(
-        BlobJob(holder.key, cache, FILE, HUB, transfer, PARTIAL, FileProgress(FILE.path, FILE.size))
+        BlobJob(holder.key, cache, FILE, HUB, transfer, partial, FileProgress(FILE.path, FILE.size))
     )
 
 
@@ -54,6 +59,7 @@ def holder(ray_cluster, tmp_path: Path) -> Iterator[Holder]:
     blob = tmp_path / "a" / f"models--{key[1].replace('/', '--')}" / "blobs" / FILE.etag
     blob.parent.mkdir(parents=True)
     blob.write_bytes(DATA)
+    assert verify_published(blob, RepoCache(blob.parents[1]).record_path(FILE), FILE)  # what a holder advertises
     server = PeerServer("127.0.0.1", peer_secret())
     server.add_root(str(tmp_path / "a"))
     node = "a-" + uuid.uuid4().hex
@@ -80,10 +86,11 @@ def fetch_or_raise(error: DownloadError | None):
     """A transfer that reads from the URL it is given (peer or hub) and then fails with ``error``."""
     urls: list[str] = []
 
-    async def transfer(url: str, headers: dict[str, str], _: DownloaderSettings) -> None:
+    async def transfer(sources: Sequence[Source], _: DownloaderSettings, dropped: dict[str, Drop]) -> set[str]:
+        ((url, headers),) = ((s.url, s.headers) for s in sources)
         urls.append(url)
-        if url == HUB[0]:
-            return
+        if url == HUB.url:
+            return set()
         try:
             response = httpx.get(url, headers=headers)
         except httpx.TransportError as e:
@@ -92,6 +99,7 @@ def fetch_or_raise(error: DownloadError | None):
             raise TransferFailed("sourcing", FILE.path, f"HTTP {response.status_code}")
         if error is not None:
             raise error
+        return set()
 
     return transfer, urls
 
@@ -104,7 +112,7 @@ async def test_a_disk_that_fills_up_while_copying_keeps_the_peer(holder: Holder,
             await obtain(sources, holder, cache, transfer)
     finally:
         sources.close()
-    assert urls == [urls[0]] and urls[0] != HUB[0], "a full disk is not a reason to try the hub"
+    assert urls == [urls[0]] and urls[0] != HUB.url, "a full disk is not a reason to try the hub"
     assert holder.node in await holders(holder)
 
 
@@ -115,7 +123,7 @@ async def test_a_local_error_while_copying_keeps_the_peer(holder: Holder, tmp_pa
         assert await obtain(sources, holder, cache, transfer) == "hub"
     finally:
         sources.close()
-    assert urls == [holder.server.holdings()[0][1], HUB[0]], "from the peer first, then from the hub"
+    assert urls == [holder.server.holdings()[0][1], HUB.url], "from the peer first, then from the hub"
     assert holder.node in await holders(holder)
 
 
@@ -147,10 +155,11 @@ async def test_a_node_whose_copy_from_the_live_downloader_failed_tries_it_again_
     cache = RepoCache(tmp_path / "b" / f"models--{holder.key[1].replace('/', '--')}")
     calls: list[str] = []
 
-    async def transfer(source: str, headers: dict[str, str], _: DownloaderSettings) -> None:
-        calls.append(source)
+    async def transfer(sources: Sequence[Source], _: DownloaderSettings, dropped: dict[str, Drop]) -> set[str]:
+        calls.extend(s.url for s in sources)
         if len(calls) == 1:
             raise TransferFailed("sourcing", FILE.path, "ReadTimeout after 1 attempts")  # a answers: not to blame
+        return set()
 
     try:
         assert await asyncio.wait_for(obtain(sources, holder, cache, transfer), 30) == "relay"

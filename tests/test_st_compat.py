@@ -1,4 +1,4 @@
-"""candle/engines/st_compat.py in the base environment (sentence-transformers 6, transformers 5): the
+"""candle/engines/embedding/st_compat.py in the base environment (sentence-transformers 6, transformers 5): the
 shims take the current API, which names no deprecated one. The other side, sentence-transformers 3.0.1
 with transformers 4.42.4, runs in tests/cluster/test_multinode.py under NV-Embed-v2's production pins.
 """
@@ -16,7 +16,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from candle.demo.tiny_models import build_tiny_store
-from candle.engines.st_compat import (
+from candle.engines.embedding.st_compat import (
     MODULES_PACKAGE,
     Normalize,
     dtype_keyword,

@@ -94,3 +94,27 @@ def test_uncompilable_schema_is_400_naming_the_reason(client: openai.OpenAI, str
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, response_format=fmt, stream=stream)
     assert "Lookbehind is not supported" in refused.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_schema_past_the_bounds_is_400_before_any_compile(client: openai.OpenAI, stream: bool):
+    """1,000 optional properties compile for seconds on this tiny model (2,000 for minutes): refused
+    at the gateway, naming the limit, before a replica compiles anything."""
+    properties = {f"field_{i:04d}": {"type": "string"} for i in range(1000)}
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "wide", "schema": {"type": "object", "properties": properties}},
+    }
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, response_format=fmt, max_tokens=2, stream=stream)
+    assert refused.value.param == "response_format"  # type: ignore[attr-defined]
+    assert "1000 properties" in refused.value.message and "max_schema_properties" in refused.value.message
+
+
+def test_a_tools_schema_past_the_bounds_is_400(client: openai.OpenAI):
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string", "pattern": "^(a|b){600}$"} for i in range(2)}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": wide, "strict": True}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools, max_tokens=2)
+    assert refused.value.param == "tools[0].function.parameters"  # type: ignore[attr-defined]
+    assert "max_schema_pattern_repeats" in refused.value.message

@@ -10,31 +10,40 @@ the test kills.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 import ray
-from huggingface_hub import constants, hf_hub_url
+from huggingface_hub import hf_hub_url
 
-from candle.demo.hub import LocalHub
-from candle.download.cache_layout import RepoCache
+from candle.demo.hub import Fault, LocalHub
+from candle.download.cluster.coordinator import coordinator
+from candle.download.cluster.sourcing import BlobJob, ClusterSources
 from candle.download.config import DownloaderSettings
-from candle.download.coordinator import coordinator
-from candle.download.hf_internals import tune_transfers
-from candle.download.listing import RemoteFile
-from candle.download.progress import FileProgress
-from candle.download.sourcing import BlobJob, ClusterSources
-from candle.download.transfer import download_verified
+from candle.download.node.cache_layout import RepoCache
+from candle.download.node.listing import RemoteFile
+from candle.download.node.partial_file import PartialFile
+from candle.download.node.progress import FileProgress
+from candle.download.node.ranges import Drop, Links, Source
+from candle.download.node.transfer import download_verified
+from candle.testing import free_port
 from tests.conftest import RepoFactory
+from tests.silent_peer import Silent
+from tests.small_disk import tmpfs
 
-SIZE = 4 * 1024 * 1024
+MB = 1024 * 1024
+SIZE = 4 * MB
 HUB_RATE = 2 * 1024 * 1024  # bytes/s per hub connection: the first node takes ~2 s, long enough to relay
-SETTINGS = DownloaderSettings(stall_timeout=5, backoff_base=0.2, max_attempts=3, relay=True)
-CHUNK = 64 * 1024  # as the download actor sets it (tune_transfers): bytes reach disk and progress as they arrive
+# Writes of 64 KiB: bytes reach disk and progress as they arrive. A peer that answers within 5 s is kept:
+# on two shared cores a live peer's answer can take longer than the default second.
+SETTINGS = DownloaderSettings(
+    stall_timeout=5, peer_timeout=5, backoff_base=0.2, max_attempts=3, relay=True, chunk_size=64 * 1024
+)
 
 
 class RecordingProgress(FileProgress):
@@ -58,25 +67,30 @@ class Node:
     task: asyncio.Task[str] | None = field(default=None)
 
     def start(self, repo_id: str, f: RemoteFile, hub_url: str) -> asyncio.Task[str]:
-        partial = self.cache.partial_path(f)
+        settings = self.sources.settings
+        partial = PartialFile(self.cache.partial_path(f), f, pieces=f.size > settings.range_size)
+        links = Links(settings, local_address=None)
 
-        async def transfer(url: str, headers: dict[str, str], settings: DownloaderSettings) -> None:
-            await asyncio.to_thread(
+        async def transfer(
+            sources: Sequence[Source], settings: DownloaderSettings, dropped: dict[str, Drop]
+        ) -> set[str]:
+            return await asyncio.to_thread(
                 download_verified,
                 repo_id=repo_id,
-                url=url,
-                headers=headers,
-                f=f,
+                sources=sources,
                 cache=self.cache,
                 partial=partial,
                 progress=self.progress,
                 settings=settings,
+                links=links,
+                dropped=dropped,
             )
 
         key = ("model", repo_id, f.etag)
         self.task = asyncio.ensure_future(
-            self.sources.obtain(BlobJob(key, self.cache, f, (hub_url, {}), transfer, partial, self.progress))
+            self.sources.obtain(BlobJob(key, self.cache, f, Source(hub_url), transfer, partial, self.progress))
         )
+        self.task.add_done_callback(lambda _: links.close())
         return self.task
 
 
@@ -98,6 +112,20 @@ class Swarm:
     def copy_on(self, name: str) -> bytes:
         return self.nodes[name].cache.blob_path(self.file).read_bytes()
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return ("model", self.repo_id, self.file.etag)
+
+    async def offered(self) -> set[str]:
+        """Every node the coordinator would send a new node to (asking until it offers no other)."""
+        actor, node, excluded, found = coordinator(False, 60), f"e-{uuid.uuid4().hex}", [], set()
+        while (answer := await actor.claim.remote(self.key, node, tuple(excluded))).action == "peer":
+            ((peer, url),) = answer.peers.items()
+            found.add(peer)
+            excluded.append(url)
+        await actor.failed.remote(self.key, node)  # the last claim may have made it the hub downloader
+        return found
+
 
 def remote_file(path: str, data: bytes) -> RemoteFile:
     blob_id = hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()
@@ -106,10 +134,8 @@ def remote_file(path: str, data: bytes) -> RemoteFile:
 
 @pytest.fixture
 async def swarm(
-    ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_cluster, hub: LocalHub, make_repo: RepoFactory, repo_name: str, tmp_path: Path
 ) -> AsyncIterator[Swarm]:
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
-    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", SETTINGS.stall_timeout)
     files = make_repo({"model.safetensors": SIZE})
     data = files["model.safetensors"].read_bytes()
     hub.state.throttles[repo_name] = HUB_RATE
@@ -131,13 +157,30 @@ async def swarm(
             node.sources.close()
 
 
+@dataclass
+class Impostor:
+    """A holder the coordinator sends nodes to that is really a second test hub on the same files:
+    it serves the blob at a URL of its own, with faults of its own."""
+
+    node: str
+    hub: LocalHub
+
+
+@pytest.fixture
+async def impostor(swarm: Swarm) -> AsyncIterator[Impostor]:
+    with LocalHub(swarm.hub.state.root) as other:
+        url = hf_hub_url(swarm.repo_id, swarm.file.path, endpoint=other.endpoint)
+        node = f"impostor-{uuid.uuid4().hex}"
+        await coordinator(False, 60).register.remote(node, [(swarm.key, url)])
+        yield Impostor(node, other)
+
+
 @ray.remote(num_cpus=0)
 class NodeProcess:
     """A node in a process of its own, killed as a machine dies: its hub download and the copies it
     serves stop at once, and it tells the coordinator nothing."""
 
     def __init__(self, node_id: str, folder: str, repo_id: str, f: RemoteFile, hub_url: str) -> None:
-        tune_transfers(read_timeout_s=SETTINGS.stall_timeout, chunk_size=CHUNK)
         sources = ClusterSources(SETTINGS, node_id, "127.0.0.1")
         self.node = Node(node_id, sources, RepoCache(Path(folder)), RecordingProgress(f.path, f.size))
         self.args = (repo_id, f, hub_url)
@@ -161,9 +204,17 @@ async def until_received(node: Node | ray.actor.ActorHandle, n: int) -> None:
 
 
 async def test_nodes_copy_from_relays_while_the_first_downloads_and_all_copies_are_exact(swarm: Swarm):
+    # The hub holds a's download half-way until every other node has that half: copied while it arrives.
+    hold = swarm.hub.state.add_fault(Fault("hold", path=swarm.file.path, at=0.5))
     first = swarm.start("a")
-    await until_received(swarm.nodes["a"], 1)
+    assert await asyncio.to_thread(hold.held.wait, 30), "a's hub download reached the hold"
     others = [swarm.start(name) for name in "bcd"]
+    try:
+        for name in "bcd":
+            await until_received(swarm.nodes[name], SIZE // 2)
+        assert swarm.nodes["a"].progress.done == SIZE // 2 and not first.done(), "a still downloads"
+    finally:
+        hold.release()
 
     sources = await asyncio.gather(first, *others)
 
@@ -268,3 +319,97 @@ async def test_a_restarted_downloader_tells_the_coordinator_what_its_node_holds(
     assert b.progress.upstream == a.sources.node_id
     assert swarm.copy_on("b") == swarm.data
     assert swarm.hub.stats.bytes_for(swarm.repo_id) == SIZE, "the hub served the blob once"
+
+
+@pytest.mark.parametrize("disk", ["roomy", "small"])
+async def test_a_peer_sending_more_than_the_blob_is_cut_off_and_blamed(
+    swarm: Swarm, impostor: Impostor, tmp_path: Path, disk: str
+):
+    """64 MiB past a 4 MiB blob: the node writes none of it (on a small disk, a full disk would be
+    taken as the node's own fault and fail its fetch), and no node is sent to that peer again."""
+    b = swarm.nodes["b"]
+    impostor.hub.state.add_fault(Fault("overflow", extra=64 * MB, times=None))
+    with tmpfs(tmp_path / "small", size_mb=8) if disk == "small" else contextlib.nullcontext(True) as mounted:
+        if not mounted:
+            pytest.skip("a disk that fills up needs a small tmpfs: mounting one needs root (CAP_SYS_ADMIN)")
+        if disk == "small":
+            b.cache = RepoCache(tmp_path / "small" / b.cache.folder.name)
+            await b.sources.expose(b.cache.folder.parent)
+        assert await swarm.start("b") == "hub"
+        assert swarm.copy_on("b") == swarm.data
+    assert impostor.node not in await swarm.offered()
+    assert impostor.hub.stats.faults == {(swarm.repo_id, swarm.file.path, "overflow"): 1}
+
+
+@pytest.mark.parametrize("resumed_from", ["holder", "hub"])
+async def test_wrong_bytes_from_one_source_are_blamed_on_it_not_on_the_one_resumed_from(
+    swarm: Swarm, impostor: Impostor, resumed_from: str
+):
+    """b copies from a peer that sends a wrong byte, hangs up and then answers 503 (busy, so not
+    forgotten for that), and resumes from the next source: a holder (c), or the hub when there is
+    none. The whole blob fails its checksum: the peer that sent the wrong byte is to blame, never
+    the source b resumed from, and b needs no byte from the hub to find out which it was."""
+    b, c = swarm.nodes["b"], swarm.nodes["c"]
+    if resumed_from == "holder":
+        assert await swarm.start("c") == "peer"  # from the impostor, honest so far: c holds a good copy
+    for fault in (Fault("corrupt", at=0.25), Fault("drop", at=0.5), Fault("503", skip=1, times=None)):
+        impostor.hub.state.add_fault(fault)
+
+    source = await swarm.start("b")
+
+    fired = impostor.hub.stats.faults
+    assert (
+        fired[(swarm.repo_id, swarm.file.path, "corrupt")] == 1 and fired[(swarm.repo_id, swarm.file.path, "drop")] == 1
+    )
+    # The impostor dropped at half the blob: b resumed from the next source (its second half), then,
+    # the mix failing its checksum, fetched it whole from that source to judge the impostor's bytes.
+    resumed = c.sources.server.sent if resumed_from == "holder" else swarm.hub.stats.bytes_for(swarm.repo_id)
+    assert resumed == SIZE // 2 + SIZE, "b resumed, then fetched it whole"
+    assert b.progress.starts[-1] == 0
+    assert swarm.copy_on("b") == swarm.data
+    offered = await swarm.offered()
+    if resumed_from == "holder":
+        assert c.sources.node_id in offered, "c, which sent only right bytes, is still a source"
+        assert (source, b.progress.upstream) == ("peer", c.sources.node_id), "b's whole copy came from c"
+        assert swarm.hub.stats.bytes_for(swarm.repo_id) == 0, "no byte from the hub"
+    else:
+        assert source == "hub"
+    assert impostor.node not in offered, "the peer that sent the wrong byte is forgotten"
+
+
+@pytest.mark.parametrize("dead", ["refuses", "silent"])
+@pytest.mark.parametrize("want", [1, 8], ids=["one", "both"])  # holders a claim may give: ranges from one, or both
+async def test_a_dead_peer_is_dropped_for_another_peer_not_the_hub(swarm: Swarm, dead: str, want: int):
+    """Two holders, the first one dead: b drops it at its first failure (within the peer time-out,
+    without retries), and copies from the other, whether one holder at a time or ranges from both
+    at once. The hub sends nothing: another peer had the bytes. The dead one is forgotten."""
+    b = swarm.nodes["b"]
+    settings = replace(SETTINGS, peer_timeout=1.0, connections_per_file=want, range_size=512 * 1024)
+    b.sources.close()
+    b.sources = ClusterSources(settings, b.sources.node_id, "127.0.0.1")
+    await b.sources.expose(b.cache.folder.parent)
+    silent = Silent()
+    gone = f"http://127.0.0.1:{free_port()}" if dead == "refuses" else silent.url.removesuffix("/blob")
+    connections = min(want, SIZE // settings.range_size)
+    dead_node, live_node = f"dead-{uuid.uuid4().hex}", f"live-{uuid.uuid4().hex}"
+    actor = coordinator(False, 60)
+    blob_path = f"/blobs/{'0' * 16}/models--{swarm.repo_id.replace('/', '--')}/{swarm.file.etag}"
+    await actor.register.remote(dead_node, [(swarm.key, gone + blob_path)])  # first: offered first
+    try:
+        with LocalHub(swarm.hub.state.root) as live:
+            url = hf_hub_url(swarm.repo_id, swarm.file.path, endpoint=live.endpoint)
+            await actor.register.remote(live_node, [(swarm.key, url)])
+
+            assert await swarm.start("b") == "peer"
+
+            assert live.stats.bytes_for(swarm.repo_id) == SIZE
+    finally:
+        silent.close()
+    assert swarm.copy_on("b") == swarm.data
+    assert swarm.hub.stats.bytes_for(swarm.repo_id) == 0, "no hub body: a peer had the bytes"
+    if dead == "silent":
+        # Its share of the connections tried it once each (the first holder gets every other one), and
+        # one check whether it answers at all: no retries.
+        assert len(silent.accepted) <= (connections + 1) // 2 + 1
+    offered = await swarm.offered()
+    assert dead_node not in offered and live_node in offered

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 from PIL import Image
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 from sentence_transformers.util import cos_sim
 from transformers import (
     AutoConfig,
@@ -147,6 +148,24 @@ def test_llava_answers_about_an_image(repos: dict[str, Path]):
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert output.shape[1] > inputs["input_ids"].shape[1]
     assert processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "remote_code"),
+    [
+        ("bge_reranker", "sequence-classification", False),
+        ("jina_reranker_v2", "sequence-classification", True),
+        ("qwen3_reranker", "text-generation", False),
+    ],
+)
+def test_rerankers_score_pairs_through_cross_encoder(repos: dict[str, Path], name: str, task: str, remote_code: bool):
+    """Each loads as sentence-transformers loads its real counterpart (a classifier, or a causal LM scored
+    by its yes/no logits) and scores pairs apart, within (0, 1)."""
+    model = CrossEncoder(str(repos[name]), device="cpu", trust_remote_code=remote_code)
+    assert model[0].transformer_task == task
+    pairs = [("where is the cat?", text) for text in ("A cat sits on the mat.", "A tax report.", "Two dogs play.")]
+    scores = model.predict(pairs)
+    assert ((scores > 0) & (scores < 1)).all() and len(set(np.round(scores, 4))) == len(pairs)
 
 
 def test_builds_are_deterministic(tmp_path: Path, repos: dict[str, Path]):

@@ -31,6 +31,10 @@ CHAT_REFUSED: list[tuple[str, Any]] = [
     ("modalities", ["text", "audio"]),
     ("prediction", {"type": "content", "content": "x"}),
     ("web_search_options", {}),
+    # OpenAI's legacy function calling: tools replaced it; ignored, a client's function would never be called.
+    ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
+    ("function_call", {"name": "f"}),
+    ("function_call", "auto"),
 ]
 COMPLETION_REFUSED: list[tuple[str, Any]] = [
     ("logprobs", 0),
@@ -39,6 +43,7 @@ COMPLETION_REFUSED: list[tuple[str, Any]] = [
     ("logit_bias", {"42": 5}),
     ("presence_penalty", 1.0),
     ("frequency_penalty", 1.0),
+    ("echo", True),  # the prompt repeated before the completion
 ]
 CHAT_ACCEPTED: dict[str, Any] = {
     "user": "someone",
@@ -52,8 +57,16 @@ CHAT_ACCEPTED: dict[str, Any] = {
     "service_tier": "auto",
     "modalities": ["text"],
     "logit_bias": {},
+    "functions": [],
+    "function_call": "none",
 }
-COMPLETION_ACCEPTED: dict[str, Any] = {"user": "someone", "best_of": 1, "suffix": "", "presence_penalty": 0}
+COMPLETION_ACCEPTED: dict[str, Any] = {
+    "user": "someone",
+    "best_of": 1,
+    "suffix": "",
+    "presence_penalty": 0,
+    "echo": False,
+}
 
 
 @pytest.fixture(scope="module")

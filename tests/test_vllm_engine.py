@@ -22,9 +22,9 @@ from vllm.platforms import current_platform
 from candle.catalog import Resources, load_catalog
 from candle.contracts import ChatCall, CompletionCall, GenerationParams, ResponseFormat, TextChunk
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
+from candle.engines.chat.vllm import VLLMEngine
+from candle.engines.chat.vllm_parsing import PARSER_KEYS
 from candle.engines.errors import InvalidInput
-from candle.engines.vllm_parsing import PARSER_KEYS
-from candle.engines.vllm_text import VLLMEngine
 
 CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]
 # 5% of the device's memory (of RAM on CPUs, about 1 GiB here) is far more than the tiny models

@@ -22,7 +22,7 @@ from candle.api.responses import AssistantMessage
 from candle.catalog import load_catalog
 from candle.contracts import GenerationParams, TextChunk
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
-from candle.engines.vllm_parsing import PARSER_KEYS, OutputParsers
+from candle.engines.chat.vllm_parsing import PARSER_KEYS, OutputParsers
 
 TOOLS = [
     {

@@ -23,7 +23,10 @@ from ray import serve
 from candle.demo.hub import LocalHub
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.testing import catalog_apps, replica_processes, wait_for_models
+from candle.testing.board import concrete, panels
 from deployments.app import build_model_app
+from tests.promql import missing
+from tests.test_metrics import total, until
 from tests.test_vllm_engine import tiny_engine_args
 
 MODEL = "qwen3-coder-vllm"
@@ -99,6 +102,22 @@ def test_completions_through_the_gateway(client: openai.OpenAI):
     completion = client.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=6, temperature=0)
     assert completion.choices[0].text
     assert completion.usage.completion_tokens == 6
+
+
+def test_vllms_engine_metrics_reach_rays_endpoint_for_the_boards_vllm_row(ray_cluster, client: openai.OpenAI):
+    """vLLM's own metrics (its Ray stat logger) and candle's, labelled with the catalog's model name; every
+    query of the board's vLLM row reads series that exist."""
+    client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, temperature=0)
+    ttft = "ray_vllm_time_to_first_token_seconds_count"
+    series = until(ray_cluster["METRICS_URL"], lambda s: total(s, ttft, model_name=MODEL) > 0)
+    assert total(series, ttft, model_name=MODEL) > 0
+    candle = {"model": MODEL, "capability": "text-to-text"}
+    assert total(series, "ray_candle_time_to_first_token_seconds_count", **candle) > 0
+    vllm_row = [p for p in panels() if p.row == "vLLM engines"]
+    assert vllm_row
+    for panel in vllm_row:
+        for expr in panel.exprs:
+            assert not missing(concrete(expr, model=MODEL), series), f"{panel.title}: {expr}"
 
 
 def test_deleting_the_app_ends_vllms_engine_processes(client: openai.OpenAI, catalog: dict[str, Any]):

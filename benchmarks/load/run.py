@@ -6,6 +6,13 @@ request hung and that ``/health`` and every model are fine afterwards. Prints p5
 errors, and writes them to ``benchmarks/results/load.md``. Exits non-zero when an embedding request
 failed, a request hung, or the service is unhealthy afterwards: at concurrency 100 every embedding
 request must succeed (the models' queues are sized for such bursts, see ``candle/placement.py``).
+
+It also reads what the serving metrics say: Ray's Prometheus endpoint of the demo is scraped before and
+after the run, and the p50/p99 of the gateway's ``candle_request_duration_seconds`` histogram over the
+run's requests stand next to the client's; the run fails when the two are more than one bucket apart.
+Where Prometheus is installed (Debian's ``prometheus``), it scrapes the demo during the run, every
+query of the Grafana board is evaluated over it (a panel without data fails the run) and the answers
+are drawn into ``docs/img/board.png`` (``benchmarks/load/board.py``).
 """
 
 from __future__ import annotations
@@ -23,18 +30,29 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import board  # benchmarks/load/board.py, beside this script
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from candle.catalog import load_catalog
-from candle.testing import wait_for_models
+from candle.testing import free_port, wait_for_models
+from candle.testing.histograms import quantile, within_one_bucket
+from deployments.metrics import LATENCY_BUCKETS_S
 
 HERE = Path(__file__).resolve().parent
 CHAT_PACING_S = 5.0  # as in locustfile.py (not imported: importing locust patches this process with gevent)
 RESULTS = HERE.parent / "results" / "load.md"
+PICTURE = HERE.parents[1] / "docs" / "img" / "board.png"
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 900
 HANG_MARGIN_S = 300  # locust gets this long past its requests' own timeouts before it counts as hung
+DURATION = "ray_candle_request_duration_seconds_bucket"
+# locust's request name -> the labels of its requests' series in the gateway's duration histogram
+MEASURED = {
+    "embedding": {"model": "all-minilm-l6-v2", "route": "/v1/embeddings"},
+    "chat stream": {"model": "qwen3-coder-tiny", "route": "/v1/chat/completions"},
+}
 
 
 def main() -> int:
@@ -44,45 +62,71 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100, help="embedding clients sending back to back")
     parser.add_argument("--chat-streams", type=int, default=10, help="chat streams per burst")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--metrics-url", help="Prometheus endpoint of a demo already running (default: the one this run starts)"
+    )
+    parser.add_argument("--picture", type=Path, default=PICTURE, help="where the board's picture goes")
     args = parser.parse_args()
 
     base = f"http://127.0.0.1:{args.port}"
     demo_models = {m.name: "ready" for m in load_catalog("demo").models}
-    with _demo(base, args.port) as started:
+    with contextlib.ExitStack() as stack:
+        started, metrics_url = stack.enter_context(_demo(base, args.port))
+        metrics_url = args.metrics_url or metrics_url
+        scraper = stack.enter_context(board.prometheus(metrics_url)) if metrics_url and board.available() else None
         wait_for_models(base, demo_models, READY_TIMEOUT_S)
+        before = _histograms(metrics_url)
         load_before = os.getloadavg()[0]
-        started_at = time.monotonic()
+        started_at, wall_start = time.monotonic(), time.time()
         results, hung = _run_locust(base, args)
         seconds = time.monotonic() - started_at
+        measured = _measured(before, _histograms_once_settled(metrics_url, before, results))
         health = _health(base, demo_models)
-    summary = _summarise(results)
-    report = _report(args, summary, hung, health, started, seconds, load_before)
+        refused = _refused(base)
+        answers = _board(scraper, wall_start, args.picture)
+    summary = _summarise(results, measured)
+    report = _report(args, summary, hung, health, started, seconds, load_before, answers, refused)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     embedding = summary.get("embedding", {"ok": 0, "errors": {}})
     passed = not hung and health["ok"] and embedding["ok"] == args.embedding_requests and not embedding["errors"]
-    return 0 if passed else 1
+    passed = passed and refused == 400
+    agree = all(s["agree"] for s in summary.values() if "agree" in s)
+    return 0 if passed and agree and not board.empty(answers) else 1
+
+
+def _board(prometheus: str | None, start: float, picture: Path) -> list[board.Answer]:
+    """The board's queries over the run (from a minute before it), once Prometheus scraped its end: the
+    refused request last of all (a rate needs two samples of its series)."""
+    if prometheus is None:
+        return []
+    board.wait_for_samples(prometheus, 'ray_candle_requests_total{code="400"}', 2)
+    answers = board.evaluate(prometheus, start - 60, time.time())
+    board.draw(answers, picture, start)
+    return answers
 
 
 @contextlib.contextmanager
 def _demo(base: str, port: int):
-    """Yield whether this run started the demo (stopped again on exit, as Ctrl-C would)."""
+    """Yield whether this run started the demo (stopped again on exit, as Ctrl-C would), and the
+    Prometheus endpoint of the demo it started (None for one already running)."""
     if _answers(base):
         print(f"load test: reusing the API at {base}", flush=True)
-        yield False
+        yield False, None
         return
-    print(f"load test: starting `candle demo --port {port}`", flush=True)
+    metrics_port = free_port()
+    print(f"load test: starting `candle demo --port {port} --metrics-port {metrics_port}`", flush=True)
     log = tempfile.NamedTemporaryFile("w", prefix="candle-demo-", suffix=".log", delete=False)  # noqa: SIM115
     demo = subprocess.Popen(
-        [str(BIN / "candle"), "demo", "--port", str(port)],
+        [str(BIN / "candle"), "demo", "--port", str(port), "--metrics-port", str(metrics_port)],
         env={"RAY_ADDRESS": "local", **os.environ},  # a cluster of its own unless the caller names one
         start_new_session=True,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
-        yield True
+        yield True, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         os.killpg(demo.pid, signal.SIGINT)
         try:
@@ -126,6 +170,12 @@ def _run_locust(base: str, args: argparse.Namespace) -> tuple[dict, bool]:
         return json.loads(results_json.read_text()), False
 
 
+def _refused(base: str) -> int:
+    """One malformed request (no input, after the run's histograms were read), which must be refused with a
+    400: the board's error panel then has a series to show, counted by model and code as any refusal is."""
+    return httpx.post(f"{base}/v1/embeddings", json={"model": "all-minilm-l6-v2"}, timeout=30).status_code
+
+
 def _health(base: str, models: dict[str, str]) -> dict:
     health = httpx.get(f"{base}/health", timeout=10)
     cards = httpx.get(f"{base}/v1/models", timeout=10).json()["data"]
@@ -135,7 +185,48 @@ def _health(base: str, models: dict[str, str]) -> dict:
     return {"ok": ok, "health": health.status_code, "states": states, "probe": probe.status_code}
 
 
-def _summarise(results: dict) -> dict:
+Histograms = dict[str, dict[float, float]]  # request name -> le -> cumulative count (over Ray's workers)
+
+
+def _histograms(url: str | None) -> Histograms:
+    """The gateway's duration buckets of each measured request kind, summed over gateway replicas."""
+    if url is None:
+        return {}
+    found: Histograms = {name: {} for name in MEASURED}
+    for family in text_string_to_metric_families(httpx.get(url, timeout=30).text):
+        for sample in family.samples:
+            for name, labels in MEASURED.items():
+                if sample.name == DURATION and labels.items() <= sample.labels.items():
+                    le = float(sample.labels["le"])
+                    found[name][le] = found[name].get(le, 0.0) + sample.value
+    return found
+
+
+def _histograms_once_settled(url: str | None, before: Histograms, results: dict) -> Histograms:
+    """The buckets once Ray's agent has exported every request the client counted (it exports every few
+    seconds), or what it has after a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        after = _histograms(url)
+        counted = {n: len(r["ok_latencies_s"]) + sum(r["errors"].values()) for n, r in results.items()}
+        settled = all(
+            after.get(n, {}).get(float("inf"), 0) - before.get(n, {}).get(float("inf"), 0) >= counted.get(n, 0)
+            for n in MEASURED
+        )
+        if settled or time.monotonic() > deadline:
+            return after
+        time.sleep(2)
+
+
+def _measured(before: Histograms, after: Histograms) -> Histograms:
+    """The buckets of the run's requests alone: after minus before."""
+    return {
+        name: {le: n - before.get(name, {}).get(le, 0.0) for le, n in buckets.items()}
+        for name, buckets in after.items()
+    }
+
+
+def _summarise(results: dict, measured: Histograms) -> dict:
     summary = {}
     for name, outcome in results.items():
         latencies = np.array(outcome["ok_latencies_s"])
@@ -146,11 +237,26 @@ def _summarise(results: dict) -> dict:
             "p99": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
             "max": float(latencies.max()) if len(latencies) else float("nan"),
         }
+        if buckets := measured.get(name):
+            row = summary[name]
+            row["metrics_count"] = buckets.get(float("inf"), 0.0)
+            row["metrics_p50"], row["metrics_p99"] = quantile(0.5, buckets), quantile(0.99, buckets)
+            row["agree"] = all(
+                within_one_bucket(row[f"metrics_{p}"], row[p], LATENCY_BUCKETS_S) for p in ("p50", "p99")
+            )
     return summary
 
 
 def _report(
-    args: argparse.Namespace, summary: dict, hung: bool, health: dict, started: bool, seconds: float, load: float
+    args: argparse.Namespace,
+    summary: dict,
+    hung: bool,
+    health: dict,
+    started: bool,
+    seconds: float,
+    load: float,
+    answers: list[board.Answer],
+    refused: int,
 ) -> str:
     rows = [
         f"| {name} | {s['ok'] + sum(s['errors'].values())} | {s['ok']} | {sum(s['errors'].values())} "
@@ -158,6 +264,12 @@ def _report(
         for name, s in summary.items()
     ]
     errors = [f"- {name}: {count} x {error}" for name, s in summary.items() for error, count in s["errors"].items()]
+    compared = [
+        f"| {name} | {s['metrics_count']:.0f} | {s['p50']:.3f} | {s['metrics_p50']:.3f} | {s['p99']:.3f} "
+        f"| {s['metrics_p99']:.3f} | {'yes' if s['agree'] else 'NO'} |"
+        for name, s in summary.items()
+        if "agree" in s
+    ]
     return "\n".join(
         [
             "# Load test of the demo",
@@ -177,6 +289,25 @@ def _report(
             "",
             "Errors: " + ("none" if not errors else ""),
             *errors,
+            "",
+            "What the serving metrics say about the same requests: the p50 and p99 of the gateway's "
+            "`ray_candle_request_duration_seconds` histogram (Ray's Prometheus endpoint of the demo, scraped "
+            "before and after the run; Prometheus' `histogram_quantile` interpolation), next to the client's. "
+            "They agree when at most one bucket apart (buckets: "
+            f"{', '.join(f'{b:g}' for b in LATENCY_BUCKETS_S)} s). The client's time includes Serve's proxy "
+            "and the network; the gateway's starts when the request reaches it.",
+            "",
+            "| request | in the histogram | client p50 s | metrics p50 s | client p99 s | metrics p99 s | agree |",
+            "|---|---|---|---|---|---|---|",
+            *(compared or ["| (no metrics endpoint: a demo already running, without --metrics-url) | | | | | | |"]),
+            "",
+            "The Grafana board (`cluster/grafana/dashboards/candle.json`) on the demo: each panel's queries "
+            "evaluated by Prometheus over the run, every model selected (vLLM's row has no data on the CPU "
+            "demo, which runs no vLLM engine). Its picture: `docs/img/board.png`.",
+            "",
+            *(board.report(answers) if answers else ["(Prometheus is not installed: the board was not evaluated)"]),
+            "",
+            f"A malformed embedding request after the run (for the board's error panel): {refused} (want 400).",
             "",
             f"Hung (locust killed): {'yes' if hung else 'no'}. Afterwards: /health {health['health']}, "
             f"models {health['states']}, one more embedding request {health['probe']}.",

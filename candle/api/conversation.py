@@ -13,13 +13,8 @@ from typing import Any
 from candle.catalog import ModelSpec
 
 from .errors import bad_request
+from .image_urls import ImageReference
 from .schemas import ChatCompletionRequest
-
-
-@dataclass(frozen=True)
-class ImageReference:
-    url: str
-    param: str  # where it was in the request, for error messages: messages[1].content[0]
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ def template_conversation(body: ChatCompletionRequest, spec: ModelSpec) -> Templ
             if spec.capability != "vision":
                 raise bad_request(f"The model `{spec.name}` does not accept images.", f"messages[{m}].content")
             parts: list[dict[str, Any]] = []
-            for p, part in enumerate(message.content or []):
+            for p, part in enumerate(message.content if isinstance(message.content, list) else []):
                 if part.type == "image_url" and part.image_url:
                     images.append(ImageReference(part.image_url.url, f"messages[{m}].content[{p}]"))
                     parts.append({"type": "image"})

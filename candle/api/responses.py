@@ -10,7 +10,7 @@ import numpy as np
 import pydantic_core
 from starlette.responses import JSONResponse
 
-from candle.contracts import TextChunk, ToolCallDelta
+from candle.contracts import RerankCall, TextChunk, ToolCallDelta
 
 from .schemas import new_id, now, usage
 
@@ -133,6 +133,11 @@ def text_completion(
     return _body(completion_id, "text_completion", model, bodies, usage=usage(prompt_tokens, completion_tokens))
 
 
+def prompt_usage(prompt_tokens: int) -> dict[str, int]:
+    """``usage`` of a model that only reads: embeddings, rerank, score."""
+    return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+
+
 def embeddings(model: str, vectors: np.ndarray, prompt_tokens: int, encoding_format: str) -> dict[str, Any]:
     def encode(vector: np.ndarray) -> list[float] | str:
         if encoding_format == "base64":  # little-endian float32, as OpenAI encodes it
@@ -143,9 +148,37 @@ def embeddings(model: str, vectors: np.ndarray, prompt_tokens: int, encoding_for
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
         "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "usage": prompt_usage(prompt_tokens),
     }
 
 
 def images(pngs: list[bytes]) -> dict[str, Any]:
     return {"created": now(), "data": [{"b64_json": base64.b64encode(png).decode()} for png in pngs]}
+
+
+def ranking(call: RerankCall, scores: np.ndarray, top_n: int | None, return_documents: bool) -> list[dict[str, Any]]:
+    """Cohere's ``results``: the ``top_n`` best documents (all by default), best first, ties in the order
+    sent; each with its index in the request and, if asked for, its text."""
+    order = np.argsort(-scores, kind="stable")[:top_n]
+    return [
+        {"index": int(i), "relevance_score": float(scores[i])}
+        | ({"document": {"text": call.documents[i]}} if return_documents else {})
+        for i in order
+    ]
+
+
+def rerank(model: str, results: list[dict[str, Any]], prompt_tokens: int) -> dict[str, Any]:
+    """A rerank answer: Cohere's ``id`` and ``results``, Jina's and vLLM's ``model`` and ``usage``."""
+    return {"id": new_id("rerank"), "model": model, "results": results, "usage": prompt_usage(prompt_tokens)}
+
+
+def scores(model: str, values: list[float], prompt_tokens: int) -> dict[str, Any]:
+    """vLLM's score answer: one ``score`` object per pair, in the request's order."""
+    return {
+        "id": new_id("score"),
+        "object": "list",
+        "created": now(),
+        "model": model,
+        "data": [{"index": i, "object": "score", "score": value} for i, value in enumerate(values)],
+        "usage": prompt_usage(prompt_tokens),
+    }

@@ -11,19 +11,52 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from candle.catalog.schema import MAX_INPUT_ITEMS
 from candle.contracts import ResponseFormat
 
 from .limits import unencodable_text
-from .unsupported import CHAT, COMPLETIONS, refuse_unsupported
+from .unsupported import CHAT, COMPLETIONS, RERANK, refuse_unsupported
 
 # OpenAI's limit on stop sequences; their length is ours (each one is searched in every decoded piece).
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
+# Items of the lists a request may hold (prompts and embedding inputs: MAX_INPUT_ITEMS, OpenAI's
+# 2,048). OpenAI's own caps where it has them (128 tools), generous ones elsewhere: what a chat
+# template renders grows with each message (3.8 s per 100k messages on a tiny model).
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 256
+MAX_TOOLS = 128
+MAX_TOOL_CALLS = 128
 # Seeds reach torch.manual_seed / torch.Generator (and vLLM, which bounds them the same way): 64-bit signed.
-Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Seed = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+def at_most(limit: int) -> BeforeValidator:
+    """A field's list (if it is one) of at most ``limit`` items, counted before any item is validated:
+    pydantic's ``max_length`` counts only after building every item, 2M of them in a 32 MiB body."""
+
+    def count(value: Any) -> Any:
+        if isinstance(value, list) and len(value) > limit:
+            raise PydanticCustomError(
+                "too_long", "at most {limit} items are allowed here, got {count}", {"limit": limit, "count": len(value)}
+            )
+        return value
+
+    return BeforeValidator(count)
 
 
 class Request(BaseModel):
@@ -99,9 +132,13 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: Annotated[
+        str | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)] | None, at_most(MAX_CONTENT_PARTS)
+    ] = None
     name: str | None = None
-    tool_calls: list[RequestToolCall] | None = None
+    tool_calls: Annotated[list[RequestToolCall] | None, Field(max_length=MAX_TOOL_CALLS), at_most(MAX_TOOL_CALLS)] = (
+        None
+    )
     tool_call_id: str | None = None
 
     def text(self) -> str:
@@ -129,7 +166,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class TextFormat(BaseModel):
@@ -146,7 +183,7 @@ class JSONSchemaSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule
     description: str | None = None
     json_schema: dict[str, Any] = Field(alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class JSONSchemaFormat(BaseModel):
@@ -158,10 +195,10 @@ AnyResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, 
 
 
 class SamplingFields(BaseModel):
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: StrictFloat = Field(default=1.0, gt=0.0, le=1.0)
+    n: StrictInt = Field(default=1, ge=1)
     stop: Annotated[
         str | list[str] | None,
         WithJsonSchema(
@@ -179,9 +216,14 @@ class SamplingFields(BaseModel):
         ),
     ] = None
     seed: Seed | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     response_format: AnyResponseFormat | None = None
+
+    def output_schemas(self) -> list[tuple[str, dict[str, Any]]]:
+        """The JSON schemas an engine compiles into grammars for this request, by where they are in it."""
+        fmt = self.response_format
+        return [("response_format", fmt.json_schema.json_schema)] if isinstance(fmt, JSONSchemaFormat) else []
 
     def output_format(self) -> ResponseFormat:
         """``response_format`` as the engines take it (the schema serialized, compiled by each backend)."""
@@ -211,7 +253,7 @@ class FunctionDefinition(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # OpenAI's rule (plus . and :, which vLLM allows)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class Tool(BaseModel):
@@ -229,9 +271,9 @@ class NamedToolChoice(BaseModel):
 
 
 class ChatCompletionRequest(Request, SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[Tool] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES), at_most(MAX_MESSAGES)]
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    tools: Annotated[list[Tool] | None, Field(max_length=MAX_TOOLS), at_most(MAX_TOOLS)] = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     @model_validator(mode="before")
@@ -261,6 +303,19 @@ class ChatCompletionRequest(Request, SamplingFields):
                 raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
         return self
 
+    def output_schemas(self) -> list[tuple[str, dict[str, Any]]]:
+        """Also the parameters of the tools whose calls vLLM constrains: ``strict`` functions, and the
+        tools a ``tool_choice`` of "required" or a named function forces (none with "none")."""
+        schemas = super().output_schemas()
+        if self.tool_choice == "none":
+            return schemas
+        named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        for index, tool in enumerate(self.tools or ()):
+            function = tool.function
+            if function.parameters and (function.strict or self.tool_choice == "required" or function.name == named):
+                schemas.append((f"tools[{index}].function.parameters", function.parameters))
+        return schemas
+
     def tool_request(self) -> tuple[list[dict[str, Any]] | None, str | dict[str, Any] | None]:
         """The tools the model sees (none with tool_choice "none", as OpenAI does) and the choice, as plain dicts."""
         if not self.tools or self.tool_choice == "none":
@@ -273,8 +328,9 @@ Prompt = Annotated[str, Field(min_length=1)]  # an empty prompt gives a model no
 
 
 class CompletionRequest(Request, SamplingFields):
-    prompt: Prompt | list[Prompt] = Field(min_length=1)
-    echo: bool = False
+    prompt: Annotated[Prompt | Annotated[list[Prompt], Field(max_length=MAX_INPUT_ITEMS)], at_most(MAX_INPUT_ITEMS)] = (
+        Field(min_length=1)
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -297,8 +353,8 @@ class CompletionRequest(Request, SamplingFields):
 
 
 class EmbeddingRequest(Request):
-    input: str | list[str]
-    dimensions: int | None = Field(default=None, ge=1)
+    input: Annotated[str | Annotated[list[str], Field(max_length=MAX_INPUT_ITEMS)], at_most(MAX_INPUT_ITEMS)]
+    dimensions: StrictInt | None = Field(default=None, ge=1)
     encoding_format: Literal["float", "base64"] = "float"
     # candle extension: which catalog prompt to prepend (e.g. "query"); documents get none.
     input_type: str | None = None
@@ -316,12 +372,12 @@ class EmbeddingRequest(Request):
 
 class ImageGenerationRequest(Request):
     prompt: str = Field(min_length=1)
-    n: int = Field(default=1, ge=1)
+    n: StrictInt = Field(default=1, ge=1)
     size: str | None = None
     response_format: Literal["b64_json", "url"] = "b64_json"
     seed: Seed | None = None  # candle extension, for reproducible images
-    num_inference_steps: int | None = Field(default=None, ge=1, le=100)  # candle extension
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)  # candle extension
+    num_inference_steps: StrictInt | None = Field(default=None, ge=1, le=100)  # candle extension
+    guidance_scale: StrictFloat | None = Field(default=None, ge=0.0, le=30.0)  # candle extension
 
     def dimensions(self, default: tuple[int, int]) -> tuple[int, int]:
         """``size`` as (width, height); "WxH" with positive integers."""
@@ -331,6 +387,72 @@ class ImageGenerationRequest(Request):
         if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
             raise ValueError(f"size must look like '1024x1024', got {self.size!r}")
         return int(width), int(height)
+
+
+# -- rerank and score --------------------------------------------------------------------------
+
+
+class RerankDocument(BaseModel):
+    """A document as an object (Cohere's and Jina's other form): its ``text`` is what is ranked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+
+
+Query = Annotated[str, Field(min_length=1)]  # an empty query ranks nothing
+
+
+class RerankRequest(Request):
+    """Cohere's and Jina's rerank body (``/v1/rerank``, ``/v2/rerank``, ``/rerank``)."""
+
+    query: Query
+    documents: Annotated[
+        Annotated[list[str | RerankDocument], Field(min_length=1, max_length=MAX_INPUT_ITEMS)],
+        at_most(MAX_INPUT_ITEMS),
+    ]
+    top_n: StrictInt | None = Field(default=None, ge=1)  # None: every document; more than there are: every one
+    return_documents: StrictBool = False  # Cohere's default; Jina's clients send true
+    max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)  # Cohere v2's truncation, per document
+    # candle extension: which catalog prompt to apply (an LLM reranker's instruction); none: the model's default.
+    prompt_name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        refuse_unsupported(data, RERANK)
+        return data
+
+    def texts(self) -> list[str]:
+        return [document if isinstance(document, str) else document.text for document in self.documents]
+
+
+Texts = Annotated[str | Annotated[list[str], Field(min_length=1, max_length=MAX_INPUT_ITEMS)], at_most(MAX_INPUT_ITEMS)]
+
+
+class ScoreRequest(Request):
+    """vLLM's score body (``/v1/score``): ``text_1`` against ``text_2``, one to one, one to many or
+    pairwise (lists of one length)."""
+
+    text_1: Texts
+    text_2: Texts
+    max_tokens_per_doc: StrictInt | None = Field(default=None, ge=1)  # candle extension: cuts each text_2
+    prompt_name: str | None = None  # candle extension, as on rerank
+
+    @model_validator(mode="after")
+    def _pairable(self) -> ScoreRequest:
+        firsts, seconds = self.firsts(), self.seconds()
+        if len(firsts) > 1 and len(firsts) != len(seconds):
+            raise ValueError(
+                f"text_1 has {len(firsts)} texts and text_2 {len(seconds)}: send one text_1, or as many as text_2"
+            )
+        return self
+
+    def firsts(self) -> list[str]:
+        return [self.text_1] if isinstance(self.text_1, str) else list(self.text_1)
+
+    def seconds(self) -> list[str]:
+        return [self.text_2] if isinstance(self.text_2, str) else list(self.text_2)
 
 
 # -- responses -------------------------------------------------------------------------------

@@ -43,12 +43,21 @@ CHAT: tuple[Rule, ...] = (
     ("modalities", lambda v: v is not None and list(v) != ["text"], "only the 'text' modality is served"),
     ("prediction", _set, "predicted outputs are not supported"),
     ("web_search_options", _set, "web search is not supported"),
+    # OpenAI's legacy function calling, which tools replaced: "none" (call nothing) asks for the default.
+    ("functions", _truthy, "legacy functions are not supported; send them as tools"),
+    ("function_call", lambda v: v not in (None, "none"), "legacy function_call is not supported; use tool_choice"),
 )
 COMPLETIONS: tuple[Rule, ...] = (
     *SHARED,
     ("logprobs", _set, "logprobs are not supported"),
     ("suffix", _truthy, "suffix (fill in the middle) is not supported"),
     ("best_of", lambda v: v not in (None, 1), "best_of other than 1 is not supported"),
+    ("echo", _truthy, "echo (the prompt repeated before the completion) is not supported"),
+)
+
+RERANK: tuple[Rule, ...] = (
+    ("rank_fields", _truthy, "rank_fields is not supported; send each document's text"),
+    ("max_chunks_per_doc", _set, "max_chunks_per_doc is not supported; long documents are cut at max_tokens_per_doc"),
 )
 
 

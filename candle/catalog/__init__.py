@@ -7,17 +7,19 @@ from typing import Any
 
 import yaml
 
-from .schema import CAPABILITIES, Capability, Catalog, Limits, ModelSpec, Resources
+from .schema import CAPABILITIES, Capability, Catalog, Deployable, Limits, ModelSpec, Pool, Resources
 
 BUILTIN_CATALOGS = {
     "production": Path(__file__).with_name("production.yaml"),
     "demo": Path(__file__).with_name("demo.yaml"),
     "demo-all": Path(__file__).with_name("demo-all.yaml"),
+    "demo-pools": Path(__file__).with_name("demo-pools.yaml"),
 }
 
 
 def load_catalog(source: str | Path | dict[str, Any] | None = None) -> Catalog:
-    """A catalog from a built-in name (``production``, ``demo``, ``demo-all``), a YAML path, or a parsed mapping.
+    """A catalog from a built-in name (``production``, ``demo``, ``demo-all``,
+    ``demo-pools``), a YAML path, or a parsed mapping.
 
     Built-in names keep Serve configs independent of the working directory their builders run in.
     """
@@ -34,8 +36,10 @@ __all__ = [
     "CAPABILITIES",
     "Capability",
     "Catalog",
+    "Deployable",
     "Limits",
     "ModelSpec",
+    "Pool",
     "Resources",
     "load_catalog",
 ]

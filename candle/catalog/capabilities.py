@@ -4,7 +4,7 @@ the routes that reach it.
 The catalog schema checks entries against it, ``load_engine`` picks and imports engines from it,
 the app builders make each capability's deployment from it and the gateway routes with it. Engine
 and replica classes are named by import path, so this low layer imports neither torch nor Serve.
-Adding a capability starts here (see the README's layout section).
+Adding a capability starts here (see docs/layout.md).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, Literal
 
-from candle.contracts import ChatEngine, CompletionEngine, EmbeddingEngine, ImageEngine
+from candle.contracts import ChatEngine, CompletionEngine, EmbeddingEngine, ImageEngine, RerankEngine
 
-Capability = Literal["text-to-text", "text-embedding", "text-to-image", "image-embedding", "vision"]
+Capability = Literal["text-to-text", "text-embedding", "rerank", "text-to-image", "image-embedding", "vision"]
 EngineKind = Literal["auto", "vllm", "transformers", "sentence-transformers", "diffusers", "clip"]
 
 
@@ -28,55 +28,72 @@ class CapabilityInfo:
     cpu_engine: str  # what `engine: auto` picks on a replica without GPUs
     gpu_engine: str  # ... and with GPUs
     protocol: type  # what every engine of the capability implements (candle.contracts)
+    # Engines that load and unload a model inside one process, so its models may join a warm pool
+    # (``pools`` in a catalog). vLLM cannot: its engine is processes of its own and owns the GPU memory.
+    pool_engines: tuple[str, ...] = ()
 
 
-_VLLM = "candle.engines.vllm_text:VLLMEngine"
+_VLLM = "candle.engines.chat.vllm:VLLMEngine"
 
 REGISTRY: dict[Capability, CapabilityInfo] = {
     "text-to-text": CapabilityInfo(
         deployment="TextGeneration",
-        replica="deployments.text:ChatReplica",
+        replica="deployments.replicas.chat:ChatReplica",
         routes=("/v1/chat/completions", "/v1/completions"),
-        engines={"transformers": "candle.engines.text:TransformersTextEngine", "vllm": _VLLM},
+        engines={"transformers": "candle.engines.chat.transformers:TransformersTextEngine", "vllm": _VLLM},
         cpu_engine="transformers",
         gpu_engine="vllm",
         protocol=CompletionEngine,
+        pool_engines=("transformers",),
     ),
     "vision": CapabilityInfo(
         deployment="VisionChat",
-        replica="deployments.text:ChatReplica",
+        replica="deployments.replicas.chat:ChatReplica",
         routes=("/v1/chat/completions",),
-        engines={"transformers": "candle.engines.vision:LlavaEngine", "vllm": _VLLM},
+        engines={"transformers": "candle.engines.vision.transformers:LlavaEngine", "vllm": _VLLM},
         cpu_engine="transformers",
         gpu_engine="vllm",
         protocol=ChatEngine,
+        pool_engines=("transformers",),
     ),
     "text-embedding": CapabilityInfo(
         deployment="TextEmbedding",
-        replica="deployments.embeddings:EmbeddingReplica",
+        replica="deployments.replicas.embedding:EmbeddingReplica",
         routes=("/v1/embeddings",),
-        engines={"sentence-transformers": "candle.engines.embeddings:SentenceEmbeddingEngine"},
+        engines={"sentence-transformers": "candle.engines.embedding.sentence_transformers:SentenceEmbeddingEngine"},
         cpu_engine="sentence-transformers",
         gpu_engine="sentence-transformers",
         protocol=EmbeddingEngine,
+        pool_engines=("sentence-transformers",),
+    ),
+    "rerank": CapabilityInfo(
+        deployment="Rerank",
+        replica="deployments.replicas.rerank:RerankReplica",
+        routes=("/v1/rerank", "/v1/score"),
+        engines={"sentence-transformers": "candle.engines.rerank.sentence_transformers:CrossEncoderEngine"},
+        cpu_engine="sentence-transformers",
+        gpu_engine="sentence-transformers",
+        protocol=RerankEngine,
     ),
     "image-embedding": CapabilityInfo(
         deployment="ImageEmbedding",
-        replica="deployments.embeddings:EmbeddingReplica",
+        replica="deployments.replicas.embedding:EmbeddingReplica",
         routes=("/v1/embeddings",),
-        engines={"clip": "candle.engines.clip:ClipEngine"},
+        engines={"clip": "candle.engines.image_embedding.clip:ClipEngine"},
         cpu_engine="clip",
         gpu_engine="clip",
         protocol=EmbeddingEngine,
+        pool_engines=("clip",),
     ),
     "text-to-image": CapabilityInfo(
         deployment="ImageGeneration",
-        replica="deployments.images:ImageGenerationReplica",
+        replica="deployments.replicas.image_generation:ImageGenerationReplica",
         routes=("/v1/images/generations",),
-        engines={"diffusers": "candle.engines.images:DiffusionEngine"},
+        engines={"diffusers": "candle.engines.image_generation.diffusers:DiffusionEngine"},
         cpu_engine="diffusers",
         gpu_engine="diffusers",
         protocol=ImageEngine,
+        pool_engines=("diffusers",),
     ),
 }
 CAPABILITIES: tuple[Capability, ...] = tuple(REGISTRY)
@@ -85,6 +102,11 @@ CAPABILITIES: tuple[Capability, ...] = tuple(REGISTRY)
 def capabilities_for(route: str) -> tuple[Capability, ...]:
     """The capabilities whose models ``route`` serves."""
     return tuple(name for name, info in REGISTRY.items() if route in info.routes)
+
+
+def poolable(capability: Capability, engine: str) -> bool:
+    """Whether a model of ``capability`` run by ``engine`` (a kind, not ``auto``) can join a warm pool."""
+    return engine in REGISTRY[capability].pool_engines
 
 
 def resolve(path: str) -> Any:

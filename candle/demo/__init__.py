@@ -6,14 +6,15 @@ points ``HF_ENDPOINT`` at it, writes a Serve config for the demo catalog and han
 in production, and the OpenAI-compatible API comes up on ``http://127.0.0.1:PORT/v1``.
 
 The default demo serves one small model per capability (``candle/catalog/demo.yaml``); with
-``--all-models`` it serves a look-alike of each of the twelve production models under production's
-names and serving fields (``candle/catalog/demo-all.yaml``).
+``--all-models`` it serves a look-alike of each of the fourteen production models under production's
+names and serving fields (``candle/catalog/demo-all.yaml``); with ``--catalog FILE`` it serves a
+user's own catalog, whose entries name repos the demo hub holds, so anyone can try their own
+resources, limits, autoscaling or pools without writing a config generator.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,11 +25,20 @@ from candle.serve_config import build, render
 DEMO_HOME = Path(os.environ.get("CANDLE_DEMO_HOME", Path.home() / ".cache" / "candle" / "demo"))
 
 
-def run(port: int = 8000, home: Path = DEMO_HOME, all_models: bool = False) -> int:
-    """Build, serve the hub, and ``serve run`` the demo until Ctrl-C; returns serve's exit code."""
+def run(
+    port: int = 8000,
+    home: Path = DEMO_HOME,
+    all_models: bool = False,
+    catalog_file: Path | None = None,
+    metrics_port: int | None = None,
+) -> int:
+    """Build, serve the hub, and ``serve run`` the demo until Ctrl-C; returns serve's exit code.
+
+    Ray's Prometheus endpoint listens on ``metrics_port`` (one Ray picks if None); the demo prints its URL."""
     from candle.demo.hub import LocalHub
 
-    catalog = "demo-all" if all_models else "demo"
+    catalog = str(catalog_file.resolve()) if catalog_file else "demo-all" if all_models else "demo"
+    check_demo_repos(catalog)
     home.mkdir(parents=True, exist_ok=True)
     print(f"candle demo: building the tiny model store in {home / 'store'} (cached after the first run)", flush=True)
     build_store_for(catalog, home / "store")
@@ -36,7 +46,6 @@ def run(port: int = 8000, home: Path = DEMO_HOME, all_models: bool = False) -> i
     config_path.write_text(
         render(build(catalog, port=port, host="127.0.0.1", proxy_location="HeadOnly", gateway_replicas=1))
     )
-    serve = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
     with LocalHub(home / "store") as hub:
         env = {
             **os.environ,
@@ -47,7 +56,22 @@ def run(port: int = 8000, home: Path = DEMO_HOME, all_models: bool = False) -> i
         }
         print(f"candle demo: hub {hub.endpoint}; API on http://127.0.0.1:{port}/v1 once models are ready", flush=True)
         print(f"candle demo: try  curl http://127.0.0.1:{port}/v1/models", flush=True)
-        return _run_until_interrupted([serve, "run", str(config_path)], env)
+        # Serve's CLI under this interpreter: a venv layered over another (vLLM's) has no `serve` script.
+        command = [sys.executable, "-m", "candle.demo.serve_run", str(config_path), str(metrics_port or 0)]
+        return _run_until_interrupted(command, env)
+
+
+def check_demo_repos(catalog: str) -> None:
+    """Refuse, before anything starts, a catalog naming repos the demo hub does not hold: their
+    replicas would only fail to fetch once the cluster is up."""
+    from candle.catalog import load_catalog
+    from candle.demo.tiny_models import TINY_MODELS
+
+    missing = sorted({m.repo_id for m in load_catalog(catalog).models} - set(TINY_MODELS.values()))
+    if missing:
+        raise ValueError(
+            f"the demo hub holds no repo {', '.join(missing)}; it serves: {', '.join(sorted(TINY_MODELS.values()))}"
+        )
 
 
 def build_store_for(catalog: str, store: Path) -> None:

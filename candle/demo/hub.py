@@ -4,13 +4,17 @@ It serves a folder of repos (``<root>/<namespace>/<name>/...``, one revision per
 endpoints huggingface_hub calls: revision info, the recursive tree listing, and ``HEAD``/``GET`` on
 ``resolve`` with the headers the client relies on (``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag``,
 ``X-Linked-Size``, ``Content-Length``, ``Range``). Faults can be switched on per test (a dropped
-connection mid-body, corrupted bytes, 429 with ``Retry-After``, 500, a stall) and a bandwidth cap
-set, and it counts the requests and body bytes it served and the faults it injected per file, so
-tests can assert how many transfers really happened. For tests of what candle trusts, a repo's
-listing can be made hostile (``ListingOverride``: another commit, extra paths, rewritten tree
-fields), and the hub can answer like a plain mirror (bare 404s without the Hub's ``X-Error-Code``).
-A repo's ``main`` can move to a new commit (``HubState.publish``) while the commits it left stay
-served by their hashes, as on the Hub. It binds loopback only.
+connection mid-body, corrupted bytes, 429 with ``Retry-After``, 500, 503, a stall, a body held at a
+point until the test releases it, bytes past the file's end) and a rate cap set per connection (as
+CDNs cap each stream, which is why one connection per file leaves a node's bandwidth unused), and
+it counts the requests and body bytes it served, the bytes each connection sent per quarter second,
+and the faults that fired per file, so tests can assert how many transfers really happened, that
+the cap held and that the failures they set up really occurred. For tests of
+what candle trusts, a repo's listing can be made hostile (``ListingOverride``: another commit,
+extra paths, rewritten tree fields), and the hub can answer like a plain mirror (bare 404s
+without the Hub's ``X-Error-Code``). A repo's ``main`` can move to a new commit
+(``HubState.publish``) while the commits it left stay served by their hashes, as on the Hub. It
+binds loopback only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -29,23 +34,33 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
+
+from candle.download.node.pacing import TokenBucket
 
 # The extensions the Hub's default .gitattributes stores in LFS; bigger files go to LFS as well.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".model")
 LFS_MIN_SIZE = 10 * 1024 * 1024
 CHUNK_SIZE = 256 * 1024
 HASH_BLOCK = 8 * 1024 * 1024
+CONNECTION_SLOT_S = 0.25  # the interval of the per-connection accounting (``HubStats.connection_bytes``)
+_CONNECTION_IDS = itertools.count(1)
 
-FaultKind = Literal["drop", "corrupt", "429", "500", "stall"]
+FaultKind = Literal["drop", "corrupt", "429", "500", "503", "stall", "hold", "overflow"]
+STATUS_FAULTS = ("429", "500", "503")  # the response is an error instead of the file
 
 
-@dataclass
+@dataclass(eq=False)
 class Fault:
-    """One injected failure on the ``GET`` bodies of files matching ``path`` (a glob).
+    """One injected failure on the ``GET`` responses for files matching ``path`` (a glob).
 
-    ``times`` is how many matching responses it spoils (``None``: every one). ``at`` is the
-    fraction of the body sent before a drop, stall or corrupted byte.
+    ``times`` is how many matching responses it spoils (``None``: every one), after letting the
+    first ``skip`` through. A status fault (429, 500, 503) answers instead of the file; body faults
+    of one response combine. ``at`` is the fraction of the body sent before a drop, a stall, a hold
+    or the corrupted byte. ``hold`` pauses the body there until the test calls ``release`` (``held``
+    is set once a body waits): a deterministic "while this transfer is still running". ``overflow``
+    sends ``extra`` bytes past the file's end, announced in ``Content-Length`` as a lying source
+    would.
     """
 
     kind: FaultKind
@@ -55,9 +70,17 @@ class Fault:
     at: float = 0.5
     retry_after: int | None = 2
     stall_seconds: float = 60.0
+    skip: int = 0
+    extra: int = 64 * 1024 * 1024
+    held: threading.Event = field(default_factory=threading.Event, repr=False)
+    released: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def matches(self, repo_id: str, path: str) -> bool:
         return fnmatch.fnmatch(repo_id, self.repo) and fnmatch.fnmatch(path, self.path)
+
+    def release(self) -> None:
+        """Let a held body (and any later one) go on."""
+        self.released.set()
 
 
 @dataclass
@@ -67,11 +90,15 @@ class ListingOverride:
     ``commit`` replaces the repo's sha in ``repo_info``, ``X-Repo-Commit`` and the URLs it answers;
     ``aliases`` lists extra paths, each served with the bytes and checksums of an existing file;
     ``fields`` replaces fields of a path's tree entry (``oid``, ``size``, ``lfs``) verbatim.
+    ``page_size`` serves the tree in pages linked by ``Link: <...>; rel="next"``, as the Hub does;
+    with ``endless`` the last page links to another empty page, forever.
     """
 
     commit: str | None = None
     aliases: dict[str, str] = field(default_factory=dict)  # listed path -> existing file it serves
     fields: dict[str, dict[str, object]] = field(default_factory=dict)  # listed path -> entry fields
+    page_size: int | None = None
+    endless: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,7 +130,10 @@ class HubStats:
     body_bytes: Counter = field(default_factory=Counter)
     heads: Counter = field(default_factory=Counter)
     api_calls: Counter = field(default_factory=Counter)  # keyed by repo_id
-    faults: Counter = field(default_factory=Counter)  # injected faults, keyed by (repo_id, path, kind)
+    faults: Counter = field(default_factory=Counter)  # faults that fired, keyed by (repo_id, path, kind)
+    # Body bytes by (connection number, slot): the slot is ``time.monotonic() // CONNECTION_SLOT_S`` when
+    # a write began, so a test can check each connection's rate cap from the hub's own books.
+    connection_bytes: Counter = field(default_factory=Counter)
 
     def bodies_for(self, repo_id: str) -> dict[str, int]:
         return {path: n for (repo, path), n in self.bodies.items() if repo == repo_id}
@@ -151,8 +181,8 @@ class HubState:
         self.tokens = set(tokens or ())
         self.stats = HubStats()
         self.faults: list[Fault] = []
-        self.bandwidth: float | None = None  # bytes per second per response, None = unlimited
-        self.throttles: dict[str, float] = {}  # repo glob -> bytes per second, overrides `bandwidth`
+        self.bandwidth: float | None = None  # bytes per second per connection, None = unlimited
+        self.throttles: dict[str, float] = {}  # repo glob -> bytes per second per connection, overrides `bandwidth`
         self.overrides: dict[str, ListingOverride] = {}  # repo_id -> hostile listing
         self.plain_mirror = False  # answer "not found" with a bare 404, without X-Error-Code
         self.history: dict[str, dict[str, HubRepo]] = {}  # repo_id -> commits main has left, by commit
@@ -167,6 +197,8 @@ class HubState:
     def clear_faults(self) -> None:
         """Back to an honest, healthy hub: no faults, throttles, overrides or plain-mirror answers."""
         with self._lock:
+            for fault in self.faults:
+                fault.release()  # no body stays held by a fault that is gone
             self.faults.clear()
             self.throttles.clear()
             self.overrides.clear()
@@ -193,24 +225,40 @@ class HubState:
         with self._lock:
             self.history.setdefault(repo_id, {})[old.commit] = replace(old, files=frozen)
         write_repo(self.root, repo_id, files)
-        return self.repo(repo_id).commit
+        new = self.repo(repo_id)
+        assert new is not None, repo_id  # written just now
+        return new.commit
 
     def rate_for(self, repo_id: str) -> float | None:
-        """Bytes per second for bodies of ``repo_id`` (read per chunk, so a change applies mid-transfer)."""
+        """Bytes per second per connection for bodies of ``repo_id`` (read per chunk, so a change applies
+        mid-transfer)."""
         with self._lock:
             rates = [rate for pattern, rate in self.throttles.items() if fnmatch.fnmatch(repo_id, pattern)]
         return rates[0] if rates else self.bandwidth
 
-    def take_fault(self, repo_id: str, path: str) -> Fault | None:
-        """Consume one use of the first active fault matching this file."""
+    def take_faults(self, repo_id: str, path: str) -> list[Fault]:
+        """Consume one use of the faults for this response: the first status fault alone, or the body faults."""
+        taken: list[Fault] = []
         with self._lock:
             for fault in self.faults:
-                if fault.matches(repo_id, path) and (fault.times is None or fault.times > 0):
-                    if fault.times is not None:
-                        fault.times -= 1
-                    self.stats.faults[(repo_id, path, fault.kind)] += 1
-                    return fault
-        return None
+                if not fault.matches(repo_id, path) or fault.times == 0:
+                    continue
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
+                if fault.kind in STATUS_FAULTS and taken:
+                    continue  # a body is already spoiled: the status fault waits for another response
+                if fault.times is not None:
+                    fault.times -= 1
+                taken.append(fault)
+                if fault.kind in STATUS_FAULTS:
+                    break
+        return taken
+
+    def fired(self, repo_id: str, path: str, fault: Fault) -> None:
+        """Count a fault when it takes effect, not when it is set up or taken: a client that hangs
+        up before the body reaches it never sees it."""
+        self.record(self.stats.faults, (repo_id, path, fault.kind))
 
     def record(self, counter: Counter, key: object, amount: int = 1) -> None:
         with self._lock:
@@ -239,13 +287,23 @@ class HubState:
         return HubRepo(repo_id, override.commit or commit, files, override.fields)
 
 
+_STATUS_CODES = {"429": "TooManyRequests", "500": "InternalError", "503": "ServiceUnavailable"}
+_ORDER = {"corrupt": 0, "hold": 1, "drop": 2, "stall": 2}  # faults striking the same byte
+
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/(?P<kind>revision|tree)/(?P<rest>.*))?$")
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rest>.+)$")
 
 
 class HubRequestHandler(BaseHTTPRequestHandler):
+    """One connection (its requests, kept alive, one after another), paced by a budget of its own."""
+
     protocol_version = "HTTP/1.1"
     server: HubHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection_id = next(_CONNECTION_IDS)
+        self.pace: TokenBucket | None = None  # this connection's budget, at the rate it was made for
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         """Stay quiet: tests read the stats, not an access log."""
@@ -288,11 +346,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, payload: object) -> None:
+    def _json(self, payload: object, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -340,7 +400,17 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return
         _, subpath = split
         if kind == "tree":
-            self._json(self._tree(repo, subpath, query.get("recursive", ["false"])[0].lower() == "true"))
+            entries = self._tree(repo, subpath, query.get("recursive", ["false"])[0].lower() == "true")
+            override = self.state.overrides.get(repo_id)
+            if override is None or override.page_size is None:
+                self._json(entries)
+                return
+            start = int(query.get("cursor", ["0"])[0])
+            end = start + override.page_size
+            more = end < len(entries) or override.endless
+            following = urlsplit(self.path)._replace(query=urlencode({**query, "cursor": end}, doseq=True))
+            link = f'<http://{self.headers["Host"]}{urlunsplit(following)}>; rel="next"' if more else None
+            self._json(entries[start:end], {"Link": link} if link else None)
             return
         self._json(
             {
@@ -401,18 +471,25 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self.state.record(self.state.stats.heads, (repo_id, path))
             self._send_file_headers(200, repo, hub_file, 0, hub_file.size)
             return
-        fault = self.state.take_fault(repo_id, path)
-        if fault is not None and fault.kind in ("429", "500"):
+        faults = self.state.take_faults(repo_id, path)
+        if faults and faults[0].kind in STATUS_FAULTS:
+            fault = faults[0]
             extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-            status = int(fault.kind)
-            self._error(status, "TooManyRequests" if status == 429 else "InternalError", f"injected {status}", extra)
+            self.state.fired(repo_id, path, fault)
+            self._error(int(fault.kind), _STATUS_CODES[fault.kind], f"injected {fault.kind}", extra)
             return
         start, end = requested_range(self.headers.get("Range"), hub_file.size)
+        overflow = sum(fault.extra for fault in faults if fault.kind == "overflow")
+        for fault in faults:
+            if fault.kind == "overflow":  # fired once announced: a careful client hangs up at the header
+                self.state.fired(repo_id, path, fault)
         self.state.record(self.state.stats.bodies, (repo_id, path))
-        self._send_file_headers(206 if self.headers.get("Range") else 200, repo, hub_file, start, end)
-        self._send_body(repo_id, hub_file, start, end, fault)
+        self._send_file_headers(206 if self.headers.get("Range") else 200, repo, hub_file, start, end, overflow)
+        self._send_body(repo_id, hub_file, start, end, faults)
 
-    def _send_file_headers(self, status: int, repo: HubRepo, f: HubFile, start: int, end: int) -> None:
+    def _send_file_headers(
+        self, status: int, repo: HubRepo, f: HubFile, start: int, end: int, overflow: int = 0
+    ) -> None:
         self.send_response(status)
         self.send_header("X-Repo-Commit", repo.commit)
         self.send_header("ETag", f'"{f.etag}"')
@@ -421,43 +498,80 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self.send_header("X-Linked-Size", str(f.size))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start))
+        self.send_header("Content-Length", str(end - start + overflow))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{max(start, end - 1)}/{f.size}")
         self.end_headers()
 
-    def _send_body(self, repo_id: str, f: HubFile, start: int, end: int, fault: Fault | None) -> None:
+    def _send_body(self, repo_id: str, f: HubFile, start: int, end: int, faults: list[Fault]) -> None:
         key = (repo_id, f.path)
-        if fault is None and self.state.rate_for(repo_id) is None:
+        if not faults and self.state.rate_for(repo_id) is None:
             # Counted before sending: a client may read the whole body before this thread gets to count.
-            self.state.record(self.state.stats.body_bytes, key, end - start)
+            self._count(key, end - start)
             with f.local_path.open("rb") as source:
                 if end > start:
                     self.connection.sendfile(source, start, end - start)
             return
+        # Where each fault strikes, in body order (a hold before a drop at the same byte).
+        marks = sorted(
+            (
+                (start + int((end - start) * fault.at), _ORDER[fault.kind], n)
+                for n, fault in enumerate(faults)
+                if fault.kind != "overflow"
+            ),
+            reverse=True,
+        )
         with f.local_path.open("rb") as source:
-            fault_at = start + int((end - start) * fault.at) if fault else end
             position = start
             source.seek(start)
             while position < end:
-                chunk = source.read(min(CHUNK_SIZE, end - position))
-                if fault is not None and position <= fault_at < position + len(chunk):
-                    split = fault_at - position
-                    if fault.kind == "corrupt":
-                        chunk = chunk[:split] + bytes([chunk[split] ^ 0xFF]) + chunk[split + 1 :]
-                    else:
-                        self._write(key, chunk[:split])
+                corrupt = None
+                while marks and marks[-1][0] <= position:
+                    fault = faults[marks.pop()[2]]
+                    if fault.kind in ("drop", "stall"):
+                        self.state.fired(repo_id, f.path, fault)
                         self._interrupt(fault)
                         return
-                sent_at = time.monotonic()
-                self._write(key, chunk)
+                    if fault.kind == "hold":
+                        self.state.fired(repo_id, f.path, fault)
+                        fault.held.set()
+                        while not fault.released.wait(0.05) and not self.server.stopping.is_set():
+                            pass
+                    elif fault.kind == "corrupt":
+                        corrupt = fault
+                limit = min(end, position + CHUNK_SIZE, marks[-1][0] if marks else end)
+                chunk = source.read(limit - position)
+                if corrupt is not None:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                    self.state.fired(repo_id, f.path, corrupt)
+                self._paced_write(key, repo_id, chunk)
                 position += len(chunk)
-                if rate := self.state.rate_for(repo_id):
-                    time.sleep(max(0.0, len(chunk) / rate - (time.monotonic() - sent_at)))
+        for fault in faults:
+            if fault.kind == "overflow":
+                for sent in range(0, fault.extra, CHUNK_SIZE):
+                    self._paced_write(key, repo_id, bytes(min(CHUNK_SIZE, fault.extra - sent)))
 
-    def _write(self, key: tuple[str, str], data: bytes) -> None:
-        self.state.record(self.state.stats.body_bytes, key, len(data))
+    def _paced_write(self, key: tuple[str, str], repo_id: str, data: bytes) -> None:
+        rate = self.state.rate_for(repo_id)
+        if rate is None:
+            self._write(key, data)
+            return
+        if self.pace is None or self.pace.bytes_per_s != rate:
+            self.pace = TokenBucket(rate)
+        view = memoryview(data)
+        for at in range(0, len(data), self.pace.chunk):
+            piece = view[at : at + self.pace.chunk]
+            self.pace.take(len(piece))
+            self._write(key, piece)
+
+    def _write(self, key: tuple[str, str], data: bytes | memoryview) -> None:
+        self._count(key, len(data))
         self.wfile.write(data)
+
+    def _count(self, key: tuple[str, str], n: int) -> None:
+        self.state.record(self.state.stats.body_bytes, key, n)
+        slot = int(time.monotonic() // CONNECTION_SLOT_S)
+        self.state.record(self.state.stats.connection_bytes, (self.connection_id, slot), n)
 
     def _interrupt(self, fault: Fault) -> None:
         """End a body early: at once for a drop, after ``stall_seconds`` of silence for a stall."""
@@ -469,6 +583,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 class HubHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog: clients opening many connections at once are queued, not dropped
 
     def __init__(self, address: tuple[str, int], state: HubState) -> None:
         self.state = state
@@ -499,7 +614,7 @@ class LocalHub:
     @property
     def endpoint(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def stats(self) -> HubStats:
@@ -515,7 +630,7 @@ class LocalHub:
         return self
 
     def stop(self) -> None:
-        self._server.stopping.set()
+        self._server.stopping.set()  # held and stalled bodies end
         self._server.shutdown()
         self._server.server_close()
 
@@ -556,8 +671,13 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="folder holding <namespace>/<name>/ repos")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--connection-rate-mb", type=float, default=None, help="cap each connection at this many MiB/s (as CDNs do)"
+    )
     args = parser.parse_args()
     hub = LocalHub(args.root, host=args.host, port=args.port).start()
+    if args.connection_rate_mb:
+        hub.state.bandwidth = args.connection_rate_mb * 1024 * 1024
     print(hub.endpoint, flush=True)
     try:
         while True:

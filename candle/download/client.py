@@ -13,17 +13,16 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError
 from typing_extensions import Unpack
 
-from candle.contracts import RepoProgressRecord
-
+from .cluster.factory import NAMESPACE, downloader_factory, downloader_name
 from .config import FetchRequest
-from .factory import NAMESPACE, downloader_factory, downloader_name
+from .records import RepoProgressRecord
 
 __all__ = ["NAMESPACE", "downloader_name", "fetch", "fetch_request", "make_request", "node_downloader"]
 
@@ -42,7 +41,7 @@ def node_downloader(node_id: str | None = None) -> ActorHandle:
     try:
         return ray.get_actor(downloader_name(node_id), namespace=NAMESPACE)
     except ValueError:
-        return ray.get(downloader_factory().downloader.remote(node_id))
+        return cast(ActorHandle, ray.get(downloader_factory().downloader.remote(node_id)))
 
 
 def _patterns(patterns: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -101,7 +100,7 @@ async def fetch_request(
 async def _fetch_once(
     downloader: ActorHandle, request: FetchRequest, on_progress: ProgressCallback | None, progress_interval_s: float
 ) -> Path:
-    result = asyncio.ensure_future(downloader.fetch.remote(request))
+    result: asyncio.Future[str] = asyncio.ensure_future(downloader.fetch.remote(request))
     while on_progress is not None and not result.done():
         await asyncio.wait({result}, timeout=progress_interval_s)
         if not result.done():

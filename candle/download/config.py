@@ -9,6 +9,10 @@ from typing import TypedDict
 
 from huggingface_hub import get_token
 
+# Set on the replicas of a model that brings its own Ray runtime_env (placement.py), to the model's name:
+# such a process never brings up node-wide actors, which would inherit its libraries (cluster.factory).
+MODEL_RUNTIME_ENV_VAR = "CANDLE_MODEL_RUNTIME_ENV"
+
 
 @dataclass(frozen=True)
 class FetchRequest:
@@ -65,6 +69,13 @@ class DownloaderSettings:
     """Knobs of a node's download actor. Environment: ``CANDLE_DOWNLOAD_<FIELD>`` in upper case."""
 
     max_concurrent_files: int = 8
+    # A blob larger than range_size is fetched as ranges of that size, up to connections_per_file at once
+    # (from the hub, or spread over the peers that have it), within max_connections for the whole node.
+    range_size: int = 16 * 1024 * 1024
+    connections_per_file: int = 8
+    max_connections: int = 16
+    bandwidth: float = 0.0  # bytes/s cap on this node's total download, all connections together (0: none)
+    peer_timeout: float = 1.0  # seconds a peer has to accept a connection and answer before it is dropped
     stall_timeout: float = 10.0  # seconds without a byte before a transfer is retried
     max_attempts: int = 5  # per file, for 5xx, dropped transfers and checksum mismatches
     backoff_base: float = 1.0
@@ -79,12 +90,19 @@ class DownloaderSettings:
     peer_bandwidth: float = 0.0  # bytes/s cap on this node's total upload to peers (0: none)
     relay: bool = True  # serve a blob to peers while it arrives (pipelined copies); off: store-and-forward
     peer_host: str = ""  # address the peer server binds and advertises (default: the node's Ray IP)
+    # A transfer's file left by a dead writer is removed once unchanged this long (and its blob's lock free).
+    orphan_age_s: float = 24 * 3600.0
 
     @classmethod
     def from_env(cls) -> DownloaderSettings:
         prefix = "CANDLE_DOWNLOAD_"
         return cls(
             max_concurrent_files=int(_env_float(prefix + "MAX_CONCURRENT_FILES", cls.max_concurrent_files)),
+            range_size=int(_env_float(prefix + "RANGE_SIZE", cls.range_size)),
+            connections_per_file=int(_env_float(prefix + "CONNECTIONS_PER_FILE", cls.connections_per_file)),
+            max_connections=int(_env_float(prefix + "MAX_CONNECTIONS", cls.max_connections)),
+            bandwidth=_env_float(prefix + "BANDWIDTH", cls.bandwidth),
+            peer_timeout=_env_float(prefix + "PEER_TIMEOUT", cls.peer_timeout),
             stall_timeout=_env_float(prefix + "STALL_TIMEOUT", cls.stall_timeout),
             max_attempts=int(_env_float(prefix + "MAX_ATTEMPTS", cls.max_attempts)),
             backoff_base=_env_float(prefix + "BACKOFF_BASE", cls.backoff_base),
@@ -98,7 +116,13 @@ class DownloaderSettings:
             peer_bandwidth=_env_float(prefix + "PEER_BANDWIDTH", cls.peer_bandwidth),
             relay=_env_bool(prefix + "RELAY", cls.relay),
             peer_host=os.environ.get(prefix + "PEER_HOST", cls.peer_host),
+            orphan_age_s=_env_float(prefix + "ORPHAN_AGE", cls.orphan_age_s),
         )
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_files", "range_size", "connections_per_file", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CANDLE_DOWNLOAD_{name.upper()} must be at least 1, got {getattr(self, name)}")
 
     def backoff(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_base * 2 ** max(0, attempt - 1))

@@ -18,25 +18,30 @@ import contextvars
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from ipaddress import ip_address
+from typing import Any, TypeVar
 
 import ray
 from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers
 
-from candle.contracts import RepoProgressRecord
-
-from .cache_layout import BlobState, RepoCache, cache_errors, ensure_free_space
+from .cluster import pins
+from .cluster.sourcing import BlobJob, ClusterSources
 from .config import DownloaderSettings, FetchRequest
 from .errors import NotCached
-from .hf_internals import tune_transfers
-from .listing import RemoteFile, RepoListing, list_repo, storage_folder
-from .metrics import DownloadMetrics
-from .progress import FileProgress, RepoProgress
-from .sourcing import BlobJob, ClusterSources
-from .transfer import adopt_published, download_verified
+from .node.cache_layout import BlobState, RepoCache, cache_errors, ensure_free_space
+from .node.listing import RemoteFile, RepoListing, list_repo, storage_folder
+from .node.metrics import DownloadMetrics
+from .node.partial_file import PartialFile
+from .node.progress import FileProgress, RepoProgress
+from .node.ranges import Drop, Links, Source
+from .node.transfer import adopt_published, download_verified
+from .records import BlobSource, RepoProgressRecord
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 # One transfer per blob per cache: (resolved repo cache folder, blob etag). The cluster-wide key of a
@@ -52,8 +57,9 @@ class NodeDownloader:
         self.settings = settings or DownloaderSettings.from_env()
         # Hashing and writing gigabytes is background work: let replicas on the node go first.
         os.nice(self.settings.niceness)
-        tune_transfers(read_timeout_s=self.settings.stall_timeout, chunk_size=self.settings.chunk_size)
         self._pool = ThreadPoolExecutor(self.settings.max_concurrent_files, thread_name_prefix="candle-transfer")
+        self._host = self._peer_host()
+        self._links = Links(self.settings, local_address=_own_loopback(self._host))
         self._listings: dict[tuple[object, ...], asyncio.Task[RepoListing]] = {}
         self._transfers: dict[CachedBlob, asyncio.Task[None]] = {}
         self._files: dict[CachedBlob, FileProgress] = {}
@@ -62,15 +68,19 @@ class NodeDownloader:
         self._metrics = DownloadMetrics() if ray.is_initialized() else None
         self._publisher: asyncio.Task[None] | None = None
 
-    def _cluster_sources(self) -> ClusterSources | None:
-        """Peer copies and the coordinator, when this runs as a Ray actor with coordination on."""
+    def _peer_host(self) -> str | None:
+        """The address this node serves peers at, when it runs as a Ray actor with coordination on."""
         if not (self.settings.coordinate and ray.is_initialized()):
             return None
-        context = ray.get_runtime_context()
-        if context.get_actor_id() is None:
+        if ray.get_runtime_context().get_actor_id() is None:
             return None
-        host = self.settings.peer_host or ray.util.get_node_ip_address()
-        return ClusterSources(self.settings, context.get_node_id(), host)
+        return self.settings.peer_host or ray.util.get_node_ip_address()
+
+    def _cluster_sources(self) -> ClusterSources | None:
+        """Peer copies and the coordinator, when this runs as a Ray actor with coordination on."""
+        if self._host is None:
+            return None
+        return ClusterSources(self.settings, ray.get_runtime_context().get_node_id(), self._host)
 
     async def ping(self) -> float:
         """Liveness and loop-latency probe: returns the actor's clock."""
@@ -79,7 +89,7 @@ class NodeDownloader:
     async def fetch(self, request: FetchRequest) -> str:
         """Bring every file of ``request`` into the cache, verified; return the snapshot folder."""
         if self._metrics is not None and self._publisher is None:
-            self._publisher = asyncio.ensure_future(self._publish_metrics())
+            self._publisher = asyncio.ensure_future(self._publish_metrics(self._metrics))
         repo = self._repos.setdefault(
             (request.repo_id, request.revision or constants.DEFAULT_REVISION),
             RepoProgress(request.repo_id, request.revision or constants.DEFAULT_REVISION),
@@ -89,6 +99,7 @@ class NodeDownloader:
                 listing = await self._list(request)
                 repo.commit = listing.commit
                 cache, states = await asyncio.to_thread(self._inspect, request, listing)
+                await self._remove_orphans(request, cache, states)
                 await self._bring_in(request, listing, cache, states, repo)
                 for f in listing.files:
                     cache.link(listing.commit, f)
@@ -113,6 +124,7 @@ class NodeDownloader:
         if self._publisher is not None:
             self._publisher.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._links.close()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -121,6 +133,14 @@ class NodeDownloader:
         """The repo's cache folder and what it holds of each blob (file system calls: off the loop)."""
         cache = RepoCache(storage_folder(request))
         return cache, {f.etag: cache.blob_state(f) for f in listing.files}
+
+    async def _remove_orphans(self, request: FetchRequest, cache: RepoCache, states: dict[str, BlobState]) -> None:
+        """Clear the repo's partial files that dead writers left, but those a transfer here may resume."""
+        keep = {etag for etag, state in states.items() if state != "verified"}
+        keep |= {etag for folder, etag in self._transfers if folder == str(cache.folder)}
+        removed = await asyncio.to_thread(cache.remove_orphans, keep, self.settings.orphan_age_s)
+        if removed:
+            logger.info("%s: removed %d partial files that no transfer resumes", request.repo_id, len(removed))
 
     async def _bring_in(
         self,
@@ -148,13 +168,12 @@ class NodeDownloader:
                 progress.done, progress.state = f.size, "done"
         await asyncio.gather(*(asyncio.shield(self._transfer(request, listing, cache, f)) for f in pending))
 
-    async def _publish_metrics(self) -> None:
-        uploaded = 0
+    async def _publish_metrics(self, metrics: DownloadMetrics) -> None:
+        links = self._links
         while True:
-            self._metrics.publish(p.record() for p in self._repos.values())
-            if self._sources is not None and self._sources.server.sent > uploaded:
-                self._metrics.uploaded.inc(self._sources.server.sent - uploaded)
-                uploaded = self._sources.server.sent
+            metrics.publish(p.record() for p in self._repos.values())
+            uploaded = self._sources.server.sent if self._sources is not None else 0
+            metrics.links(links.open, links.received.copy(), links.dropped.copy(), links.read_back, uploaded)
             await asyncio.sleep(METRICS_INTERVAL_S)
 
     @staticmethod
@@ -167,7 +186,7 @@ class NodeDownloader:
             self._files[key] = FileProgress(f.path, f.size)
         return self._files[key]
 
-    async def _run_blocking(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def _run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     def _list(self, request: FetchRequest) -> asyncio.Task[RepoListing]:
@@ -184,7 +203,7 @@ class NodeDownloader:
         )
         task = self._listings.get(key)
         if task is None:
-            task = asyncio.ensure_future(asyncio.to_thread(list_repo, request))
+            task = asyncio.ensure_future(asyncio.to_thread(list_repo, request, pins=pins))
             self._listings[key] = task
             task.add_done_callback(lambda _: self._listings.pop(key, None))
         return task
@@ -211,20 +230,23 @@ class NodeDownloader:
         hub_url = hf_hub_url(
             request.repo_id, f.path, repo_type=request.repo_type, revision=listing.commit, endpoint=request.endpoint
         )
-        hub = (hub_url, build_hf_headers(token=request.token, library_name="candle"))
-        partial = cache.partial_path(f)  # this transfer's bytes, resumed by all its attempts and sources
+        hub = Source(hub_url, build_hf_headers(token=request.token, library_name="candle"), "hub")
+        # This transfer's bytes, resumed by all its attempts and sources, with who wrote which of them.
+        partial = PartialFile(cache.partial_path(f), f, pieces=f.size > self.settings.range_size)
 
-        async def transfer(url: str, headers: dict[str, str], settings: DownloaderSettings) -> None:
-            await self._run_blocking(
+        async def transfer(
+            sources: Sequence[Source], settings: DownloaderSettings, dropped: dict[str, Drop]
+        ) -> set[str]:
+            return await self._run_blocking(
                 download_verified,
                 repo_id=request.repo_id,
-                url=url,
-                headers=headers,
-                f=f,
+                sources=sources,
                 cache=cache,
                 partial=partial,
                 progress=progress,
                 settings=settings,
+                links=self._links,
+                dropped=dropped,
             )
 
         started = time.monotonic()
@@ -232,21 +254,24 @@ class NodeDownloader:
             # Whoever writes this blob now (hf download, another cluster or node) finishes first, and theirs
             # is used if it verifies: in a shared cache, another node brought it in (source "shared").
             if await self._run_blocking(adopt_published, request.repo_id, cache, f):
-                source = "shared" if self.settings.shared_cache else "cache"
+                source: BlobSource = "shared" if self.settings.shared_cache else "cache"
                 progress.came_from(source)
             elif constants.HF_HUB_OFFLINE:
                 raise NotCached(request.repo_id, f.path, "HF_HUB_OFFLINE is set and the cached copy is corrupt")
             elif self._sources is None:
                 progress.came_from("hub")
-                await transfer(*hub, self.settings)
+                await transfer([hub], self.settings, {})
                 source = "hub"
             else:
                 key = (request.repo_type, request.repo_id, f.etag)
                 source = await self._sources.obtain(BlobJob(key, cache, f, hub, transfer, partial, progress))
         except BaseException:
             progress.state = "failed"
-            partial.unlink(missing_ok=True)
+            partial.discard()
+            partial.provenance.discard()
             raise
+        finally:
+            self._links.count_read_back(partial.read_back)
         progress.state, progress.done = "done", f.size
         if self._metrics is not None and source != "cache":
             self._metrics.transferred(source, f.size)
@@ -257,3 +282,12 @@ class NodeDownloader:
 
     def __repr__(self) -> str:  # shown by Ray in logs and the dashboard
         return f"NodeDownloader(active={len(self._transfers)})"
+
+
+def _own_loopback(host: str | None) -> str | None:
+    """The address to connect to peers from: the node's own, when nodes share one machine's loopback
+    (simulated clusters), so a peer's slots per client address count each node apart."""
+    try:
+        return host if host is not None and ip_address(host).is_loopback else None
+    except ValueError:
+        return None

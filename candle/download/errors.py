@@ -55,6 +55,12 @@ class IntegrityError(DownloadError):
     reason = "downloaded bytes do not match the hub's checksum"
 
 
+class OversizedBody(IntegrityError):
+    """A source is to blame: it sent more bytes than the listing gives the file (none past it were written)."""
+
+    reason = "the source sent more bytes than the file has"
+
+
 class TransferFailed(DownloadError):
     reason = "transfer failed after retries"
 

@@ -15,6 +15,15 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def use_cpu_threads(spec: ModelSpec) -> None:
+    """torch's thread count from the entry's ``resources.cpu_threads``, where it names one: Ray set
+    ``OMP_NUM_THREADS`` from ``num_cpus`` (one thread for a fraction of a core), which torch read at
+    import. Process-wide, threads started later included: a replica holds one engine, or a pool's
+    engines, which all take the pool's resources."""
+    if spec.resources.cpu_threads is not None:
+        torch.set_num_threads(spec.resources.cpu_threads)
+
+
 def device() -> str:
     return "cuda" if gpu_count() else "cpu"
 

@@ -6,7 +6,7 @@
 Rows are read with Ray Data (JSONL or Parquet) and computed by a pool of ``--concurrency`` Ray
 Data actors (``batch_workers``); this driver writes what comes back (``batch_output``), so a rerun
 of the same command computes only the ids that are neither in the output nor in the errors file.
-Rows and records are described in ``batch_rows`` and in the README.
+Rows and records are described in ``batch_rows`` and in docs/batch.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import ray.data
 
 from candle.catalog import ModelSpec, load_catalog
 from candle.jobs.batch_output import BatchFiles
+from candle.jobs.batch_progress import Progress, Reporter
 from candle.jobs.batch_rows import id_key
 from candle.jobs.batch_workers import BatchWorker, Via
 from candle.placement import replica_resources
@@ -37,7 +38,10 @@ PROGRESS_INTERVAL_S = 5.0
 # concurrently within a call: their calls stay small.
 BATCH_SIZES = {"text-embedding": 256}
 DEFAULT_BATCH_SIZE = 64
-SERVE_WORKER_CPUS = 0.1  # a --via serve actor only waits on the deployment
+# What each of the job's own Ray Data tasks (reading, skipping done rows, cutting batches) and each
+# --via serve actor (which only waits on the deployment) asks for: a busy cluster has a fraction of
+# a CPU free (the demo books 1.85 of 2), and Ray Data's default whole CPU per task never came.
+LIGHT_CPUS = 0.05
 
 
 def rows_per_call(capability: str, requested: int | None = None) -> int:
@@ -46,33 +50,61 @@ def rows_per_call(capability: str, requested: int | None = None) -> int:
 
 
 def read_rows(path: str) -> ray.data.Dataset:
-    """The input as one column ``row``: each row's JSON text (so one bad row cannot fail the read)."""
+    """The input as one column ``row``: each row's JSON bytes (so one bad row, even one that is not
+    UTF-8, cannot fail the read: it fails alone, as its row)."""
     if path.rstrip("/").endswith(".parquet") or Path(path).is_dir():
-        return ray.data.read_parquet(path).map_batches(
-            lambda batch: {"row": [json.dumps(r, default=str) for r in batch.to_pylist()]}, batch_format="pyarrow"
+        return ray.data.read_parquet(path, num_cpus=LIGHT_CPUS).map_batches(
+            lambda batch: {"row": [json.dumps(r, default=str).encode() for r in batch.to_pylist()]},
+            batch_format="pyarrow",
+            num_cpus=LIGHT_CPUS,
         )
     # Lines end at "\n" only (JSON Lines): ``read_text`` splits with ``str.splitlines``, which also
     # breaks a row at a raw U+2028, U+0085 or U+001C inside a JSON string, which writers other than
     # Python's ``json`` (orjson, JavaScript) leave unescaped.
-    return ray.data.read_binary_files(path).flat_map(
-        lambda file: [{"row": line} for line in file["bytes"].decode("utf-8").split("\n") if line.strip()]
+    return ray.data.read_binary_files(path, num_cpus=LIGHT_CPUS).flat_map(
+        lambda file: [{"row": line} for line in file["bytes"].split(b"\n") if line.strip()], num_cpus=LIGHT_CPUS
     )
+
+
+def pending_rows(path: str, done: set[str]) -> ray.data.Dataset:
+    """The input's rows whose ids are not ``done``."""
+    return read_rows(path).filter(lambda r: id_key(r["row"]) not in done, num_cpus=LIGHT_CPUS)
+
+
+def count_rows(rows: ray.data.Dataset) -> int:
+    """How many rows ``rows`` holds, counted in tasks as light as its own: ``Dataset.count`` adds an
+    operator that asks for a whole CPU."""
+    counts = rows.map_batches(lambda batch: {"rows": [len(batch["row"])]}, batch_size=None, num_cpus=LIGHT_CPUS)
+    return sum(int(batch["rows"].sum()) for batch in counts.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def one_block_per_batch(rows: ray.data.Dataset, batch_size: int) -> ray.data.Dataset:
+    """``rows`` cut into blocks of ``batch_size`` rows by Ray Data's streaming repartition.
+
+    An actor hands back its output per input block, and a whole input file is one block: uncut,
+    the driver would write (and a stopped job keep) nothing until the file's last row.
+    ``Dataset.repartition`` takes no task options, and its tasks ask for a whole CPU: its logical
+    operator's remote arguments are set here, the one private part of Ray Data this job touches,
+    checked so that a Ray Data that moved them fails at once instead of waiting on a busy cluster.
+    """
+    cut = rows.repartition(target_num_rows_per_block=batch_size)
+    operator = cut._logical_plan.dag
+    remote_args = getattr(operator, "ray_remote_args", None)
+    if type(operator).__name__ != "StreamingRepartition" or not isinstance(remote_args, dict):
+        planned = type(operator).__name__
+        raise RuntimeError(f"Ray Data {ray.__version__} plans repartition as {planned}: cannot set its CPUs")
+    remote_args["num_cpus"] = LIGHT_CPUS
+    return cut
 
 
 def worker_options(spec: ModelSpec, via: Via, concurrency: int) -> dict[str, Any]:
     """Ray Data's ``map_batches`` options: the actor pool, each actor's resources (the entry's, for actors)."""
     pool = ray.data.ActorPoolStrategy(size=concurrency)
-    options: dict[str, Any] = {"fn": BatchWorker, "compute": pool, "num_cpus": SERVE_WORKER_CPUS}
+    options: dict[str, Any] = {"fn": BatchWorker, "compute": pool, "num_cpus": LIGHT_CPUS}
     if via == "actors":
         resources = replica_resources(spec)
         options |= {"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]}
     return options
-
-
-def progress_line(done: int, total: int, failed: int, elapsed: float) -> str:
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = f", ETA {(total - done) / rate:.0f}s" if rate > 0 else ""
-    return f"progress: {done}/{total} rows ({failed} failed), {rate:.1f} rows/s{eta}"
 
 
 @dataclass(frozen=True)
@@ -88,39 +120,32 @@ class Summary:
 
 
 def run(args: argparse.Namespace) -> Summary:
-    """Compute the rows not yet done."""
+    """Compute the rows not yet done, printing progress (or what the job waits for) as it goes."""
     began = time.monotonic()
     spec = load_catalog(args.catalog).select([args.model]).models[0]
     files = BatchFiles(args.output, args.errors)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the log gets this job's own progress lines
-    done = files.done_ids()
-    pending = read_rows(args.input).filter(lambda r: id_key(r["row"]) not in done)
-    total = pending.count()
-    print(f"{spec.name}: {len(done)} rows already done, {total} to compute via {args.via}", flush=True)
     batch_size = rows_per_call(spec.capability, args.batch_size)
-    # One block per batch: an actor hands back its output per input block, and a whole input file
-    # is one block, so without this the driver would write (and a stopped job keep) nothing until
-    # the file's last row.
-    results = pending.repartition(target_num_rows_per_block=batch_size).map_batches(
-        fn_constructor_kwargs={"spec": spec.model_dump(), "via": args.via},
-        batch_size=batch_size,
-        batch_format="numpy",
-        **worker_options(spec, args.via, args.concurrency),
-    )
-    computed = failed = first_rows = 0
-    first_s = 0.0
-    started = last = time.monotonic()
-    for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
-        records = list(batch["record"])
-        failed += files.write(records)
-        computed += len(records)
-        if not first_rows:
-            first_rows, first_s = computed, time.monotonic() - began
-        if time.monotonic() - last >= args.progress_interval:
-            last = time.monotonic()
-            print(progress_line(computed, total, failed, last - started), flush=True)
-    print(progress_line(computed, total, failed, time.monotonic() - started), flush=True)
-    return Summary(computed, failed, first_rows, first_s, time.monotonic() - began)
+    progress = Progress()
+    first_rows, first_s = 0, 0.0
+    with Reporter(progress, args.progress_interval):
+        done = files.done_ids()
+        pending = pending_rows(args.input, done)
+        progress.begin(count_rows(pending))
+        print(f"{spec.name}: {len(done)} rows already done, {progress.total} to compute via {args.via}", flush=True)
+        results = one_block_per_batch(pending, batch_size).map_batches(
+            fn_constructor_kwargs={"spec": spec.model_dump(), "via": args.via},
+            batch_size=batch_size,
+            batch_format="numpy",
+            **worker_options(spec, args.via, args.concurrency),
+        )
+        for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+            records = list(batch["record"])
+            progress.add(len(records), files.write(records))
+            if not first_rows:
+                first_rows, first_s = progress.done, time.monotonic() - began
+    print(progress.line(), flush=True)
+    return Summary(progress.done, progress.failed, first_rows, first_s, time.monotonic() - began)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     sizes = f"default: {BATCH_SIZES['text-embedding']} for text embeddings, {DEFAULT_BATCH_SIZE} otherwise"
     parser.add_argument("--batch-size", type=int, help=f"rows per actor call ({sizes})")
     parser.add_argument("--catalog", default="production", help="production, demo or a catalog YAML path")
-    parser.add_argument("--progress-interval", type=float, default=PROGRESS_INTERVAL_S, metavar="SECONDS")
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=PROGRESS_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often to print progress, or what the job waits for",
+    )
     return parser
 
 

@@ -14,15 +14,18 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from candle.jobs.batch_rows import PNG_KEY, RowError, error_record
+from candle.jobs.batch_rows import PNG_KEY, RowError, RowId, error_record
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_ID_FIELD = re.compile(r'\{\s*"id"\s*:\s*')  # how every record this job writes begins
+_DECODER = json.JSONDecoder()
 
 
 class BatchFiles:
@@ -37,10 +40,11 @@ class BatchFiles:
         self._id_type: type | None = None  # a Parquet output's id type, once known
 
     def done_ids(self) -> set[str]:
-        """The ids (as JSON text) already in the output or the errors file."""
-        done = {json.dumps(json.loads(line)["id"]) for line in complete_lines(self.errors)}
+        """The ids (as JSON text) already in the output or the errors file: only the ids are read, a
+        line at a time (an output's vectors may be hundreds of MiB)."""
+        done = {json.dumps(record_id(line)) for line in complete_lines(self.errors)}
         if not self.parquet:
-            return done | {json.dumps(json.loads(line)["id"]) for line in complete_lines(self.output)}
+            return done | {json.dumps(record_id(line)) for line in complete_lines(self.output)}
         return done | {
             json.dumps(i)
             for part in self._parts()
@@ -86,25 +90,45 @@ class BatchFiles:
         """A generated image's row: the PNG written beside the output, its path in ``image``."""
         if PNG_KEY not in row:
             return row
-        row_id = json.dumps(row["id"])
-        name = f"{_UNSAFE.sub('_', str(row['id']))[:64]}-{hashlib.sha256(row_id.encode()).hexdigest()[:8]}.png"
-        path = self.images / name
+        path = self.images / image_name(row["id"])
         self.images.mkdir(parents=True, exist_ok=True)
         path.with_suffix(".tmp").write_bytes(base64.b64decode(row.pop(PNG_KEY)))
         path.with_suffix(".tmp").rename(path)
         return {**row, "image": str(path)}
 
 
-def complete_lines(path: Path) -> list[str]:
-    """The complete lines of a JSONL file; a torn last line (a killed writer's) is cut off the file."""
+def image_name(row_id: RowId) -> str:
+    """A row's PNG file name: the id's first 64 characters, made safe, to read, and the sha256 of the
+    whole id, so that no two ids share a file however long their common start (with 8 hex digits,
+    two ids of one prefix met after about 70k rows and the second image replaced the first)."""
+    digest = hashlib.sha256(json.dumps(row_id).encode()).hexdigest()
+    return f"{_UNSAFE.sub('_', str(row_id))[:64]}-{digest}.png"
+
+
+def complete_lines(path: Path) -> Iterator[str]:
+    """The complete lines of a JSONL file, one at a time; once all are read, a torn last line (a
+    killed writer's) is cut off the file."""
     if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
+        return
+    end = 0
+    with path.open("rb") as f:
+        for line in f:  # binary: cut at b"\n" only
+            if not line.endswith(b"\n"):
+                break
+            end += len(line)
+            if line.strip():
+                yield line.decode("utf-8")
+    if end < path.stat().st_size:
         with path.open("r+b") as f:
             f.truncate(end)
-    return [line for line in data[:end].decode("utf-8").split("\n") if line.strip()]
+
+
+def record_id(line: str) -> RowId | None:
+    """A record's id, without parsing the rest of it: this job writes the id first, so only the
+    id's own JSON is decoded; a line written otherwise (edited by hand) is parsed whole."""
+    if first := _ID_FIELD.match(line):
+        return _DECODER.raw_decode(line, first.end())[0]
+    return json.loads(line)["id"]
 
 
 def append_lines(path: Path, lines: list[str]) -> None:

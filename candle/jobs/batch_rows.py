@@ -10,35 +10,56 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
-from candle.api.conversation import template_conversation
+from candle.api import calls
+from candle.api.calls import ImageAccess
 from candle.api.errors import APIError
-from candle.api.images import is_image_reference, load_image_bytes
-from candle.api.limits import check_input_chars
-from candle.api.responses import AssistantMessage
+from candle.api.limits import DEFAULT_MAX_BODY_BYTES
+from candle.api.responses import AssistantMessage, ranking
 from candle.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ImageGenerationRequest,
+    RerankRequest,
 )
 from candle.catalog import ModelSpec
-from candle.contracts import ChatCall, CompletionCall, GenerationParams, ImageCall
+from candle.contracts import ChatCall, CompletionCall, EmbedCall, ImageCall, RerankCall
 from candle.raycluster import error_line
-from deployments.embeddings import EmbedCall
-from deployments.gateway import GatewaySettings, generation_params, image_call
+
+
+@dataclass(frozen=True)
+class RerankRow:
+    """A rerank row's call, and which of its results the record shows (as the HTTP answer would)."""
+
+    call: RerankCall
+    top_n: int | None
+    return_documents: bool
+
+    def ranked(self, scores: np.ndarray) -> Ranked:
+        return Ranked(ranking(self.call, scores, self.top_n, self.return_documents))
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A rerank row's results: Cohere's ``results``, best first."""
+
+    results: list[dict[str, Any]]
+
 
 RowId = str | int
-Work = EmbedCall | ChatCall | CompletionCall | ImageCall
-# What one row's work gives back: vectors, a whole answer, or PNG images.
-Result = tuple[np.ndarray, int] | AssistantMessage | list[bytes]
+Work = EmbedCall | RerankRow | ChatCall | CompletionCall | ImageCall
+# What one row's work gives back: vectors, ranked documents, a whole answer, or PNG images.
+Result = tuple[np.ndarray, int] | Ranked | AssistantMessage | list[bytes]
 
-MAX_IMAGE_BYTES = GatewaySettings().max_body_bytes  # one data URL's bytes: what the gateway takes by default
+# A row's images: data URLs of at most the gateway's default body size (a batch reads no web).
+IMAGES = ImageAccess(max_bytes=DEFAULT_MAX_BODY_BYTES)
 PNG_KEY = "png"  # a record's base64 PNG, which the driver writes to a file and replaces by its path
 
 
@@ -51,10 +72,15 @@ class Row(BaseModel):
     id: str | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
-def read_row(text: str) -> tuple[RowId | None, dict[str, Any] | RowError]:
+def read_row(raw: bytes | str) -> tuple[RowId | None, dict[str, Any] | RowError]:
     """The row's id (None where it has no valid one) and the row, or why it is no row."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return undecodable_row_id(e.object), RowError(f"the row is not UTF-8 text: {e.reason} at byte {e.start}")
     try:
-        row = json.loads(text)
+        row = json.loads(raw)
     except ValueError:
         return None, RowError("the row is not JSON")
     if not isinstance(row, dict):
@@ -65,83 +91,70 @@ def read_row(text: str) -> tuple[RowId | None, dict[str, Any] | RowError]:
         return None, RowError("the row has no 'id' (a string or a 64-bit integer)")
 
 
-def id_key(text: str) -> str:
+def undecodable_row_id(raw: bytes) -> RowId | None:
+    """The id of a row that is not UTF-8, where the id itself is (so its error names its row): read
+    with U+FFFD for each bad byte, an id that holds one is none (it may be another row's)."""
+    row_id, _ = read_row(raw.decode("utf-8", "replace"))
+    return None if isinstance(row_id, str) and "\ufffd" in row_id else row_id
+
+
+def id_key(raw: bytes | str) -> str:
     """A row's identity across runs, as the output and errors files hold it: its id as JSON text
     (``null`` for every row without a valid id, whose error is then recorded once)."""
-    return json.dumps(read_row(text)[0])
+    return json.dumps(read_row(raw)[0])
 
 
-def parse(spec: ModelSpec, text: str) -> tuple[RowId | None, Work | Exception]:
+async def parse(spec: ModelSpec, raw: bytes | str) -> tuple[RowId | None, Work | Exception]:
     """The row's id and its call, or why it cannot be run."""
-    row_id, row = read_row(text)
+    row_id, row = read_row(raw)
     if isinstance(row, RowError):
         return row_id, row
     body = {key: value for key, value in row.items() if key != "id"} | {"model": spec.name}
     try:
-        return row_id, work(spec, body)
+        return row_id, await work(spec, body)
     except Exception as e:
         return row_id, e
 
 
-def work(spec: ModelSpec, body: dict[str, Any]) -> Work:
-    """The call a replica of ``spec`` runs for one row's ``body``, checked as the gateway checks it."""
+async def work(spec: ModelSpec, body: dict[str, Any]) -> Work:
+    """The call a replica of ``spec`` runs for one row's ``body``, built as the gateway builds it, from
+    one input: one string, one answer, one image, one query and its documents."""
     if spec.capability in ("text-embedding", "image-embedding"):
-        return embed_call(spec, EmbeddingRequest.model_validate(body))
+        embedding = EmbeddingRequest.model_validate(body)
+        if not isinstance(embedding.input, str):
+            raise RowError("'input' must be one string per row")
+        return await calls.embed_call(embedding, spec, IMAGES)
+    if spec.capability == "rerank":
+        rerank = RerankRequest.model_validate(body)
+        return RerankRow(calls.rerank_call(rerank, spec), rerank.top_n, rerank.return_documents)
     if spec.capability == "text-to-image":
-        return image(spec, ImageGenerationRequest.model_validate(body))
+        image = ImageGenerationRequest.model_validate(body)
+        one_per_row(image.n, "'n' must be 1: one image per row")
+        return calls.image_call(image, spec)
     if "messages" in body or spec.capability == "vision":
         chat = ChatCompletionRequest.model_validate(body)
-        check_input_chars(chat.input_chars(), spec.limits.max_input_chars, "messages")
-        messages, images = conversation(chat, spec)
-        tools, tool_choice = chat.tool_request()
-        return ChatCall(messages, sampling(chat, spec), tools, tool_choice, images)
+        one_per_row(chat.n, "'n' must be 1: one answer per row")
+        return await calls.chat_call(chat, spec, IMAGES)
     completion = CompletionRequest.model_validate(body)
     if not isinstance(completion.prompt, str):
         raise RowError("'prompt' must be one string per row")
-    check_input_chars(len(completion.prompt), spec.limits.max_input_chars, "prompt")
-    return CompletionCall(completion.prompt, sampling(completion, spec))
+    one_per_row(completion.n, "'n' must be 1: one answer per row")
+    (call,) = calls.completion_calls(completion, spec)
+    return call
 
 
-def embed_call(spec: ModelSpec, body: EmbeddingRequest) -> EmbedCall:
-    if not isinstance(body.input, str):
-        raise RowError("'input' must be one string per row")
-    item: str | bytes = body.input
-    if spec.capability == "image-embedding" and is_image_reference(body.input):
-        item = image_bytes(body.input, "input", spec)
-    else:
-        check_input_chars(len(body.input), spec.limits.max_input_chars, "input")
-    return EmbedCall((item,), body.input_type, body.dimensions)
+def one_per_row(n: int, message: str) -> None:
+    if n != 1:
+        raise RowError(message)
 
 
-def image(spec: ModelSpec, body: ImageGenerationRequest) -> ImageCall:
-    if body.n != 1:
-        raise RowError("'n' must be 1: one image per row")
-    return image_call(body, spec)
-
-
-def sampling(body: ChatCompletionRequest | CompletionRequest, spec: ModelSpec) -> GenerationParams:
-    if body.n != 1:
-        raise RowError("'n' must be 1: one answer per row")
-    return generation_params(body, body.token_budget, spec)
-
-
-def conversation(body: ChatCompletionRequest, spec: ModelSpec) -> tuple[list[dict[str, Any]], tuple[bytes, ...]]:
-    """Messages for the chat template (as the gateway makes them) and the images' bytes."""
-    found = template_conversation(body, spec)
-    return found.messages, tuple(image_bytes(image.url, image.param, spec) for image in found.images)
-
-
-def image_bytes(url: str, param: str, spec: ModelSpec) -> bytes:
-    """A data URL's image, checked like the gateway's (remote URLs are refused: a batch reads no web)."""
-    return load_image_bytes(
-        url, param=param, max_pixels=spec.limits.max_image_pixels, max_bytes=MAX_IMAGE_BYTES, allow_remote=False
-    )
-
-
-def success_record(row_id: RowId, result: Result) -> str:
-    if isinstance(result, AssistantMessage):
+def success_record(row_id: RowId | None, result: Result) -> str:
+    fields: dict[str, Any]
+    if isinstance(result, Ranked):
+        fields = {"results": result.results}
+    elif isinstance(result, AssistantMessage):
         message = result.as_dict()
-        fields: dict[str, Any] = {"text": result.text, "finish_reason": result.finish_reason}
+        fields = {"text": result.text, "finish_reason": result.finish_reason}
         fields |= {key: message[key] for key in ("tool_calls", "reasoning") if key in message}
     elif isinstance(result, list):
         fields = {PNG_KEY: base64.b64encode(result[0]).decode()}

@@ -18,18 +18,18 @@ import numpy as np
 from candle.api.responses import AssistantMessage
 from candle.catalog import ModelSpec
 from candle.catalog.capabilities import REGISTRY, resolve
-from candle.contracts import ChatCall, CompletionCall, ImageCall, TextChunk
-from candle.jobs.batch_rows import Result, Work, error_record, parse, success_record
+from candle.contracts import ChatCall, CompletionCall, EmbedCall, ImageCall, RerankCall, TextChunk
+from candle.jobs.batch_rows import RerankRow, Result, Work, error_record, parse, success_record
 from candle.placement import max_queued_requests
-from deployments.embeddings import EmbedCall
 
 Via = Literal["serve", "actors"]
-ROWS_PER_REQUEST = 32  # embedding rows per request to a deployment: a client's batch, not a row's round trip
-Embedded = tuple[np.ndarray, int] | BaseException
+Embedded = tuple[np.ndarray, int] | BaseException  # vectors, or a score per document, and tokens
 
 
 class Target(Protocol):
     async def embed(self, calls: list[EmbedCall]) -> list[Embedded]: ...
+
+    async def rerank(self, calls: list[RerankCall]) -> list[Embedded]: ...
 
     def stream(self, call: ChatCall | CompletionCall) -> AsyncIterator[TextChunk]: ...
 
@@ -37,29 +37,38 @@ class Target(Protocol):
 
 
 class ServeTarget:
-    """The running deployment, called through its handle: one request per row, or per few dozen
-    embedding rows.
+    """The running deployment, called through its handle: embedding and rerank rows in lists, as
+    the gateway sends concurrent requests; a request per row for text and images.
 
     At most as many rows are in flight per actor as Serve queues for one caller
     (``max_queued_requests``): past that Serve refuses, and the row would fail for no fault of its own.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
-        from ray import serve
+        from deployments.coalescer import embedding_coalescer, rerank_coalescer
+        from deployments.routing import model_handle
 
-        self.handle = serve.get_deployment_handle(REGISTRY[spec.capability].deployment, app_name=spec.name)
+        self.handle = model_handle(spec)  # its own deployment's, or its warm pool's
         self.slots = asyncio.Semaphore(max_queued_requests(spec))
+        # Rows travel as the gateway sends online requests: concurrent calls in lists, a few per replica.
+        self.embedder = embedding_coalescer(self.handle, spec)
+        self.ranker = rerank_coalescer(self.handle, spec)
 
     async def embed(self, calls: list[EmbedCall]) -> list[Embedded]:
-        async def send(part: list[EmbedCall]) -> list[Embedded]:
-            async with self.slots:
-                try:
-                    return await self.handle.embed_many.remote(part)
-                except Exception as e:  # the request failed as a whole (the replica died): each row with it
-                    return [e] * len(part)
+        return await self._in_lists(self.embedder, calls)
 
-        parts = [calls[i : i + ROWS_PER_REQUEST] for i in range(0, len(calls), ROWS_PER_REQUEST)]
-        return [result for part in await asyncio.gather(*(send(p) for p in parts)) for result in part]
+    async def rerank(self, calls: list[RerankCall]) -> list[Embedded]:
+        return await self._in_lists(self.ranker, calls)
+
+    async def _in_lists(self, coalescer: Any, calls: list[Any]) -> list[Embedded]:
+        """Each call's result or error, through ``coalescer``: no more calls wait in it than its bound
+        (the slots), so none is refused for no fault of its own."""
+
+        async def one(call: Any) -> Any:
+            async with self.slots:
+                return await coalescer(call)
+
+        return list(await asyncio.gather(*(one(call) for call in calls), return_exceptions=True))
 
     async def stream(self, call: ChatCall | CompletionCall) -> AsyncIterator[TextChunk]:
         method = "chat" if isinstance(call, ChatCall) else "complete"
@@ -86,8 +95,11 @@ class ReplicaTarget:
         return cls(replica)
 
     async def embed(self, calls: list[EmbedCall]) -> list[Embedded]:
-        # The whole batch in one forward pass per (prompt, dimensions); serve.batch needs a replica.
+        # The whole batch in one forward pass per (prompt, dimensions).
         return self.replica.embed_calls(calls)
+
+    async def rerank(self, calls: list[RerankCall]) -> list[Embedded]:
+        return self.replica.rerank_calls(calls)
 
     def stream(self, call: ChatCall | CompletionCall) -> AsyncIterator[TextChunk]:
         return self.replica.chat(call) if isinstance(call, ChatCall) else self.replica.complete(call)
@@ -107,21 +119,28 @@ async def one(target: Target, work: ChatCall | CompletionCall | ImageCall) -> Re
 
 
 async def compute(target: Target, works: list[Work]) -> list[Result | BaseException]:
-    """Each call's result or error, in order: embeddings together, the rest concurrently."""
+    """Each call's result or error, in order: embeddings together, rerank rows together, the rest
+    concurrently."""
     results: list[Result | BaseException | None] = [None] * len(works)
-    embeds = [i for i, w in enumerate(works) if isinstance(w, EmbedCall)]
-    for i, result in zip(embeds, await target.embed([works[i] for i in embeds]), strict=True):
-        results[i] = result
-    others = [i for i, w in enumerate(works) if not isinstance(w, EmbedCall)]
-    runs = [one(target, works[i]) for i in others]
+    # Only a model's own kind of call reaches its replica: an actor's replica of another capability has no
+    # embed_calls or rerank_calls to be called with nothing.
+    if embeds := {i: w for i, w in enumerate(works) if isinstance(w, EmbedCall)}:
+        for i, embedded in zip(embeds, await target.embed(list(embeds.values())), strict=True):
+            results[i] = embedded
+    if ranks := {i: w for i, w in enumerate(works) if isinstance(w, RerankRow)}:
+        scored = await target.rerank([w.call for w in ranks.values()])
+        for (i, row), ranked in zip(ranks.items(), scored, strict=True):
+            results[i] = ranked if isinstance(ranked, BaseException) else row.ranked(ranked[0])
+    others = {i: w for i, w in enumerate(works) if isinstance(w, ChatCall | CompletionCall | ImageCall)}
+    runs = [one(target, w) for w in others.values()]
     for i, result in zip(others, await asyncio.gather(*runs, return_exceptions=True), strict=True):
         results[i] = result
     return [r for r in results if r is not None]
 
 
-async def run_rows(spec: ModelSpec, target: Target, rows: list[str]) -> list[str]:
+async def run_rows(spec: ModelSpec, target: Target, rows: list[bytes]) -> list[str]:
     """One record per row: its output, or its error."""
-    parsed = [parse(spec, row) for row in rows]
+    parsed = [await parse(spec, row) for row in rows]
     good = [(row_id, w) for row_id, w in parsed if not isinstance(w, Exception)]
     bad = [error_record(row_id, w) for row_id, w in parsed if isinstance(w, Exception)]
     results = await compute(target, [w for _, w in good])

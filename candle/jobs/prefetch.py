@@ -21,14 +21,15 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from candle.catalog import Catalog, load_catalog
-from candle.contracts import RepoProgressRecord
 from candle.download.client import make_request
 from candle.download.config import FetchRequest, HubAccess, caller_hub_access
+from candle.download.records import RepoProgressRecord
 from candle.download.remote_code import fetch_model
 from candle.placement import NodeInfo, hosting_nodes, replica_resources
 from candle.raycluster import connect, error_line
@@ -46,6 +47,7 @@ class Target:
     request: FetchRequest
     node_ids: tuple[str, ...]
     remote_code: bool = False
+    code_revisions: tuple[tuple[str, str], ...] = ()  # the entry's: code repo -> commit
 
 
 def plan(
@@ -80,16 +82,20 @@ def plan(
             ignore_patterns=spec.ignore_patterns,
             **hub,
         )
-        targets.append(Target(name, request, hosts, spec.trust_remote_code))
+        targets.append(Target(name, request, hosts, spec.trust_remote_code, tuple(sorted(spec.code_revisions.items()))))
     return targets
 
 
 @ray.remote(num_cpus=0)
 def warm(
-    request: FetchRequest, progress_interval_s: float, remote_code: bool = False
+    request: FetchRequest,
+    progress_interval_s: float,
+    remote_code: bool = False,
+    code_revisions: tuple[tuple[str, str], ...] = (),
 ) -> Iterator[RepoProgressRecord | str]:
     """Fetch ``request`` through this node's downloader (with ``remote_code``, then the repos its
-    auto_map names); yield its progress, then the snapshot folder.
+    auto_map names, at ``code_revisions``' commits where named, as replicas do); yield its progress,
+    then the snapshot folder.
 
     A generator task, so the driver prints progress while the fetch runs. Without a token of the
     job's own it sends the node's ``HF_TOKEN`` as replicas do, so a replica starting meanwhile joins
@@ -99,13 +105,15 @@ def warm(
     updates: list[RepoProgressRecord] = []
     loop = asyncio.new_event_loop()
     try:
-        fetching = loop.create_task(fetch_model(request, remote_code, updates.append, progress_interval_s))
+        fetching = loop.create_task(
+            fetch_model(request, remote_code, updates.append, progress_interval_s, dict(code_revisions))
+        )
         while not fetching.done():
             loop.run_until_complete(asyncio.wait({fetching}, timeout=progress_interval_s))
             batch, updates[:] = updates[:], []
             for update in batch:  # noqa: UP028 - Ray drives generators with send(), which list iterators lack
                 yield update
-        yield str(fetching.result())
+        yield str(fetching.result().folder)
     finally:
         loop.close()
 
@@ -122,7 +130,10 @@ def progress_line(name: str, node_id: str, update: RepoProgressRecord) -> str:
 async def warm_node(target: Target, node_id: str, progress_interval_s: float) -> str:
     """Run :func:`warm` on ``node_id`` (hard affinity: a dead node fails, nothing lands elsewhere)."""
     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
-    warming = warm.options(scheduling_strategy=strategy).remote(target.request, progress_interval_s, target.remote_code)
+    # A generator task: Ray's hints know neither its arguments nor that it yields references.
+    warming: Any = warm.options(scheduling_strategy=strategy).remote(  # type: ignore[call-arg]
+        target.request, progress_interval_s, target.remote_code, target.code_revisions
+    )
     async for ref in warming:
         update = await ref
         if isinstance(update, str):  # the snapshot folder: the fetch is done

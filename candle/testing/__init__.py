@@ -20,8 +20,8 @@ def wait_for_models(
     base: str, expected: Mapping[str, str], timeout: float = 600, headers: Mapping[str, str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Poll the gateway at ``base`` until each named model's ``/v1/models`` state is the expected one
-    (e.g. ``{"qwen3": "ready"}``); return the listing by model id. A model that failed, or a timeout,
-    raises with the states seen, so a test says what went wrong instead of hanging."""
+    (e.g. ``{"qwen3": "ready"}``); return the listing by model id. One of them failed (unless expected
+    to), or a timeout, raises with the states seen, so a test says what went wrong instead of hanging."""
     deadline = time.monotonic() + timeout
     cards: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
@@ -33,7 +33,8 @@ def wait_for_models(
         states = {name: card["status"]["state"] for name, card in cards.items()}
         if all(states.get(name) == state for name, state in expected.items()):
             return cards
-        if failed := {name: card["status"] for name, card in cards.items() if card["status"]["state"] == "failed"}:
+        failed = {name: cards[name]["status"] for name in expected if name in cards and states[name] == "failed"}
+        if failed := {name: status for name, status in failed.items() if expected[name] != "failed"}:
             raise AssertionError(f"models failed to start: {failed}")
         time.sleep(1)
     raise AssertionError(f"models not in {dict(expected)} after {timeout}s: {cards}")
@@ -43,17 +44,20 @@ def wait_for_models(
 def catalog_apps(
     catalog: Mapping[str, Any], gateway: str, route_prefix: str, settings: Mapping[str, Any] | None = None
 ) -> Iterator[None]:
-    """Each model of ``catalog`` as its own Serve app behind a gateway app named ``gateway`` (with the
-    gateway ``settings`` given) at ``route_prefix``, as serve_config.yaml lays them out, on the running
-    Serve instance; deleted on exit. Returns without waiting for the models: callers wait for the
-    states they expect."""
+    """Each model of ``catalog`` as its own Serve app (each pool as one, for its models) behind a gateway
+    app named ``gateway`` (with the gateway ``settings`` given) at ``route_prefix``, as serve_config.yaml
+    lays them out, on the running Serve instance; deleted on exit. Returns without waiting for the
+    models: callers wait for the states they expect."""
     from ray import serve
     from ray.serve.api import RunTarget
 
-    from deployments.app import build_gateway_app, build_model_app
+    from deployments.app import build_gateway_app, build_model_app, build_pool_app
 
-    names = [model["name"] for model in catalog["models"]]
-    apps = [RunTarget(build_model_app({"catalog": catalog, "model": n}), name=n, route_prefix=None) for n in names]
+    own = [model["name"] for model in catalog["models"] if not model.get("pool")]
+    pools = list(catalog.get("pools") or {})
+    names = [*own, *pools]
+    apps = [RunTarget(build_model_app({"catalog": catalog, "model": n}), name=n, route_prefix=None) for n in own]
+    apps += [RunTarget(build_pool_app({"catalog": catalog, "pool": p}), name=p, route_prefix=None) for p in pools]
     gateway_app = build_gateway_app({"catalog": catalog, "gateway": dict(settings or {})})
     apps.append(RunTarget(gateway_app, name=gateway, route_prefix=route_prefix))
     serve.run_many(apps, wait_for_applications_running=False)

@@ -28,6 +28,6 @@ def env_view(actor: object) -> dict[str, str | None]:
 def replica_view(replica: object) -> dict[str, str | None]:
     """:func:`env_view`, and where the replica's candle comes from."""
     import candle.download
-    import deployments.base
+    import deployments.replicas.base
 
-    return env_view(replica) | {"candle": candle.download.__file__, "deployments": deployments.base.__file__}
+    return env_view(replica) | {"candle": candle.download.__file__, "deployments": deployments.replicas.base.__file__}

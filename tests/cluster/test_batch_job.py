@@ -33,7 +33,7 @@ from sentence_transformers import SentenceTransformer
 from candle.catalog import load_catalog
 from candle.contracts import CompletionCall, GenerationParams
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
-from candle.engines.text import TransformersTextEngine
+from candle.engines.chat.transformers import TransformersTextEngine
 from candle.testing import free_port
 from deployments.app import build_model_app
 from tests.cluster.conftest import SimCluster
@@ -206,7 +206,7 @@ def passages(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_embeddings_through_serve_resume_after_stop(jobs: Jobs, passages: Path, tmp_path: Path, vectors: np.ndarray):
-    # 40-row batches: two requests each (ROWS_PER_REQUEST), the engine's refusal inside one of them.
+    # 40-row batches, sent in lists as online requests are, the engine's refusal inside one of them.
     output, args = tmp_path / "vectors.jsonl", ("--input", str(passages), "--batch-size", "40")
     resume(jobs, MINILM, output, start_and_stop(jobs, MINILM, output, 100, *args), *args)
     assert_vectors(read_jsonl(output), tmp_path / "vectors.errors.jsonl", vectors)

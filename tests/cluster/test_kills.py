@@ -18,7 +18,7 @@ import ray
 
 from candle.demo.hub import LocalHub
 from candle.download.client import downloader_name, node_downloader
-from candle.download.coordinator import NAME as COORDINATOR
+from candle.download.cluster.coordinator import NAME as COORDINATOR
 from candle.testing.cluster import simulated_cluster
 from tests.cluster.test_downloads import ENV, MB, NODES, assert_copy, fetch_on_node, make_repo, on, wait_for_bytes
 

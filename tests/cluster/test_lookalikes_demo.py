@@ -1,7 +1,7 @@
-"""``candle demo --all-models``: a look-alike of each of the twelve production models, under production's
+"""``candle demo --all-models``: a look-alike of each of the fourteen production models, under production's
 names, comes up on a 2-core machine and answers one request per capability.
 
-Here, in the cluster phase, because it takes minutes (twelve replicas starting on two cores: 144 s
+Here, in the cluster phase, because it takes minutes (twelve replicas starting on two cores took 144 s
 and 230 s to all-ready in two runs, store build included, measured with ``pytest -s``); it starts its
 own local Ray, as the demo does, and needs none of the simulated cluster.
 """
@@ -15,7 +15,9 @@ import signal
 import time
 from pathlib import Path
 
+import httpx
 import openai
+import pytest
 from PIL import Image
 
 from candle.catalog import load_catalog
@@ -23,6 +25,8 @@ from tests.test_api import CHAT, assert_the_image_is_read, data_url
 from tests.test_demo import running_demo
 
 READY_TIMEOUT_S = 900
+# Past the session's 300 s: fourteen replicas starting on a busy 2-core machine, then one request each.
+pytestmark = pytest.mark.timeout(READY_TIMEOUT_S + 300)
 WIDTHS = {  # the look-alikes' default widths (Stella's: its 2_Dense_32 head)
     "stella-en-1.5b-v5": 32,
     "gte-qwen2-1.5b-instruct": 64,
@@ -32,12 +36,12 @@ WIDTHS = {  # the look-alikes' default widths (Stella's: its 2_Dense_32 head)
 }
 
 
-def test_all_models_demo_serves_the_twelve_production_models(hub_store: Path, tmp_path: Path):
+def test_all_models_demo_serves_the_fourteen_production_models(hub_store: Path, tmp_path: Path):
     production = load_catalog("production")
     with running_demo(hub_store, tmp_path, "--all-models") as demo:
         started = time.monotonic()
         cards = demo.wait_ready([m.name for m in production.models], READY_TIMEOUT_S)
-        print(f"candle demo --all-models: twelve ready {time.monotonic() - started:.0f} s after the start")
+        print(f"candle demo --all-models: fourteen ready {time.monotonic() - started:.0f} s after the start")
         assert {name: card["capability"] for name, card in cards.items()} == {
             m.name: m.capability for m in production.models
         }
@@ -54,6 +58,10 @@ def test_all_models_demo_serves_the_twelve_production_models(hub_store: Path, tm
             generated = client.images.generate(model=model, prompt="a lighthouse", size="64x64")
             assert Image.open(io.BytesIO(base64.b64decode(generated.data[0].b64_json))).size == (64, 64)
         assert_the_image_is_read(client, "llava-1.5-7b", hub_store)
+        for model in ("bge-reranker-v2-m3", "jina-reranker-v2-base-multilingual"):
+            body = {"model": model, "query": "a cat", "documents": ["a cat sits on the mat", "a tax report"]}
+            ranked = httpx.post(f"http://127.0.0.1:{demo.port}/v1/rerank", json=body, timeout=120)
+            assert sorted(r["index"] for r in ranked.json()["results"]) == [0, 1], ranked.text
 
         os.killpg(demo.process.pid, signal.SIGINT)
         assert demo.process.wait(timeout=90) == 0

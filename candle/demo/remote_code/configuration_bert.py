@@ -37,7 +37,7 @@ class JinaBertConfig(PretrainedConfig):
         classifier_dropout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        super().__init__(pad_token_id=pad_token_id, **kwargs)  # type: ignore[call-arg]  # a **kwargs field there
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

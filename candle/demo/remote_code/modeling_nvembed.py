@@ -68,8 +68,9 @@ class NVEmbedModel(PreTrainedModel):
 
     def __init__(self, config: NVEmbedConfig) -> None:
         super().__init__(config)
-        self.embedding_model = BidirectionalMistralModel(config.text_config)
-        self.latent_attention_model = LatentAttentionModel(config.latent_attention_config)
+        # The sub-configs are built as their classes in NVEmbedConfig; transformers types them as the base.
+        self.embedding_model = BidirectionalMistralModel(config.text_config)  # type: ignore[arg-type]
+        self.latent_attention_model = LatentAttentionModel(config.latent_attention_config)  # type: ignore[arg-type]
         self.post_init()
 
     def forward(

@@ -18,7 +18,7 @@ class Qwen2Model(modeling_qwen2.Qwen2Model):
         config.is_causal = False  # transformers' mask builder then makes a bidirectional mask
         super().__init__(config)
         for layer in self.layers:
-            layer.self_attn.is_causal = False  # and SDPA must not add a causal one of its own
+            layer.self_attn.is_causal = False  # type: ignore[union-attr]  # and SDPA must not add a causal one of its own
 
 
 class Qwen2ForCausalLM(modeling_qwen2.Qwen2ForCausalLM):

