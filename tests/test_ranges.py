@@ -21,6 +21,7 @@ from huggingface_hub import hf_hub_url
 from candle.demo.hub import CHUNK_SIZE, CONNECTION_SLOT_S, Fault, LocalHub
 from candle.download.config import DownloaderSettings
 from candle.download.downloader import _own_loopback
+from candle.download.errors import TransferFailed
 from candle.download.node.cache_layout import RepoCache
 from candle.download.node.listing import RemoteFile
 from candle.download.node.partial_file import Overrun, PartialFile
@@ -48,12 +49,13 @@ class Blob:
     def url(self, server: LocalHub) -> str:
         return hf_hub_url(self.repo_id, self.file.path, endpoint=server.endpoint)
 
+    def partial(self, settings: DownloaderSettings = SETTINGS) -> PartialFile:
+        return PartialFile(self.cache.partial_path(self.file), self.file, pieces=self.file.size > settings.range_size)
+
     def fetch(
-        self, sources: list[Source], settings: DownloaderSettings = SETTINGS
+        self, sources: list[Source], settings: DownloaderSettings = SETTINGS, partial: PartialFile | None = None
     ) -> tuple[set[str], PartialFile, dict[str, Drop]]:
-        partial = PartialFile(
-            self.cache.partial_path(self.file), self.file, pieces=self.file.size > settings.range_size
-        )
+        partial = partial or self.partial(settings)
         links, dropped = Links(settings), {}
         try:
             blamed = download_verified(
@@ -162,6 +164,26 @@ def test_a_peer_cut_off_mid_range_is_dropped_and_its_ranges_go_to_the_other_sour
     assert set(dropped) == {peer.url} and not dropped[peer.url].wrong
     assert blob.other.stats.bodies_for(blob.repo_id)["model.safetensors"] == 1, "no second try of the peer"
     assert blob.hub.stats.bytes_for(blob.repo_id) + blob.other.stats.bytes_for(blob.repo_id) <= SIZE + RANGE
+
+
+def test_the_next_transfer_resumes_every_range_where_a_dead_peer_stopped(blob: Blob):
+    """The only peer is cut off mid-range while its other connection is mid-range too: the transfer fails
+    (the caller goes to the next source), and the next one, from the hub, fetches exactly the bytes
+    the peer did not write, not the unfinished ranges whole."""
+    peer = Source(blob.url(blob.other), kind="peer")
+    blob.other.state.add_fault(Fault("drop", path="model.safetensors", at=0.5, times=1))
+    partial = blob.partial()
+
+    with pytest.raises(TransferFailed):
+        blob.fetch([peer], replace(SETTINGS, connections_per_file=2), partial)
+    from_peer = partial.done()
+    assert 0 < from_peer < SIZE
+    assert any(start % RANGE for start, _ in partial.missing()), "a range cut inside, not at a boundary"
+
+    blamed, _, dropped = blob.fetch([Source(blob.url(blob.hub))], partial=partial)
+
+    assert blob.published() == blob.data and not blamed and not dropped
+    assert blob.hub.stats.bytes_for(blob.repo_id) == SIZE - from_peer
 
 
 def test_the_node_download_cap_is_shared_by_a_files_connections(blob: Blob, monkeypatch: pytest.MonkeyPatch):

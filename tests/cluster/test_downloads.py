@@ -112,11 +112,6 @@ def wait_for_bytes(node_id: str, repo_id: str) -> RepoProgressRecord:
         time.sleep(0.05)
 
 
-# Known regression of issue 28's ranged fetches, left open there: when a peer dies mid-range and the
-# next source is the hub (a new transfer), the node fetches its unfinished ranges whole (here the
-# whole 24 MB file, 2 x size served) instead of from where the peer stopped. The copy still completes
-# and verifies (asserted first); the byte-level resume across transfers is what fails.
-@pytest.mark.xfail(reason="issue 28: a hub transfer after a dead peer refetches unfinished ranges whole", strict=False)
 def test_a_peer_dying_mid_copy_does_not_stop_the_others(hub: LocalHub, cluster):
     sim, ids, caches = cluster
     size = 24 * MB  # 6 s from a peer at 4 MB/s

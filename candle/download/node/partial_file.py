@@ -18,9 +18,11 @@ is fetched from one source, and once that copy verifies, exactly the sources who
 from it are blamed.
 
 A file written in pieces keeps a small record of its written ranges beside it (``<partial>.ranges``,
-written before any byte and after each piece): a downloader killed mid-blob leaves holes, which
-read as zeros, and its successor resumes only the ranges the record lists. A file without one (one
-connection in order, or huggingface_hub's own ``<etag>.incomplete``) holds its first ``size`` bytes.
+written before any byte, after each piece, and when a transfer ends with what its cut ranges hold):
+a downloader killed mid-blob leaves holes, which read as zeros, and its successor resumes only the
+ranges the record lists; the next transfer of a live one (another source) resumes each cut range
+at its next byte. A file without one (one connection in order, or huggingface_hub's own
+``<etag>.incomplete``) holds its first ``size`` bytes.
 """
 
 from __future__ import annotations

@@ -169,16 +169,21 @@ def fetch_missing(
         return
     run = _Transfer(partial, list(sources), settings, links, progress, dropped, pieces)
     workers = min(settings.connections_per_file, len(pieces)) if partial.pieces else 1
-    if workers == 1:
-        run.work(0)
-    else:
-        threads = [
-            threading.Thread(target=run.work, args=(i,), name=f"candle-range-{i}", daemon=True) for i in range(workers)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    try:
+        if workers == 1:
+            run.work(0)
+        else:
+            threads = [
+                threading.Thread(target=run.work, args=(i,), name=f"candle-range-{i}", daemon=True)
+                for i in range(workers)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        # Ranges cut short keep what they wrote: the next transfer (another source) resumes each there.
+        partial.save()
     if run.error is not None:
         raise run.error
 
