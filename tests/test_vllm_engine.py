@@ -8,7 +8,9 @@ Each model gets the production catalog entry's parsers and small memory settings
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,3 +189,43 @@ async def test_uncompilable_schema_is_invalid_input(qwen3: VLLMEngine):
     fmt = ResponseFormat("json_schema", json.dumps({"type": "string", "pattern": "(?<=a)b"}), "bad", True)
     with pytest.raises(InvalidInput):
         await collect(qwen3.chat(ChatCall(CHAT, GenerationParams(max_tokens=8, response_format=fmt))))
+
+
+def sleepy_qwen3(store: Path, sleep_after_s: float) -> VLLMEngine:
+    spec = load_catalog("production").get("qwen3-coder")
+    update = {"engine_args": tiny_engine_args("qwen3-coder"), "resources": Resources(), "sleep_after_s": sleep_after_s}
+    return VLLMEngine(store / TINY_MODELS["qwen3"], spec.model_copy(update=update))
+
+
+@pytest.mark.skipif(current_platform.is_sleep_mode_available(), reason="this platform has sleep mode (next test)")
+def test_sleep_after_s_is_refused_where_vllm_has_no_sleep_mode(store: Path):
+    """vLLM's CPU build has no sleep mode: the entry fails at load with what to change, not vLLM's own error."""
+    with pytest.raises(ValueError, match=r"sleep_after_s needs vLLM's sleep mode.*remove sleep_after_s"):
+        sleepy_qwen3(store, 60)
+
+
+@pytest.mark.skipif(not current_platform.is_sleep_mode_available(), reason="vLLM's sleep mode is CUDA and ROCm only")
+async def test_an_idle_engine_sleeps_off_the_gpu_and_wakes_for_the_next_request(store: Path):
+    import torch
+
+    engine = sleepy_qwen3(store, 1.0)
+    try:
+        call = ChatCall(CHAT, GenerationParams(max_tokens=8, temperature=0.0))
+        first = text(await collect(engine.chat(call)))
+        awake_free, _ = torch.cuda.mem_get_info()
+        for _ in range(100):
+            if await engine.engine.is_sleeping():
+                break
+            await asyncio.sleep(0.1)
+        assert await engine.engine.is_sleeping(), "asleep within 10 s of a 1 s idle time"
+        asleep_free, _ = torch.cuda.mem_get_info()
+        assert asleep_free > awake_free + 256 * 2**20, "the KV cache and the weights left the GPU"
+
+        started = time.monotonic()
+        assert text(await collect(engine.chat(call))) == first, "the same greedy answer after a wake"
+        print(
+            f"sleep freed {(asleep_free - awake_free) / 2**20:.0f} MiB; wake + answer {time.monotonic() - started:.2f}s"
+        )
+        assert engine.idle is not None and engine.idle.wakes == 1
+    finally:
+        engine.engine.shutdown()

@@ -293,6 +293,12 @@ class ModelSpec(Strict):
     with the load (see Autoscaling)."""
     max_ongoing_requests: int = 16
     """Requests one replica works on at once (Serve's ``max_ongoing_requests``)."""
+    sleep_after_s: float | None = Field(default=None, gt=0)
+    """vLLM on GPUs: after this long without requests the engine sleeps (vLLM's sleep mode, level 1:
+    weights to host memory, KV cache freed, GPU memory released) and the next request wakes it (0.1-6
+    s from 0.6B to 235B parameters by vLLM's numbers) instead of a new replica loading (30-100+ s). For
+    models too big to scale to zero; vLLM supports it on CUDA and ROCm only, and the replica then
+    refuses to start elsewhere."""
     pool: str | None = None
     """The warm pool (a name under the catalog's ``pools``) this model joins instead of a deployment of
     its own: it then takes the pool's ``resources``, replicas, ``runtime_env`` and
@@ -353,6 +359,16 @@ class ModelSpec(Strict):
                 f"{self.name}: engine {self.engine!r} cannot serve {self.capability} "
                 f"(engines for it: auto, {', '.join(engines)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sleep_needs_vllm(self) -> ModelSpec:
+        if self.sleep_after_s is not None and (
+            "vllm" not in REGISTRY[self.capability].engines or self.engine not in ("auto", "vllm")
+        ):
+            raise ValueError(f"{self.name}: sleep_after_s is vLLM's sleep mode: it needs engine auto or vllm")
+        if self.sleep_after_s is not None and self.pool is not None:
+            raise ValueError(f"{self.name}: sleep_after_s and pool: a pool unloads idle models itself (idle_after_s)")
         return self
 
     @model_validator(mode="after")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
+from candle.catalog import ModelSpec
 from candle.contracts import ChatCall, CompletionCall, CompletionEngine, TextChunk
+from candle.engines.chat.idle_sleep import IdleSleep
 from candle.engines.image_decoding import decode_image
 
 from .. import metrics
@@ -19,6 +22,12 @@ from .base import ModelReplica, iterate
 class ChatReplica(ModelReplica):
     # Vision models' engines are ChatEngines only: the registry routes no completions to them.
     engine: CompletionEngine
+
+    async def __init__(self, spec: dict[str, Any] | ModelSpec) -> None:  # type: ignore[misc]  # an async constructor: Ray Serve awaits it
+        await super().__init__(spec)
+        idle = getattr(self.engine, "idle", None)  # vLLM with sleep_after_s: the idle clock runs from the load
+        if isinstance(idle, IdleSleep):
+            idle.start()
 
     async def chat(self, call: ChatCall) -> AsyncIterator[TextChunk]:
         decoded = replace(call, images=tuple(decode_image(data) for data in call.images))

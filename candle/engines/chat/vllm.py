@@ -12,6 +12,7 @@ output goes through the catalog's tool-call and reasoning parsers (``vllm_parsin
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ from candle.catalog import ModelSpec
 from candle.contracts import ChatCall, CompletionCall, StreamKind, TextChunk
 
 from ..errors import InvalidInput
+from .idle_sleep import IdleSleep
 from .vllm_parsing import PARSER_KEYS, OutputParsers, delta_sampling, openai_fields
 
 
@@ -40,6 +42,9 @@ class VLLMEngine:
         from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
         engine_args = {k: v for k, v in spec.engine_args.items() if k not in PARSER_KEYS}
+        if spec.sleep_after_s is not None:
+            sleep_mode_available(spec.name)
+            engine_args.setdefault("enable_sleep_mode", True)
         parser_args = {k: spec.engine_args[k] for k in PARSER_KEYS if k in spec.engine_args}
         resources = spec.resources
         args = AsyncEngineArgs(
@@ -56,6 +61,7 @@ class VLLMEngine:
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[RayPrometheusStatLogger])
         self.tokenizer = self.engine.get_tokenizer()
         self.parsers = OutputParsers(parser_args, self.tokenizer)  # checks the tokenizer at load, not per request
+        self.idle = IdleSleep(self.engine, spec.sleep_after_s, spec.name) if spec.sleep_after_s is not None else None
 
     async def chat(self, call: ChatCall) -> AsyncIterator[TextChunk]:
         template = self.tokenizer.apply_chat_template
@@ -88,16 +94,29 @@ class VLLMEngine:
         from vllm.exceptions import VLLMClientError
 
         prompt_tokens = completion_tokens = 0
-        outputs = self.engine.generate(request_id=uuid.uuid4().hex, prompt=prompt, sampling_params=sampling)
-        try:
-            async for output in outputs:
-                prompt_tokens = prompt_tokens or len(output.prompt_token_ids or ())
-                completion = output.outputs[0]
-                completion_tokens += len(completion.token_ids)
-                last = None
-                if output.finished:
-                    finish = "length" if completion.finish_reason == "length" else "stop"
-                    last = TextChunk("", finish, prompt_tokens, completion_tokens)
-                yield output, last
-        except VLLMClientError as e:  # the request's fault, e.g. a schema its grammar backend cannot compile
-            raise InvalidInput(str(e)) from None
+        async with self.idle.awake() if self.idle is not None else contextlib.nullcontext():
+            outputs = self.engine.generate(request_id=uuid.uuid4().hex, prompt=prompt, sampling_params=sampling)
+            try:
+                async for output in outputs:
+                    prompt_tokens = prompt_tokens or len(output.prompt_token_ids or ())
+                    completion = output.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    last = None
+                    if output.finished:
+                        finish = "length" if completion.finish_reason == "length" else "stop"
+                        last = TextChunk("", finish, prompt_tokens, completion_tokens)
+                    yield output, last
+            except VLLMClientError as e:  # the request's fault, e.g. a schema its grammar backend cannot compile
+                raise InvalidInput(str(e)) from None
+
+
+def sleep_mode_available(name: str) -> None:
+    """Refuse at load a ``sleep_after_s`` that vLLM could not honour here (its sleep mode is CUDA and ROCm only)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_sleep_mode_available():
+        raise ValueError(
+            f"{name}: sleep_after_s needs vLLM's sleep mode, which this node's platform "
+            f"({current_platform.device_name}) lacks: it runs on CUDA and ROCm GPUs; remove sleep_after_s "
+            "from the catalog entry to serve it here"
+        )
