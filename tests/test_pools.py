@@ -2,10 +2,11 @@
 from the node's cache, evicted past ``max_models_per_replica``, unloaded when idle, and isolated from
 a neighbour whose load fails or whose first download is slow.
 
-Three pools behind one gateway: ``pool-shared`` (two models per replica at most, never idle) and
-``pool-brief`` (models unload after 2 s without requests; one waits at most 1 s for its load), and
-``pool-tight``, whose memory booking is smaller than its model. Each pool has one replica, so where a
-model is loaded is one replica id, and the loads it counts are that replica's.
+Four pools behind one gateway: ``pool-shared`` (two models per replica at most, never idle),
+``pool-brief`` (models unload after 2 s without requests; one waits at most 1 s for its load),
+``pool-tight``, whose memory booking is smaller than its model, and ``pool-rankers`` (a reranker).
+Each pool has one replica, so where a model is loaded is one replica id, and the loads it counts are
+that replica's.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import psutil
 import pytest
 from PIL import Image
+from sentence_transformers import CrossEncoder
 
 from candle.catalog import ModelSpec
 from candle.catalog.schema import POOL_FIELDS
@@ -33,10 +36,12 @@ from candle.testing import catalog_apps, replica_processes, wait_for_models
 from tests.demo_gateways import DEMO, READY_TIMEOUT_S
 from tests.test_api import data_url
 
-MINILM, CLIP, QWEN = (DEMO.get(name) for name in ("all-minilm-l6-v2", "clip-vit-tiny", "qwen3-coder-tiny"))
+MINILM, CLIP, QWEN, RERANKER = (
+    DEMO.get(name) for name in ("all-minilm-l6-v2", "clip-vit-tiny", "qwen3-coder-tiny", "bge-reranker-tiny")
+)
 BROKEN_REPO, SLOW_REPO = "test/pooled-broken-embedder", "test/pooled-slow-minilm"
 IMPATIENT_REPO = "test/pooled-impatient-minilm"
-SHARED, BRIEF, TIGHT = "pool-shared", "pool-brief", "pool-tight"
+SHARED, BRIEF, TIGHT, RANKERS = "pool-shared", "pool-brief", "pool-tight", "pool-rankers"
 IDLE_AFTER_S = 2.0
 TINY_PNG = data_url(Image.new("RGB", (32, 32), "red"))
 
@@ -53,6 +58,7 @@ CATALOG = {
         SHARED: {"resources": {"num_cpus": 0.25}, "max_models_per_replica": 2},
         BRIEF: {"resources": {"num_cpus": 0.25}, "idle_after_s": IDLE_AFTER_S},
         TIGHT: {"resources": {"num_cpus": 0.25, "memory_gb": 0.05}},  # books less than MiniLM's weights
+        RANKERS: {"resources": {"num_cpus": 0.25}},
     },
     "models": [
         member(MINILM, "minilm-p", SHARED),
@@ -70,6 +76,7 @@ CATALOG = {
             limits=MINILM.limits.model_dump() | {"cold_start_timeout_s": 1.0},
         ),
         member(MINILM, "minilm-too-big", TIGHT),
+        member(RERANKER, "reranker-p", RANKERS),
     ],
 }
 NAMES = [m["name"] for m in CATALOG["models"]]
@@ -78,7 +85,7 @@ NAMES = [m["name"] for m in CATALOG["models"]]
 @pytest.fixture(scope="module")
 def base(serve_base: str, hub_server: LocalHub, hub_store: Path) -> Iterator[str]:
     """The gateway's base URL once both pools run and every pooled model is idle (loaded nowhere)."""
-    built = build_tiny_store(hub_store, ["minilm", "clip", "qwen3"])
+    built = build_tiny_store(hub_store, ["minilm", "clip", "qwen3", "bge_reranker"])
     minilm = {
         p.relative_to(built["minilm"]).as_posix(): p.read_bytes() for p in built["minilm"].rglob("*") if p.is_file()
     }
@@ -145,6 +152,19 @@ def test_two_models_of_a_pool_answer_from_one_replica(base: str) -> None:
     assert listed["minilm-p"]["pool"] == SHARED and listed["minilm-p"]["status"]["replicas"][0]["node_id"]
     (process,) = replica_processes(SHARED)  # one replica process holds both
     assert process.is_running()
+
+
+def test_a_pooled_reranker_scores_as_cross_encoder_predicts(base: str, hub_store: Path) -> None:
+    query, documents = "where does the cat sit?", ["a cat sits on the mat", "taxes are due in april", "a dog"]
+    body = {"model": "reranker-p", "query": query, "documents": documents}
+    answer = httpx.post(f"{base}/v1/rerank", json=body, timeout=120)
+
+    assert answer.status_code == 200, answer.text
+    expected = CrossEncoder(str(hub_store / RERANKER.repo_id), device="cpu").predict([(query, d) for d in documents])
+    scores = dict((r["index"], r["relevance_score"]) for r in answer.json()["results"])
+    np.testing.assert_allclose([scores[i] for i in range(len(documents))], expected, atol=1e-5)
+    listed = wait_for_models(base, {"reranker-p": "ready"}, 30)
+    assert listed["reranker-p"]["pool"] == RANKERS and len(placements(listed["reranker-p"])) == 1
 
 
 def test_a_load_past_max_models_per_replica_unloads_the_least_recently_used(base: str) -> None:

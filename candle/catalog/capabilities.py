@@ -74,6 +74,7 @@ REGISTRY: dict[Capability, CapabilityInfo] = {
         cpu_engine="sentence-transformers",
         gpu_engine="sentence-transformers",
         protocol=RerankEngine,
+        pool_engines=("sentence-transformers",),
     ),
     "image-embedding": CapabilityInfo(
         deployment="ImageEmbedding",

@@ -34,7 +34,7 @@ from ray import serve
 from candle.api.errors import APIError, model_not_found
 from candle.catalog import ModelSpec, Pool
 from candle.catalog.capabilities import REGISTRY, resolve
-from candle.contracts import ChatCall, CompletionCall, EmbedCall, ImageCall, TextChunk
+from candle.contracts import ChatCall, CompletionCall, EmbedCall, ImageCall, RerankCall, TextChunk
 from candle.download.remote_code import FetchedModel
 from candle.engines import engine_kind
 from candle.engines.device import gpu_count
@@ -45,6 +45,7 @@ from .base import ModelReplica, fetch_weights, hide_gpus_from_cpu_replicas, load
 from .chat import ChatReplica
 from .embedding import EmbeddingReplica
 from .image_generation import ImageGenerationReplica
+from .rerank import RerankReplica
 from .serve_multiplex import MultiplexedCache, multiplexed_cache
 
 logger = logging.getLogger("ray.serve")
@@ -138,6 +139,10 @@ class PoolReplica:
     async def embed_many(self, calls: list[EmbedCall]) -> list[tuple[np.ndarray, int] | Exception]:
         async with self._using(EmbeddingReplica) as server:
             return await server.embed_many(calls)
+
+    async def rerank_many(self, calls: list[RerankCall]) -> list[tuple[np.ndarray, int] | Exception]:
+        async with self._using(RerankReplica) as server:
+            return await server.rerank_many(calls)
 
     async def chat(self, call: ChatCall) -> AsyncIterator[TextChunk]:
         async with self._using(ChatReplica) as server:
