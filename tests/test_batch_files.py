@@ -123,8 +123,9 @@ def test_png_names_are_unique_safe_and_stable(ids: list[str | int]) -> None:
     assert names == [batch_output.image_name(i) for i in ids]  # a rerun names an id's image the same
 
 
-def test_resuming_reads_ids_not_vectors(tmp_path: Path) -> None:
-    """The output's vectors are not parsed: memory stays far below the file's size while the ids are read."""
+def test_resuming_reads_ids_not_vectors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output's vectors are not parsed: memory stays far below the file's size while the ids are read,
+    and none of the job's own records is handed whole to a JSON parser."""
     files = BatchFiles(str(tmp_path / "vectors.jsonl"))
     rng = np.random.default_rng(0)
     for start in range(0, 4000, 500):
@@ -133,6 +134,9 @@ def test_resuming_reads_ids_not_vectors(tmp_path: Path) -> None:
             [success_record(f"p{i}", (vectors[i - start : i - start + 1], 1)) for i in range(start, start + 500)]
         )
     size = (tmp_path / "vectors.jsonl").stat().st_size
+    parsed_whole: list[str] = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed_whole.append(text[:40]) or loads(text, *a, **k))
     tracemalloc.start()
     try:
         done = BatchFiles(str(tmp_path / "vectors.jsonl")).done_ids()
@@ -141,6 +145,7 @@ def test_resuming_reads_ids_not_vectors(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert done == {json.dumps(f"p{i}") for i in range(4000)}
     assert size > 10_000_000 and peak < 2_000_000, (size, peak)
+    assert parsed_whole == [], f"{len(parsed_whole)} records parsed whole, e.g. {parsed_whole[0]!r}"
 
 
 def test_a_torn_last_line_is_cut_off_and_not_done(tmp_path: Path) -> None:
