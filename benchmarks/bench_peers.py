@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -222,6 +221,8 @@ def in_process(folder: Path, texts: list[str], seconds: float) -> float:
 @contextlib.contextmanager
 def serving(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> Iterator[psutil.Process]:
     """``command`` in a process group of its own, stopped as Ctrl-C would (then killed) on the way out."""
+    from candle.testing import interrupt
+
     log_path = log_dir / f"{name}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -231,13 +232,7 @@ def serving(name: str, command: list[str], env: dict[str, str], log_dir: Path) -
             print(log_path.read_text()[-3000:], file=sys.stderr)
             raise
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            interrupt(process)
 
 
 def wait_until_answers(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from candle.catalog import load_catalog
-from candle.testing import free_port, wait_for_models
+from candle.testing import free_port, interrupt, wait_for_models
 from candle.testing.histograms import quantile, within_one_bucket
 from deployments.metrics import LATENCY_BUCKETS_S
 
@@ -128,11 +127,7 @@ def _demo(base: str, port: int):
     try:
         yield True, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
-        os.killpg(demo.pid, signal.SIGINT)
-        try:
-            demo.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(demo.pid, signal.SIGKILL)
+        interrupt(demo)
         log.close()
         print(f"load test: demo stopped (its log: {log.name})", flush=True)
 

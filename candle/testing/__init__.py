@@ -1,6 +1,10 @@
 """Helpers for tests, benchmarks and the offline demo: a Hub look-alike and tiny model stores."""
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -14,6 +18,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def interrupt(process: subprocess.Popen[Any], timeout_s: float = 120) -> None:
+    """Stop a server started in a session of its own as Ctrl-C would (SIGINT to its process group, so
+    ``candle demo`` shuts its cluster down), killing the group if it has not ended in ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_for_models(
