@@ -39,7 +39,7 @@ class IdleSleep:
         self.name = name
         self.level = level
         self.asleep = False
-        self.sleeps = self.wakes = 0
+        self.wakes = 0  # how often a request woke the engine
         self._active = 0
         self._last = time.monotonic()
         self._lock = asyncio.Lock()  # sleeping and waking never overlap, nor a request's start with either
@@ -77,7 +77,6 @@ class IdleSleep:
                     continue
                 await self.engine.sleep(self.level)
                 self.asleep = True
-                self.sleeps += 1
                 logger.info("%s: asleep after %.0fs without requests (level %d)", self.name, self.after_s, self.level)
                 return
 
