@@ -21,7 +21,8 @@ Chat, the tiny Qwen3-Coder on vLLM's CPU build, greedy, ``--max-tokens`` per ans
 Closed-loop streams, 8 then 32 at once: output tokens/s and time to first token (goals: candle >= 0.9x
 ``vllm serve``'s tokens/s, TTFT p50 within 1.2x).
 
-Every server runs alone, started and stopped by this script; the load average is printed as each starts.
+Every server runs alone, started and stopped by this script; once it answers, the script waits (at most
+``--settle-seconds``) for the load average to fall below 1 before timing it, and prints it.
 
     python benchmarks/bench_peers.py [--seconds 30] [--side NAME ...] [--smoke] [--results FILE]
 """
@@ -45,7 +46,7 @@ from pathlib import Path
 import httpx
 import psutil
 from bench_embeddings import MODEL, make_texts
-from benchlib import Report, parse_args, percentile
+from benchlib import Report, parse_args, percentile, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -298,10 +299,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per cell and side")
     parser.add_argument("--warmup-seconds", type=float, default=5.0)
+    parser.add_argument("--settle-seconds", type=float, default=180.0, help="at most this long for a quiet machine")
     parser.add_argument("--max-tokens", type=int, default=64, help="chat: output tokens asked for per answer")
     sides = (*EMBEDDING_SIDES, *CHAT_SIDES)
     parser.add_argument("--side", action="append", choices=sides, help="repeatable; default all")
-    args = parse_args(parser, smoke={"seconds": 2.0, "warmup_seconds": 1.0, "side": ["in-process", "candle-fast-path"]})
+    args = parse_args(
+        parser,
+        smoke={
+            "seconds": 2.0,
+            "warmup_seconds": 1.0,
+            "settle_seconds": 0.0,
+            "side": ["in-process", "candle-fast-path"],
+        },
+    )
     report = Report("bench_peers: candle vs the servers people would pick instead, one at a time")
     # A short path: Ray nests a 56-character node folder in HAProxy's, whose socket path holds at most 97.
     workdir = Path(tempfile.mkdtemp(prefix="cbp-", dir="/tmp"))
@@ -344,7 +354,8 @@ def run_sides(args: argparse.Namespace, report: Report, workdir: Path) -> None:
                 wait_for_models(base, {served: "ready"}, READY_TIMEOUT_S)
             else:
                 wait_until_answers(f"{base}/v1/models")
-            report(f"{side}: ready; load average {os.getloadavg()[0]:.2f}")
+            waited, load = settle(timeout_s=args.settle_seconds)
+            report(f"{side}: ready; load average {load:.2f} after {waited:.0f} s waiting for it to fall below 1")
             chat = side in CHAT_SIDES
             cells = CHAT_CELLS if chat else EMBEDDING_CELLS
             results[side] = measure(base, cells, args, chat_request(args.max_tokens) if chat else texts, server)

@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,16 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values`` by rank, as the benchmarks report p50 and p99."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
+
+
+def settle(below: float = 1.0, timeout_s: float = 180.0) -> tuple[float, float]:
+    """Wait until the 1-minute load average is under ``below`` (at most ``timeout_s``): a server's
+    start or the side before it leaves the machine busy for a minute, and a cell timed then measures
+    that too. Returns (seconds waited, load average now)."""
+    started = time.monotonic()
+    while os.getloadavg()[0] >= below and time.monotonic() - started < timeout_s:
+        time.sleep(2)
+    return time.monotonic() - started, os.getloadavg()[0]
 
 
 class Report:
