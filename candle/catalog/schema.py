@@ -293,6 +293,11 @@ class ModelSpec(Strict):
     with the load (see Autoscaling)."""
     max_ongoing_requests: int = 16
     """Requests one replica works on at once (Serve's ``max_ongoing_requests``)."""
+    stream_interval_ms: float = Field(default=50, ge=0, le=1000)
+    """Chat models: after the first token, a streamed answer's pieces that come within this long of the
+    last message are sent together (one Serve message and one SSE event), which spares the replica and
+    the gateway a hop per token; the first token and the last piece are never held. ``0`` sends every
+    piece as the engine makes it. Ray Serve LLM's ``stream_batching_interval_ms`` does the same (50)."""
     sleep_after_s: float | None = Field(default=None, gt=0)
     """vLLM on GPUs: after this long without requests the engine sleeps (vLLM's sleep mode, level 1:
     weights to host memory, KV cache freed, GPU memory released) and the next request wakes it (0.1-6
@@ -369,6 +374,14 @@ class ModelSpec(Strict):
             raise ValueError(f"{self.name}: sleep_after_s is vLLM's sleep mode: it needs engine auto or vllm")
         if self.sleep_after_s is not None and self.pool is not None:
             raise ValueError(f"{self.name}: sleep_after_s and pool: a pool unloads idle models itself (idle_after_s)")
+        return self
+
+    @model_validator(mode="after")
+    def _interval_needs_streams(self) -> ModelSpec:
+        # Compared with the default, not looked up in model_fields_set: replicas get the entry dumped whole.
+        default = type(self).model_fields["stream_interval_ms"].default
+        if self.stream_interval_ms != default and self.capability not in ("text-to-text", "vision"):
+            raise ValueError(f"{self.name}: stream_interval_ms paces streamed answers: {self.capability} streams none")
         return self
 
     @model_validator(mode="after")

@@ -11,12 +11,13 @@ from dataclasses import replace
 from typing import Any
 
 from candle.catalog import ModelSpec
-from candle.contracts import ChatCall, CompletionCall, CompletionEngine, TextChunk
+from candle.contracts import ChatCall, CompletionCall, CompletionEngine, Sent, TextChunk, TextStream
 from candle.engines.chat.idle_sleep import IdleSleep
 from candle.engines.image_decoding import decode_image
 
 from .. import metrics
 from .base import ModelReplica, iterate
+from .pacing import paced
 
 
 class ChatReplica(ModelReplica):
@@ -31,9 +32,14 @@ class ChatReplica(ModelReplica):
 
     async def chat(self, call: ChatCall) -> AsyncIterator[TextChunk]:
         decoded = replace(call, images=tuple(decode_image(data) for data in call.images))
-        async for chunk in metrics.text_stream(self.spec, call, iterate(self.engine, self.engine.chat(decoded))):
+        async for chunk in self._paced(call, self.engine.chat(decoded)):
             yield chunk
 
     async def complete(self, call: CompletionCall) -> AsyncIterator[TextChunk]:
-        async for chunk in metrics.text_stream(self.spec, call, iterate(self.engine, self.engine.complete(call))):
+        async for chunk in self._paced(call, self.engine.complete(call)):
             yield chunk
+
+    def _paced(self, call: Sent, chunks: TextStream) -> AsyncIterator[TextChunk]:
+        """The engine's pieces, measured as they come, then merged per ``stream_interval_ms``."""
+        measured = metrics.text_stream(self.spec, call, iterate(self.engine, chunks))
+        return paced(measured, self.spec.stream_interval_ms / 1000)
