@@ -13,6 +13,7 @@ import copy
 import io
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ PRODUCTION = load_catalog("production")
 DEMO = load_catalog("demo")
 WORKER_GROUPS = {"gpu": 1, "multi-gpu": 4, "gpu-8x": 8}  # node class -> GPUs per node
 SECRETS = ("HF_TOKEN", "CANDLE_API_KEYS")
+FAST_PATH = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}  # docs/serving.md
 READY_TIMEOUT_S = 180
 
 
@@ -143,6 +145,7 @@ def test_rayservice_pods_take_gpus_secrets_and_a_cache_volume():
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volume = mounts[env["HF_HOME"]["value"]]
         assert volume in {v["name"] for v in pod["volumes"]}
+        assert {name: env[name]["value"] for name in FAST_PATH} == FAST_PATH, group.get("groupName", "head")
 
 
 def test_launcher_config_is_valid_and_keeps_secrets_out():
@@ -151,6 +154,25 @@ def test_launcher_config_is_valid_and_keeps_secrets_out():
     text = (ROOT / "cluster/ray-cluster.yaml").read_text()
     assert not re.search(r"hf_[A-Za-z0-9]{20,}", text)
     assert all(f"{name}=%q" in text for name in SECRETS)  # read at start, from the secrets manager
+
+
+@pytest.mark.parametrize("start", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_launcher_nodes_start_ray_with_the_secrets_and_serves_fast_path(start: str, tmp_path: Path):
+    """The node's start commands up to ``ray start``, run in bash with an ``aws`` that answers every
+    secret with "s3cret": the environment ``ray start`` gets."""
+    commands = load("cluster/ray-cluster.yaml")[start]
+    ray_start = next(i for i, c in enumerate(commands) if "ray start" in c)
+    script = "\n".join([*commands[1:ray_start], commands[ray_start].split("ray start")[0] + "env"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text("#!/bin/sh\necho s3cret\n")
+    (bin_dir / "aws").chmod(0o755)
+    environ = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(["bash", "-c", script], env=environ, capture_output=True, text=True, check=True).stdout
+    seen = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert {name: seen.get(name) for name in SECRETS} == dict.fromkeys(SECRETS, "s3cret")
+    assert {name: seen.get(name) for name in FAST_PATH} == FAST_PATH
+    assert (tmp_path / ".candle-env").stat().st_mode & 0o077 == 0  # the secrets' file: its owner's only
 
 
 # -- the simulated cluster -------------------------------------------------------------------
