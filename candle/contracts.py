@@ -81,6 +81,11 @@ class TextChunk:
     reasoning: str = ""
     tool_calls: tuple[ToolCallDelta, ...] = ()
 
+    @property
+    def has_output(self) -> bool:
+        """Whether the piece carries any of the answer: the first that does is the first token."""
+        return bool(self.text or self.reasoning or self.tool_calls)
+
 
 @dataclass(frozen=True)
 class Sent:

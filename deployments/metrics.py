@@ -259,7 +259,7 @@ async def text_stream(spec: ModelSpec, call: Sent, chunks: AsyncIterator[TextChu
     first: float | None = None
     async for chunk in chunks:
         now = time.time()
-        if first is None and (chunk.text or chunk.reasoning or chunk.tool_calls):
+        if first is None and chunk.has_output:
             first = now
             metrics.ttft.observe(now - (call.sent_at or started), labels)
         if chunk.finish_reason:

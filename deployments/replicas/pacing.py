@@ -47,7 +47,7 @@ async def paced(chunks: AsyncIterator[TextChunk], interval_s: float) -> AsyncIte
             if pieces:
                 chunk = reduce(joined, pieces)
                 yield chunk
-                if due is not None or _has_output(chunk):
+                if due is not None or chunk.has_output:
                     due = loop.time() + interval_s
             if batch[-1] is _END:
                 await reader  # raises what the engine raised, after the pieces it made before
@@ -66,10 +66,6 @@ async def _read(chunks: AsyncIterator[TextChunk], arrived: asyncio.Queue[object]
 
 def _holdable(item: object) -> bool:
     return isinstance(item, TextChunk) and item.finish_reason is None
-
-
-def _has_output(chunk: TextChunk) -> bool:
-    return bool(chunk.text or chunk.reasoning or chunk.tool_calls)
 
 
 def joined(first: TextChunk, then: TextChunk) -> TextChunk:
