@@ -17,7 +17,8 @@ from candle.catalog import Capability, load_catalog
 from candle.catalog.capabilities import REGISTRY, resolve
 from candle.placement import deployment_options
 
-from .gateway import Gateway, GatewaySettings
+from .front import GatewaySettings
+from .gateway import Gateway
 from .routing import POOL_DEPLOYMENT
 
 # Imported by name, as the registry's replica classes are: building an app must not import torch.

@@ -4,10 +4,10 @@ It validates and bounds every request before a model sees it (OpenAI error shape
 refuses requests to models that are not ready with 503 + progress + ``Retry-After`` instead of
 letting them queue behind a download (but lets a request wake a model scaled to zero, or have a
 pool replica load a pooled one, waiting a bounded time for it), and answers chat and completions
-whole or as SSE. The routes and readiness live here; what must be decided before a body is parsed
-(API keys, body size, the request deadline) is in ``guards``, the OpenAI shape of every error in
-``http_errors``, how a replica's chunks become answers and events in ``streaming``, and which handle
-reaches a model in ``routing``.
+whole or as SSE. The routes and readiness live here; its settings and what must be decided before a
+body is parsed (API keys, body size, the request deadline) in ``front`` and ``guards``, the OpenAI
+shape of every error in ``http_errors``, how a replica's chunks become answers and events in
+``streaming``, and which handle reaches a model in ``routing``.
 
 (No ``from __future__ import annotations`` here: FastAPI must see real types, e.g. ``Request``,
 on the routes that ``serve.ingress`` rewraps.)
@@ -15,20 +15,16 @@ on the routes that ``serve.ingress`` rewraps.)
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable
 from functools import partial
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, IPvAnyNetwork, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from candle.api import calls, responses
-from candle.api.calls import ImageAccess
 from candle.api.errors import APIError, bad_request, model_not_found, wrong_capability
-from candle.api.limits import DEFAULT_MAX_BODY_BYTES
 from candle.api.models import ModelStatus, model_card
 from candle.api.schemas import (
     ChatCompletionRequest,
@@ -37,14 +33,14 @@ from candle.api.schemas import (
     ImageGenerationRequest,
     RerankRequest,
     ScoreRequest,
-    new_id,
 )
 from candle.catalog import ModelSpec
 from candle.catalog.capabilities import capabilities_for
 from candle.download.cluster.factory import downloader_factory
 
-from . import guards, http_errors, metrics, streaming
+from . import http_errors, metrics, streaming
 from .coalescer import embedding_coalescer, rerank_coalescer
+from .front import GatewaySettings, open_front
 from .http_errors import ERRORS
 from .model_status import collect
 from .routing import model_handle
@@ -59,36 +55,6 @@ WAKING_STATES = ("idle", "downloading", "loading")
 T = TypeVar("T")
 
 
-class GatewaySettings(BaseModel):
-    """The gateway's own options (``args.gateway`` in the Serve config)."""
-
-    api_keys_env: str = "CANDLE_API_KEYS"  # env var of comma-separated keys (preferred: keeps keys out of configs)
-    api_keys: list[str] = Field(default_factory=list, repr=False)  # more keys, from the Serve config
-    # A replica that finds no key fails to start, instead of serving open (without it: a warning).
-    require_api_keys: bool = False
-    allow_remote_images: bool = False
-    # Non-public networks remote images may come from anyway (an internal image store); never metadata.
-    remote_image_allowed_networks: list[IPvAnyNetwork] = Field(default_factory=list)
-    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
-    # JSON values (the document, every element and member value) a body may hold, counted before it is
-    # parsed: a 32 MiB body of 2M tiny objects costs seconds of CPU and gigabytes to parse and validate.
-    max_body_values: int = Field(default=65_536, ge=1024)
-    # Bytes of request bodies one gateway replica holds at once; past them new requests get 503 + Retry-After.
-    max_body_bytes_in_flight: int = Field(default=256 * 1024 * 1024, ge=1024)
-    retry_after_s: int = 5
-    # Every request ends by then (503, or an error event in a started stream), and its model call is cancelled.
-    request_timeout_s: float = Field(default=300.0, gt=0)
-
-    @model_validator(mode="after")
-    def _a_full_body_fits_in_flight(self) -> "GatewaySettings":
-        if self.max_body_bytes_in_flight < self.max_body_bytes:
-            raise ValueError(
-                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below max_body_bytes "
-                f"({self.max_body_bytes}): no body of the allowed size could be served"
-            )
-        return self
-
-
 app = FastAPI(title="candle", description="OpenAI-compatible API for models served by candle on Ray Serve.")
 http_errors.install(app)
 
@@ -98,27 +64,8 @@ http_errors.install(app)
 class Gateway:
     async def __init__(self, models: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> None:  # type: ignore[misc]  # an async constructor: Ray Serve awaits it
         self.settings = GatewaySettings.model_validate(settings or {})
-        keys = guards.api_keys(
-            os.environ.get(self.settings.api_keys_env, "").split(",") + self.settings.api_keys,
-            required=self.settings.require_api_keys,
-            env_var=self.settings.api_keys_env,
-        )
         self.specs = {m.name: m for m in (ModelSpec.model_validate(raw) for raw in models)}
-        self.images = ImageAccess(
-            self.settings.max_body_bytes,
-            self.settings.allow_remote_images,
-            tuple(self.settings.remote_image_allowed_networks),
-        )
-        guards.install(
-            app,
-            max_body_bytes=self.settings.max_body_bytes,
-            max_body_values=self.settings.max_body_values,
-            max_body_bytes_in_flight=self.settings.max_body_bytes_in_flight,
-            api_keys=keys,
-            deadline_s=self.settings.request_timeout_s,
-            retry_after_s=self.settings.retry_after_s,
-        )
-        metrics.install(app, self.specs)
+        self.images = open_front(app, self.settings, self.specs)
         self.handles: dict[str, DeploymentHandle] = {name: model_handle(spec) for name, spec in self.specs.items()}
         self.embedders = {
             name: embedding_coalescer(self.handles[name], spec)
@@ -236,40 +183,18 @@ class Gateway:
     @app.post("/v1/chat/completions", responses=ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/chat/completions")
-        call = await calls.chat_call(body, spec, self.images)
         handle = self.handles[spec.name].options(stream=True)
-
-        def run() -> Any:
-            return metrics.send(handle.chat, call)
-
-        completion_id = new_id("chatcmpl")
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            started = await self._answer(spec, streaming.started(run))
-            return streaming.sse(streaming.chat_events(started, body.n, completion_id, spec.name, include_usage))
-        choices, prompt_tokens, completion_tokens = await self._answer(spec, streaming.collect(run, body.n))
-        return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
+        return await streaming.chat_answer(
+            body, spec, self.images, partial(metrics.send, handle.chat), partial(self._answer, spec)
+        )
 
     @app.post("/v1/completions", responses=ERRORS)
     async def completions(self, body: CompletionRequest) -> Any:
         spec = self._model(body.model, "/v1/completions")
         handle = self.handles[spec.name].options(stream=True)
-        runs: list[streaming.Run] = [
-            partial(metrics.send, handle.complete, call) for call in calls.completion_calls(body, spec)
-        ]
-        completion_id = new_id("cmpl")
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            runs[0] = await self._answer(spec, streaming.started(runs[0]))
-            return streaming.sse(streaming.completion_events(runs, completion_id, spec.name, include_usage))
-        # The first answer wakes a model scaled to zero; the rest find its replica running.
-        (first,), prompt_tokens, completion_tokens = await self._answer(spec, streaming.collect(runs[0], 1))
-        choices = [first]
-        for run in runs[1:]:
-            (choice,), p, c = await streaming.collect(run, 1)
-            choices.append(choice)
-            prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
-        return responses.text_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
+        return await streaming.completion_answer(
+            body, spec, partial(metrics.send, handle.complete), partial(self._answer, spec)
+        )
 
     @app.post("/v1/embeddings", responses=ERRORS)
     async def embeddings(self, body: EmbeddingRequest) -> Any:

@@ -1,23 +1,42 @@
 """Streaming: a replica's chunks as OpenAI's answers, whole or as SSE events.
 
-A ``Run`` starts one generation on a model replica (a streaming handle call); these helpers read
-its ``TextChunk``s, turn a replica's failure into the client's error, and frame server-sent events,
-reporting an error that arrives after the headers in-band, as OpenAI does.
+A ``Run`` starts one generation: a streaming handle call to a model replica (the gateway), or the
+replica's own method (a chat model's own base URL). These helpers read its ``TextChunk``s, turn a
+replica's failure into the client's error, and frame server-sent events, reporting an error that
+arrives after the headers in-band, as OpenAI does. ``chat_answer`` and ``completion_answer`` are the
+whole of a chat or completion route once its model is known, for both fronts.
 """
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from fastapi.responses import StreamingResponse
 
-from candle.api import responses
+from candle.api import calls, responses
+from candle.api.calls import ImageAccess
 from candle.api.errors import APIError
-from candle.contracts import TextChunk
+from candle.api.schemas import ChatCompletionRequest, CompletionRequest, new_id
+from candle.catalog import ModelSpec
+from candle.contracts import ChatCall, CompletionCall, TextChunk
 
 from . import metrics
 from .http_errors import client_error
 
-Run = Callable[[], Any]  # starts one generation: a streaming DeploymentResponseGenerator of TextChunks
+Run = Callable[[], Any]  # starts one generation: an async iterator of TextChunks
+T = TypeVar("T")
+
+
+class Waits(Protocol):
+    """How a route waits for a model's first answer: the gateway bounds the wait while the model has
+    no running replica; a replica answering itself is running."""
+
+    def __call__(self, answer: Awaitable[T], /) -> Awaitable[T]: ...
+
+
+async def now(answer: Awaitable[T]) -> T:
+    """``Waits`` where the model runs in this process."""
+    return await answer
 
 
 async def call(response: Any) -> Any:
@@ -112,3 +131,42 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         yield responses.sse("[DONE]")
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def chat_answer(
+    body: ChatCompletionRequest,
+    spec: ModelSpec,
+    images: ImageAccess,
+    start: Callable[[ChatCall], Any],
+    waits: Waits,
+) -> Any:
+    """A chat completion, whole or as SSE, from ``start`` (which starts a generation of a call)."""
+    call = await calls.chat_call(body, spec, images)
+    run: Run = partial(start, call)
+    completion_id = new_id("chatcmpl")
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        run = await waits(started(run))
+        return sse(chat_events(run, body.n, completion_id, spec.name, include_usage))
+    choices, prompt_tokens, completion_tokens = await waits(collect(run, body.n))
+    return responses.chat_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
+
+
+async def completion_answer(
+    body: CompletionRequest, spec: ModelSpec, start: Callable[[CompletionCall], Any], waits: Waits
+) -> Any:
+    """A text completion (one generation per prompt and choice), whole or as SSE."""
+    runs: list[Run] = [partial(start, call) for call in calls.completion_calls(body, spec)]
+    completion_id = new_id("cmpl")
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        runs[0] = await waits(started(runs[0]))
+        return sse(completion_events(runs, completion_id, spec.name, include_usage))
+    # The first answer wakes a model scaled to zero; the rest find its replica running.
+    (first,), prompt_tokens, completion_tokens = await waits(collect(runs[0], 1))
+    choices = [first]
+    for run in runs[1:]:
+        (choice,), p, c = await collect(run, 1)
+        choices.append(choice)
+        prompt_tokens, completion_tokens = prompt_tokens + p, completion_tokens + c
+    return responses.text_completion(completion_id, spec.name, choices, prompt_tokens, completion_tokens)
