@@ -1,9 +1,10 @@
 """Serve configs generated from a catalog, so the config and the catalog cannot drift apart.
 
-Layout: the gateway app at ``/``, one app per model with no HTTP route of its own (the gateway
-reaches each through a deployment handle), and one app per warm pool, which serves its models (they
-get no app of their own). ``python -m candle.serve_config production`` prints
-the production config; the committed ``serve_config.yaml`` is checked against it by the tests.
+Layout: the gateway app at ``/``, one app per model (the gateway reaches each through a deployment
+handle; a chat model's app also answers at its own base URL, ``/models/NAME/v1``, the rest have no
+HTTP route), and one app per warm pool, which serves its models (they get no app of their own).
+``python -m candle.serve_config production`` prints the production config; the committed
+``serve_config.yaml`` is checked against it by the tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from candle.catalog import load_catalog
+from deployments.routing import own_route_prefix
 
 HEADER = """\
 # candle's production Ray Serve config: `serve run serve_config.yaml` or `serve deploy serve_config.yaml`.
@@ -44,19 +46,23 @@ def build(
         "import_path": "deployments.app:build_gateway_app",
         "args": {"catalog": catalog, "num_replicas": gateway_replicas},
     }
-    # (name, builder, its args, runtime_env): the app's own libraries, for its builder too (the
-    # deployment gets them from placement).
-    own = [(m.name, "build_model_app", {"model": m.name}, m.runtime_env) for m in loaded.models if m.pool is None]
-    pools = [(p.name, "build_pool_app", {"pool": p.name}, p.runtime_env) for p in loaded.pools.values()]
+    # (name, route prefix, builder, its args, runtime_env): the app's own libraries, for its builder too
+    # (the deployment gets them from placement).
+    own = [
+        (m.name, own_route_prefix(m), "build_model_app", {"model": m.name}, m.runtime_env)
+        for m in loaded.models
+        if m.pool is None
+    ]
+    pools = [(p.name, None, "build_pool_app", {"pool": p.name}, p.runtime_env) for p in loaded.pools.values()]
     apps = [
         {
             "name": name,
-            "route_prefix": None,
+            "route_prefix": prefix,
             "import_path": f"deployments.app:{builder}",
             "args": {"catalog": catalog, **args},
             **({"runtime_env": runtime_env} if runtime_env else {}),
         }
-        for name, builder, args, runtime_env in [*own, *pools]
+        for name, prefix, builder, args, runtime_env in [*own, *pools]
     ]
     return {
         "proxy_location": proxy_location,

@@ -37,6 +37,8 @@ class Args(BaseModel):
 
 class ModelAppArgs(Args):
     model: str
+    # A chat model answers at its own base URL too, with the gateway's guards: give it the gateway's settings.
+    gateway: GatewaySettings = GatewaySettings()
 
 
 class PoolAppArgs(Args):
@@ -55,7 +57,10 @@ def build_model_app(args: dict[str, Any]) -> Application:
     spec = load_catalog(parsed.catalog).select([parsed.model]).models[0]
     if spec.pool:
         raise ValueError(f"{spec.name} is served by its pool's app: build_pool_app({{'pool': {spec.pool!r}}})")
-    return model_deployment(spec.capability).options(**deployment_options(spec)).bind(spec.model_dump())
+    deployment = model_deployment(spec.capability).options(**deployment_options(spec))
+    if REGISTRY[spec.capability].ingress:
+        return deployment.bind(spec.model_dump(), parsed.gateway.model_dump())
+    return deployment.bind(spec.model_dump())
 
 
 def build_pool_app(args: dict[str, Any]) -> Application:
@@ -71,9 +76,10 @@ def build_pool_app(args: dict[str, Any]) -> Application:
 
 
 def model_deployment(capability: Capability) -> Deployment:
-    """The registry's replica class for ``capability``, as the Serve deployment the gateway looks up."""
+    """The registry's replica class for ``capability`` (the one that also answers HTTP, if it has one),
+    as the Serve deployment the gateway looks up."""
     info = REGISTRY[capability]
-    return serve.deployment(resolve(info.replica), name=info.deployment)  # type: ignore[return-value]  # a class in: a Deployment out
+    return serve.deployment(resolve(info.ingress or info.replica), name=info.deployment)  # type: ignore[return-value]  # a class in: a Deployment out
 
 
 def build_gateway_app(args: dict[str, Any]) -> Application:

@@ -5,9 +5,10 @@ Ray's ``ray_`` prefix (``ray_candle_requests_total``, ``ray_candle_request_durat
 and Ray's own labels (``NodeAddress``, ``WorkerId``, ...). Every series carries ``model`` (the catalog
 name clients send) and ``capability``, so one saturated model is not averaged away.
 
-The gateway sees the HTTP side (requests by route and status code, end-to-end latency until the
-answer's last byte) and the state of each model and its replicas (from Serve's status, which it
-refreshes anyway: a gauge a replica set itself would outlive the replica in Ray's exporter). The
+The HTTP fronts (the gateway; a chat model's replicas at its own base URL) see the HTTP side
+(requests by route and status code, end-to-end latency until the answer's last byte); the gateway
+also the state of each model and its replicas (from Serve's status, which it refreshes anyway: a
+gauge a replica set itself would outlive the replica in Ray's exporter). The
 replicas see the model side: queue time (from the moment the gateway sent the call, ``Sent.sent_at``,
 to the engine starting on it: the wait for a free replica, for a batch, for a thread), time to first
 token and per output token, tokens, items and images per request, batch sizes, cold starts. Wall
@@ -56,11 +57,11 @@ class ServingMetrics:
             return Histogram(name, description, list(buckets), tags)
 
         self.requests = Counter(
-            "candle_requests", "Requests the gateway answered, by route and HTTP status code", (*MODEL, "route", "code")
+            "candle_requests", "Requests answered over HTTP, by route and HTTP status code", (*MODEL, "route", "code")
         )
         self.duration = histogram(
             "candle_request_duration_seconds",
-            "Time from the gateway receiving a request to its answer's last byte (streams whole)",
+            "Time from receiving a request to its answer's last byte (streams whole)",
             LATENCY_BUCKETS_S,
             (*MODEL, "route"),
         )

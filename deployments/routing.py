@@ -24,6 +24,14 @@ def deployment_of(spec: ModelSpec) -> tuple[str, str]:
     return spec.name, REGISTRY[spec.capability].deployment
 
 
+def own_route_prefix(spec: ModelSpec) -> str | None:
+    """Where ``spec``'s app answers HTTP itself (its own base URL is this plus ``/v1``): a chat model with
+    an app of its own; None for the rest, which only the gateway reaches."""
+    if spec.pool or REGISTRY[spec.capability].ingress is None:
+        return None
+    return f"/models/{spec.name}"
+
+
 def model_handle(spec: ModelSpec) -> DeploymentHandle:
     """The handle whose methods (``embed_many``, ``rerank_many``, ``chat``, ``complete``, ``generate``) serve
     ``spec``: its deployment's, or its pool's with the model's id on every request."""

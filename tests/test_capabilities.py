@@ -34,9 +34,13 @@ def test_every_engine_implements_its_capabilitys_protocol(capability: str):
 
 @pytest.mark.parametrize("capability", list(REGISTRY))
 def test_each_capability_is_deployed_under_its_registered_name(capability: str):
+    info = REGISTRY[capability]
     deployment = model_deployment(capability)
-    assert deployment.name == REGISTRY[capability].deployment
-    assert deployment.func_or_class is resolve(REGISTRY[capability].replica)
+    assert deployment.name == info.deployment
+    assert deployment.func_or_class is resolve(info.ingress or info.replica)
+    # The class answering HTTP is the replica class (what pools and handles call) plus routes.
+    assert issubclass(deployment.func_or_class, resolve(info.replica))
+    assert (info.ingress is not None) == (capability in ("text-to-text", "vision"))
 
 
 def test_routes_reach_the_capabilities_that_serve_them():

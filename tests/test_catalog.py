@@ -77,6 +77,14 @@ def test_committed_serve_config_matches_the_catalog():
     ServeDeploySchema.model_validate(yaml.safe_load(committed))
 
 
+def test_chat_models_and_only_they_answer_at_their_own_base_url():
+    routes = {app["name"]: app["route_prefix"] for app in build("production")["applications"]}
+    assert routes.pop("gateway") == "/"
+    chat = {m.name for m in PRODUCTION.models if m.capability in ("text-to-text", "vision") and m.pool is None}
+    assert chat == {"kimi-k2", "phi-4-reasoning", "qwen3-coder", "llava-1.5-7b"}
+    assert routes == {name: f"/models/{name}" if name in chat else None for name in routes}
+
+
 def served_options(app: Application) -> dict[str, Any]:
     """What Serve deploys for an app's one deployment, in ``deployment_options``' terms.
 

@@ -31,6 +31,9 @@ class CapabilityInfo:
     # Engines that load and unload a model inside one process, so its models may join a warm pool
     # (``pools`` in a catalog). vLLM cannot: its engine is processes of its own and owns the GPU memory.
     pool_engines: tuple[str, ...] = ()
+    # "module:Class" of the replica class that also answers HTTP at the model's own base URL
+    # (``/models/NAME/v1``), for a model with an app of its own; None: the gateway's ``/v1`` only.
+    ingress: str | None = None
 
 
 _VLLM = "candle.engines.chat.vllm:VLLMEngine"
@@ -39,6 +42,7 @@ REGISTRY: dict[Capability, CapabilityInfo] = {
     "text-to-text": CapabilityInfo(
         deployment="TextGeneration",
         replica="deployments.replicas.chat:ChatReplica",
+        ingress="deployments.replicas.chat_ingress:ChatIngress",
         routes=("/v1/chat/completions", "/v1/completions"),
         engines={"transformers": "candle.engines.chat.transformers:TransformersTextEngine", "vllm": _VLLM},
         cpu_engine="transformers",
@@ -49,6 +53,7 @@ REGISTRY: dict[Capability, CapabilityInfo] = {
     "vision": CapabilityInfo(
         deployment="VisionChat",
         replica="deployments.replicas.chat:ChatReplica",
+        ingress="deployments.replicas.chat_ingress:ChatIngress",
         routes=("/v1/chat/completions",),
         engines={"transformers": "candle.engines.vision.transformers:LlavaEngine", "vllm": _VLLM},
         cpu_engine="transformers",

@@ -43,9 +43,10 @@ def run(
     print(f"candle demo: building the tiny model store in {home / 'store'} (cached after the first run)", flush=True)
     build_store_for(catalog, home / "store")
     config_path = home / "serve_config.yaml"
-    config_path.write_text(
-        render(build(catalog, port=port, host="127.0.0.1", proxy_location="HeadOnly", gateway_replicas=1))
-    )
+    config = build(catalog, port=port, host="127.0.0.1", proxy_location="HeadOnly", gateway_replicas=1)
+    config_path.write_text(render(config))
+    prefixes = [app["route_prefix"] for app in config["applications"][1:] if app["route_prefix"]]
+    own = [f"http://127.0.0.1:{port}{prefix}/v1" for prefix in prefixes]
     with LocalHub(home / "store") as hub:
         env = {
             **os.environ,
@@ -56,6 +57,8 @@ def run(
         }
         print(f"candle demo: hub {hub.endpoint}; API on http://127.0.0.1:{port}/v1 once models are ready", flush=True)
         print(f"candle demo: try  curl http://127.0.0.1:{port}/v1/models", flush=True)
+        if own:
+            print(f"candle demo: chat models also answer at their own base URLs: {', '.join(own)}", flush=True)
         # Serve's CLI under this interpreter: a venv layered over another (vLLM's) has no `serve` script.
         command = [sys.executable, "-m", "candle.demo.serve_run", str(config_path), str(metrics_port or 0)]
         return _run_until_interrupted(command, env)
