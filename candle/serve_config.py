@@ -10,11 +10,14 @@ HTTP route), and one app per warm pool, which serves its models (they get no app
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from candle.catalog import load_catalog
+from deployments.front import GatewaySettings
 from deployments.routing import own_route_prefix
 
 HEADER = """\
@@ -38,20 +41,28 @@ def build(
     host: str = "0.0.0.0",
     proxy_location: str = "EveryNode",
     gateway_replicas: int = GATEWAY_REPLICAS,
+    front: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``front``: the HTTP fronts' settings (``GatewaySettings``), written as ``args.gateway`` into every
+    app that answers HTTP (the gateway and each chat model's own base URL), so that no front is left
+    with other keys or limits than the rest."""
     loaded = load_catalog(catalog)
+    fronts: dict[str, Any] = {}
+    if front is not None:
+        fronts["gateway"] = GatewaySettings.model_validate(front).model_dump(mode="json", exclude_unset=True)
     gateway = {
         "name": "gateway",
         "route_prefix": "/",
         "import_path": "deployments.app:build_gateway_app",
-        "args": {"catalog": catalog, "num_replicas": gateway_replicas},
+        "args": {"catalog": catalog, "num_replicas": gateway_replicas, **fronts},
     }
     # (name, route prefix, builder, its args, runtime_env): the app's own libraries, for its builder too
     # (the deployment gets them from placement).
     own = [
-        (m.name, own_route_prefix(m), "build_model_app", {"model": m.name}, m.runtime_env)
+        (m.name, prefix, "build_model_app", {"model": m.name, **(fronts if prefix else {})}, m.runtime_env)
         for m in loaded.models
         if m.pool is None
+        for prefix in [own_route_prefix(m)]
     ]
     pools = [(p.name, None, "build_pool_app", {"pool": p.name}, p.runtime_env) for p in loaded.pools.values()]
     apps = [
@@ -80,8 +91,24 @@ def main() -> None:
     parser.add_argument("catalog", help="built-in catalog name (production, demo) or a YAML path")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument(
+        "--front-settings",
+        type=Path,
+        help="YAML mapping of the HTTP fronts' settings (API keys, body limits, remote images, timeout), "
+        "written into the gateway's app and every chat model's",
+    )
     args = parser.parse_args()
-    print(render(build(args.catalog, port=args.port, host=args.host)), end="")
+    front = None
+    if args.front_settings:
+        try:
+            front = yaml.safe_load(args.front_settings.read_text())
+            GatewaySettings.model_validate(front)
+        except ValidationError as e:  # one line naming each bad setting, not pydantic's block
+            bad = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
+            parser.exit(2, f"candle.serve_config: error: {args.front_settings}: {bad}\n")
+        except (OSError, yaml.YAMLError) as e:
+            parser.exit(2, f"candle.serve_config: error: {args.front_settings}: {str(e).splitlines()[0]}\n")
+    print(render(build(args.catalog, port=args.port, host=args.host, front=front)), end="")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,11 @@ def build_model_app(args: dict[str, Any]) -> Application:
     deployment = model_deployment(spec.capability).options(**deployment_options(spec))
     if REGISTRY[spec.capability].ingress:
         return deployment.bind(spec.model_dump(), parsed.gateway.model_dump())
+    if "gateway" in parsed.model_fields_set:
+        raise ValueError(
+            f"{spec.name} answers only through the gateway (it has no base URL of its own), so settings "
+            "under args.gateway would not apply to it: set them on the gateway's app"
+        )
     return deployment.bind(spec.model_dump())
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, IPvAnyNetwork, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, model_validator
 
 from candle.api.calls import ImageAccess
 from candle.api.limits import DEFAULT_MAX_BODY_BYTES
@@ -22,6 +22,8 @@ from . import guards, metrics
 
 class GatewaySettings(BaseModel):
     """An HTTP front's options (``args.gateway`` in the Serve config of the gateway and of each chat model)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt guard must not leave a front open
 
     api_keys_env: str = "CANDLE_API_KEYS"  # env var of comma-separated keys (preferred: keeps keys out of configs)
     api_keys: list[str] = Field(default_factory=list, repr=False)  # more keys, from the Serve config

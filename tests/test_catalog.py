@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,12 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from ray.serve import Application
 from ray.serve._private.build_app import build_app
 from ray.serve.schema import ServeDeploySchema
 
+from candle import serve_config
 from candle.catalog import CAPABILITIES, load_catalog
 from candle.download.config import MODEL_RUNTIME_ENV_VAR
 from candle.placement import deployment_options
@@ -83,6 +86,53 @@ def test_chat_models_and_only_they_answer_at_their_own_base_url():
     chat = {m.name for m in PRODUCTION.models if m.capability in ("text-to-text", "vision") and m.pool is None}
     assert chat == {"kimi-k2", "phi-4-reasoning", "qwen3-coder", "llava-1.5-7b"}
     assert routes == {name: f"/models/{name}" if name in chat else None for name in routes}
+
+
+def test_one_front_settings_block_reaches_the_gateway_and_every_chat_model():
+    front = {"max_body_bytes": 1 << 20, "require_api_keys": True, "remote_image_allowed_networks": ["10.0.0.0/8"]}
+    config = build("production", front=front)
+    ServeDeploySchema.model_validate(config)
+    apps = {app["name"]: app for app in config["applications"]}
+    fronts = {name for name, app in apps.items() if app["route_prefix"] is not None}
+    assert fronts == {"gateway", "kimi-k2", "phi-4-reasoning", "qwen3-coder", "llava-1.5-7b"}
+    assert {name: apps[name]["args"]["gateway"] for name in fronts} == dict.fromkeys(fronts, front)
+    assert not any("gateway" in app["args"] for name, app in apps.items() if name not in fronts)
+    assert served_options(build_model_app(apps["qwen3-coder"]["args"]))  # what Serve will build from it
+    assert not any("gateway" in app["args"] for app in build("production")["applications"])
+
+
+def test_front_settings_are_checked_when_the_config_is_generated():
+    with pytest.raises(ValidationError, match="max_body_bytes_in_flight"):
+        build("production", front={"max_body_bytes": 1 << 20, "max_body_bytes_in_flight": 1 << 19})
+    with pytest.raises(ValidationError, match="api_key_env"):
+        build("production", front={"api_key_env": "MY_KEYS"})  # a misspelt option is not ignored
+
+
+def test_the_generator_takes_front_settings_from_a_file_and_refuses_a_bad_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    good, bad = tmp_path / "fronts.yaml", tmp_path / "typo.yaml"
+    good.write_text("max_body_bytes: 1048576\nrequire_api_keys: true\n")
+    bad.write_text("max_body_byte: 1048576\n")
+    monkeypatch.setattr(sys, "argv", ["serve_config", "production", "--front-settings", str(good)])
+    serve_config.main()
+    apps = {app["name"]: app for app in yaml.safe_load(capsys.readouterr().out)["applications"]}
+    assert apps["gateway"]["args"]["gateway"] == {"max_body_bytes": 1048576, "require_api_keys": True}
+    assert apps["qwen3-coder"]["args"]["gateway"] == apps["gateway"]["args"]["gateway"]
+    monkeypatch.setattr(sys, "argv", ["serve_config", "production", "--front-settings", str(bad)])
+    with pytest.raises(SystemExit) as exited:
+        serve_config.main()
+    assert exited.value.code == 2
+    assert capsys.readouterr() == (
+        "",
+        f"candle.serve_config: error: {bad}: max_body_byte: Extra inputs are not permitted\n",
+    )
+
+
+def test_a_model_without_its_own_url_refuses_front_settings():
+    args = {"catalog": "production", "model": "all-minilm-l6-v2", "gateway": {"max_body_bytes": 1 << 20}}
+    with pytest.raises(ValueError, match="all-minilm-l6-v2 answers only through the gateway"):
+        build_model_app(args)
 
 
 def served_options(app: Application) -> dict[str, Any]:
