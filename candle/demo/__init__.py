@@ -95,7 +95,7 @@ def build_store_for(catalog: str, store: Path) -> None:
 
 
 def _run_until_interrupted(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` in its own session and hand Ctrl-C (or SIGTERM) on to it alone; its exit code.
+    """Run ``command`` in its own process group and hand Ctrl-C (or SIGTERM) on to it alone; its exit code.
 
     A terminal's Ctrl-C signals the whole foreground process group. When ``serve run`` shared it,
     Ray's dashboard and runtime-env agents got the signal too and outlived the cluster (orphans
@@ -105,7 +105,13 @@ def _run_until_interrupted(command: list[str], env: dict[str, str]) -> int:
     # A shell's background job inherits SIGINT ignored, and exec keeps it so: ``serve run`` would
     # then ignore the SIGINT handed to it. Handled here, it is the default again in the child.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    # A process group of its own, not a session: Linux makes each session a scheduling group of its
+    # own (autogroup), which shares the CPU out per group, not per process; on a 2-core machine a
+    # server in a session apart from its client streamed 8x fewer tokens/s (benchmarks/results/
+    # peers.md). Writes to the terminal from a background group must not stop it (``stty tostop``):
+    # SIGTTOU stays ignored, as ignored signals do across exec.
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    process = subprocess.Popen(command, env=env, process_group=0)
     signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGINT))
     try:
         return process.wait()
