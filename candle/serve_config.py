@@ -41,15 +41,13 @@ def build(
     host: str = "0.0.0.0",
     proxy_location: str = "EveryNode",
     gateway_replicas: int = GATEWAY_REPLICAS,
-    front: dict[str, Any] | None = None,
+    front: GatewaySettings | None = None,
 ) -> dict[str, Any]:
     """``front``: the HTTP fronts' settings (``GatewaySettings``), written as ``args.gateway`` into every
     app that answers HTTP (the gateway and each chat model's own base URL), so that no front is left
     with other keys or limits than the rest."""
     loaded = load_catalog(catalog)
-    fronts: dict[str, Any] = {}
-    if front is not None:
-        fronts["gateway"] = GatewaySettings.model_validate(front).model_dump(mode="json", exclude_unset=True)
+    fronts: dict[str, Any] = {} if front is None else {"gateway": front.model_dump(mode="json", exclude_unset=True)}
     gateway = {
         "name": "gateway",
         "route_prefix": "/",
@@ -101,8 +99,7 @@ def main() -> None:
     front = None
     if args.front_settings:
         try:
-            front = yaml.safe_load(args.front_settings.read_text())
-            GatewaySettings.model_validate(front)
+            front = GatewaySettings.model_validate(yaml.safe_load(args.front_settings.read_text()))
         except ValidationError as e:  # one line naming each bad setting, not pydantic's block
             bad = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
             parser.exit(2, f"candle.serve_config: error: {args.front_settings}: {bad}\n")

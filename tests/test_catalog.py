@@ -23,6 +23,7 @@ from candle.download.config import MODEL_RUNTIME_ENV_VAR
 from candle.placement import deployment_options
 from candle.serve_config import build, render
 from deployments.app import GATEWAY_CPUS, build_gateway_app, build_model_app
+from deployments.front import GatewaySettings
 from tests.repo_files import CODE, CONFIG, SAFETENSORS, selected
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_chat_models_and_only_they_answer_at_their_own_base_url():
 
 def test_one_front_settings_block_reaches_the_gateway_and_every_chat_model():
     front = {"max_body_bytes": 1 << 20, "require_api_keys": True, "remote_image_allowed_networks": ["10.0.0.0/8"]}
-    config = build("production", front=front)
+    config = build("production", front=GatewaySettings.model_validate(front))
     ServeDeploySchema.model_validate(config)
     apps = {app["name"]: app for app in config["applications"]}
     fronts = {name for name, app in apps.items() if app["route_prefix"] is not None}
@@ -101,11 +102,11 @@ def test_one_front_settings_block_reaches_the_gateway_and_every_chat_model():
     assert not any("gateway" in app["args"] for app in build("production")["applications"])
 
 
-def test_front_settings_are_checked_when_the_config_is_generated():
+def test_front_settings_are_checked_before_a_config_is_generated():
     with pytest.raises(ValidationError, match="max_body_bytes_in_flight"):
-        build("production", front={"max_body_bytes": 1 << 20, "max_body_bytes_in_flight": 1 << 19})
+        GatewaySettings.model_validate({"max_body_bytes": 1 << 20, "max_body_bytes_in_flight": 1 << 19})
     with pytest.raises(ValidationError, match="api_key_env"):
-        build("production", front={"api_key_env": "MY_KEYS"})  # a misspelt option is not ignored
+        GatewaySettings.model_validate({"api_key_env": "MY_KEYS"})  # a misspelt option is not ignored
 
 
 def test_the_generator_takes_front_settings_from_a_file_and_refuses_a_bad_one(
