@@ -14,7 +14,6 @@ on the routes that ``serve.ingress`` rewraps.)
 """
 
 import asyncio
-import logging
 from collections.abc import Awaitable
 from functools import partial
 from typing import Any, TypeVar
@@ -44,10 +43,8 @@ from .front import GatewaySettings, open_front
 from .http_errors import ERRORS
 from .model_status import collect
 from .routing import model_handle
+from .status_board import StatusBoard
 
-logger = logging.getLogger("ray.serve")
-
-STATUS_REFRESH_S = 1.0
 COLD_START_POLL_S = 0.1
 # States in which a model that may scale to zero, or a pooled one, takes requests: Serve queues them and
 # starts a replica, or routes them to a pool replica that loads the model.
@@ -77,26 +74,13 @@ class Gateway:
             for name, spec in self.specs.items()
             if spec.capability in capabilities_for("/v1/rerank")
         }
-        self.status: dict[str, ModelStatus] = {}
+        self.board = StatusBoard(partial(collect, self.specs), partial(metrics.publish_status, self.specs))
         # The gateway runs in the base env: it brings up the downloader factory that replicas under a
         # model's own runtime_env wait for (they may not create it themselves).
         await asyncio.to_thread(downloader_factory)
-        self._refresher = asyncio.create_task(self._refresh_status())
-
-    async def _refresh_status(self) -> None:
-        while True:
-            try:
-                self.status = await collect(self.specs)
-                metrics.publish_status(self.specs, self.status)
-            except Exception:
-                logger.exception("refreshing model status failed")
-            await asyncio.sleep(STATUS_REFRESH_S)
+        self._refresher = asyncio.create_task(self.board.run())
 
     # -- guards --------------------------------------------------------------------------------
-
-    def _status(self, name: str) -> ModelStatus:
-        """The last collected status; before the first collection, the model is starting up."""
-        return self.status.get(name, ModelStatus("loading", "starting up"))
 
     def _model(self, name: str, endpoint: str) -> ModelSpec:
         """The ready model named ``name`` that can serve ``endpoint``, or the right error."""
@@ -106,7 +90,7 @@ class Gateway:
         metrics.attribute(spec)
         if spec.capability not in capabilities_for(endpoint):
             raise wrong_capability(name, spec.capability, endpoint)
-        status = self._status(name)
+        status = self.board.get(name)
         if status.state != "ready" and not self._wakes(spec, status):
             raise self._unavailable(name, status, f": {status.reason}" if status.reason else "; retry later.")
         return spec
@@ -137,8 +121,8 @@ class Gateway:
         """``answer`` from the model; while it has no running replica (woken from zero, Serve holds the
         request until one starts) or, pooled, is loaded on none, bounded by ``cold_start_timeout_s``:
         past it the call is cancelled and the client gets a 503 with ``Retry-After``. Once the model is
-        ready, ``answer`` takes its time."""
-        if self._status(spec.name).state == "ready":
+        ready (at a recent collection: ``StatusBoard.ready_now``), ``answer`` takes its time."""
+        if self.board.ready_now(spec.name):
             return await answer
         task = asyncio.ensure_future(answer)
         running = asyncio.ensure_future(self._running(spec.name))
@@ -153,12 +137,12 @@ class Gateway:
         finally:
             running.cancel()
         task.cancel()
-        status = self._status(spec.name)
+        status = self.board.get(spec.name)
         waited = "it did not load" if spec.pool else "no replica started"
         raise self._unavailable(spec.name, status, f"; {waited} within {timeout:g}s, retry later.")
 
     async def _running(self, name: str) -> None:
-        while self._status(name).state != "ready":
+        while not self.board.ready_now(name):
             await asyncio.sleep(COLD_START_POLL_S)
 
     # -- routes --------------------------------------------------------------------------------
@@ -178,7 +162,7 @@ class Gateway:
         return self._model_card(name)
 
     def _model_card(self, name: str) -> dict[str, Any]:
-        return model_card(self.specs[name], self._status(name))
+        return model_card(self.specs[name], self.board.get(name))
 
     @app.post("/v1/chat/completions", responses=ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
