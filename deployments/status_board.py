@@ -2,7 +2,7 @@
 
 Collecting it (``model_status.collect``) asks Serve for ``serve.status()``, which rebuilds Serve's
 config objects and cloudpickles each deployment's request router on every call: done every second,
-that was about 20 ms of CPU a second in each gateway replica of an idle demo (py-spy: 81% of the
+that was 20-30 ms of CPU a second in each gateway replica of an idle demo (py-spy: 81% of the
 gateway's samples), taken from the engines beside it while their models answered at their own URLs.
 So the board collects every ``refresh_s`` while it matters, when a model is on its way (downloading,
 loading, pending, failed, not deployed) or a request read the board since the last collection, and
