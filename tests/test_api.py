@@ -28,6 +28,7 @@ from candle.demo.hub import LocalHub
 from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.testing import catalog_apps, wait_for_models
 from deployments.app import build_gateway_app, build_model_app
+from tests.cut_streams import assert_leaving_ends_generation, candle_tokens
 from tests.serve_counts import replica_requests
 
 DEMO = load_catalog("demo")
@@ -192,6 +193,11 @@ def test_stop_strings_cut_the_output(client: openai.OpenAI):
     )
     assert cut.choices[0].text == text[: text.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
+
+
+def test_a_client_leaving_a_stream_ends_its_generation(api: str, ray_cluster: dict[str, str]):
+    tokens = candle_tokens(ray_cluster["METRICS_URL"], "qwen3-coder-tiny")
+    assert_leaving_ends_generation(f"{api}/v1/chat/completions", {}, "qwen3-coder-tiny", tokens)
 
 
 def test_completions_stream(client: openai.OpenAI):

@@ -19,6 +19,7 @@ from candle.demo.tiny_models import build_tiny_store
 from candle.testing import wait_for_models
 from deployments.app import build_model_app
 from deployments.routing import own_route_prefix
+from tests.cut_streams import assert_leaving_ends_generation, candle_tokens
 from tests.serve_counts import replica_requests
 
 MODEL = "qwen3-coder-tiny"
@@ -78,6 +79,11 @@ def test_the_models_own_url_answers_chat_whole_and_streamed(client: openai.OpenA
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     # Two HTTP requests, two requests to the model's replicas: no other Serve hop on the way.
     assert replica_requests(ray_cluster["METRICS_URL"], APP) - before == 2
+
+
+def test_a_client_leaving_a_stream_ends_its_generation(base: str, ray_cluster: dict[str, str]):
+    tokens = candle_tokens(ray_cluster["METRICS_URL"], MODEL)
+    assert_leaving_ends_generation(f"{base}/v1/chat/completions", AUTH, MODEL, tokens)
 
 
 def test_the_models_own_url_answers_completions(client: openai.OpenAI):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.testing import catalog_apps, replica_processes, wait_for_models
 from candle.testing.board import concrete, panels
 from deployments.app import build_model_app
+from tests.cut_streams import assert_leaving_ends_generation
 from tests.promql import Series, missing
+from tests.serve_counts import settled
 from tests.test_metrics import total, until
 from tests.test_vllm_engine import tiny_engine_args
 
@@ -96,6 +99,13 @@ def test_tools_go_through_the_catalog_parser(client: openai.OpenAI):
     (call,) = forced.choices[0].message.tool_calls
     assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {})
     assert "<function=" not in (forced.choices[0].message.content or "")  # the call left the text
+
+
+def test_a_client_leaving_a_stream_ends_vllms_generation(client: openai.OpenAI, ray_cluster: dict[str, str]):
+    """vLLM counts tokens as it makes them: the cut answer may add those made before the cut reached the
+    engine, not the rest of its 256."""
+    made = partial(settled, ray_cluster["METRICS_URL"], "ray_vllm_generation_tokens_total", model_name=MODEL)
+    assert_leaving_ends_generation(f"{client.base_url}chat/completions", {}, MODEL, made, slack=64)
 
 
 def test_completions_through_the_gateway(client: openai.OpenAI):
