@@ -48,7 +48,8 @@ def deployment_options(spec: Deployable) -> dict[str, Any]:
         **replica_count(spec),
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": max_queued_requests(spec),
-        # Past the queue the gateway answers 503 with this Retry-After: by then the queue has drained.
+        # Past the queue the gateway (and Serve, at a chat model's own URL) answers 503 with this
+        # Retry-After: by then the queue has drained.
         "backpressure_config": {"retry_after_s": spec.queue_budget()[0]},
         "ray_actor_options": actor,
     }

@@ -7,17 +7,19 @@ whatever answers came from its replicas, one Serve request per HTTP request (Ser
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from ray import serve
+from ray.serve.api import RunTarget
 
 from candle.catalog import load_catalog
-from candle.demo.tiny_models import build_tiny_store
+from candle.demo.tiny_models import TINY_MODELS, build_tiny_store
 from candle.testing import wait_for_models
-from deployments.app import build_model_app
+from deployments.app import build_gateway_app, build_model_app
 from deployments.routing import own_route_prefix
 from tests.cut_streams import assert_leaving_ends_generation, candle_tokens
 from tests.serve_counts import replica_requests
@@ -120,3 +122,65 @@ def test_the_gateways_guards_stand_before_the_model(base: str):
         f"{base}/v1/chat/completions", headers=AUTH, json={"model": MODEL, "messages": CHAT, "max_tokens": 100000}
     )
     assert response.status_code == 400 and "max_tokens" in error_of(response)["message"]
+
+
+QUEUED = "qwen3-one-queued"
+BUDGET_S = 3  # the queue's latency budget: Retry-After, and one queued request at 3 s per request
+
+
+@pytest.fixture(scope="module")
+def one_queued(serve_base: str, hub_store: Path) -> Iterator[dict[str, str]]:
+    """A model whose replica works on one request at a time and queues one more per caller, at its own
+    URL and behind a gateway of its own."""
+    build_tiny_store(hub_store, ["qwen3"])
+    entry = {
+        "name": QUEUED,
+        "capability": "text-to-text",
+        "repo_id": TINY_MODELS["qwen3"],
+        "max_ongoing_requests": 1,
+        "limits": {"queue_latency_budget_s": BUDGET_S, "request_time_s": BUDGET_S, "max_tokens": 256},
+        "resources": {"num_cpus": 0.1},
+    }
+    catalog = {"models": [entry]}
+    own = RunTarget(
+        build_model_app({"catalog": catalog, "model": QUEUED}), name=QUEUED, route_prefix=f"/models/{QUEUED}"
+    )
+    gateway = RunTarget(build_gateway_app({"catalog": catalog}), name="gateway-one-queued", route_prefix="/one-queued")
+    serve.run_many([own, gateway], wait_for_applications_running=False)
+    urls = {"own": f"{serve_base}/models/{QUEUED}", "gateway": f"{serve_base}/one-queued"}
+    try:
+        for url in urls.values():
+            wait_for_models(url, {QUEUED: "ready"}, 600)
+        yield urls
+    finally:
+        serve.delete("gateway-one-queued")
+        serve.delete(QUEUED)
+
+
+@pytest.mark.parametrize("front", ["own", "gateway"])
+def test_past_the_models_queue_both_urls_answer_503_with_retry_after(one_queued: dict[str, str], front: str):
+    """Past the queue, 503 with the queue's latency budget as Retry-After: the gateway's in OpenAI's
+    error shape, Serve's for the model's own URL (its proxy here, HAProxy on the fast path) in Serve's
+    words. Every request taken is answered whole."""
+    body = {"model": QUEUED, "messages": CHAT, "max_tokens": 256, "temperature": 0, "stream": True}
+
+    def send(_: int) -> httpx.Response:
+        with httpx.stream("POST", f"{one_queued[front]}/v1/chat/completions", json=body, timeout=120) as response:
+            response.read()
+            return response
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(send, range(6)))
+    served = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 503]
+    assert len(served) + len(refused) == 6, [a.status_code for a in answers]
+    # One runs and one queues; Serve may count a second request as queued while it assigns the first.
+    assert served and len(refused) >= 4, [a.status_code for a in answers]
+    for answer in served:
+        assert answer.text.endswith("data: [DONE]\n\n") and '"finish_reason": "length"' in answer.text
+    for answer in refused:
+        assert answer.headers["Retry-After"] == str(BUDGET_S)
+        if front == "gateway":
+            assert error_of(answer)["code"] == "overloaded"
+        else:
+            assert "backpressure" in answer.text
