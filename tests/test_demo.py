@@ -126,7 +126,7 @@ def running_demo(hub_store: Path, home: Path, *options: str, ray_address: str = 
         demo = Demo(process, port, home / "demo.log")
         try:
             yield demo
-        finally:  # on failure, leave no cluster behind: serve run has its own session, killpg misses it
+        finally:  # on failure, leave no cluster behind: serve run has a process group of its own, killpg misses it
             if process.poll() is None:
                 demo.spawned = psutil.Process(process.pid).children(recursive=True)
                 process.kill()

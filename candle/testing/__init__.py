@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 def interrupt(process: subprocess.Popen[Any], timeout_s: float = 120) -> None:
-    """Stop a server started in a session of its own as Ctrl-C would (SIGINT to its process group, so
+    """Stop a server started in a process group of its own as Ctrl-C would (SIGINT to the group, so
     ``candle demo`` shuts its cluster down), killing the group if it has not ended in ``timeout_s``."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGINT)
