@@ -1,6 +1,6 @@
-"""Counts read from the cluster's metrics endpoint once they stand still: proof of how many replica
-calls the gateway made (Serve's own count) and of how many tokens the engines generated, independent
-of what the client saw."""
+"""The cluster's metrics endpoint read back: a scrape, a metric's total, and counts once they stand
+still, the proof of how many replica calls the gateway made (Serve's own count) and of how many
+tokens the engines generated, independent of what the client saw."""
 
 from __future__ import annotations
 
@@ -8,18 +8,25 @@ import time
 
 import httpx
 
-from tests.promql import parse_exposition
+from tests.promql import Series, parse_exposition
+
+
+def scrape(url: str) -> Series:
+    return parse_exposition(httpx.get(url, timeout=30).text)
+
+
+def total(series: Series, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (over Ray's workers and nodes)."""
+    wanted = set(labels.items())
+    return sum(value for (n, have), value in series.items() if n == name and wanted <= have)
 
 
 def settled(metrics_url: str, name: str, **labels: str) -> float:
-    """The sum of counter ``name``'s samples whose labels include ``labels``, once it stands still:
-    replicas flush their counts and Ray's agent exports them about once a second, so earlier requests
-    may still be on their way."""
-    wanted = set(labels.items())
+    """``total`` of counter ``name`` once it stands still: replicas flush their counts and Ray's agent
+    exports them about once a second, so earlier requests may still be on their way."""
     last, deadline = -1.0, time.monotonic() + 60
     while time.monotonic() < deadline:
-        series = parse_exposition(httpx.get(metrics_url, timeout=30).text)
-        count = sum(value for (n, have), value in series.items() if n == name and wanted <= have)
+        count = total(scrape(metrics_url), name, **labels)
         if count == last:
             return count
         last = count

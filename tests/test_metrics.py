@@ -20,20 +20,11 @@ from PIL import Image
 from candle.testing.board import concrete, panels, variable_sources
 from deployments.metrics import COUNT_BUCKETS, LATENCY_BUCKETS_S
 from tests.demo_gateways import DEMO, demo_gateway
-from tests.promql import Series, missing, parse_exposition
+from tests.promql import Series, missing
+from tests.serve_counts import scrape, total
 from tests.test_api import CHAT, data_url
 
 PREFIX = "/metrics-test"
-
-
-def scrape(url: str) -> Series:
-    return parse_exposition(httpx.get(url, timeout=30).text)
-
-
-def total(series: Series, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels`` (over Ray's workers and nodes)."""
-    wanted = set(labels.items())
-    return sum(value for (n, have), value in series.items() if n == name and wanted <= have)
 
 
 def landed(before: Series, after: Series, name: str, bounds: tuple[float, ...], **labels: str) -> list[float]:

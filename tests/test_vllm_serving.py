@@ -28,8 +28,8 @@ from candle.testing.board import concrete, panels
 from deployments.app import build_model_app
 from tests.cut_streams import assert_leaving_ends_generation
 from tests.promql import Series, missing
-from tests.serve_counts import settled
-from tests.test_metrics import total, until
+from tests.serve_counts import settled, total
+from tests.test_metrics import until
 from tests.test_vllm_engine import tiny_engine_args
 
 MODEL = "qwen3-coder-vllm"
